@@ -1,0 +1,76 @@
+"""The ``hiera`` command line: one entry point, one sub-command per job.
+
+Each sub-command is a thin layer over a library function that the tests call directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+
+def zoo_table() -> List[dict]:
+    """One row per zoo model: name, class, input, parameters, checkpoints, reported top-1."""
+    import torch
+
+    from .zoo import MODELS, TOP1, create_model
+
+    rows = []
+    for name, spec in sorted(MODELS.items()):
+        with torch.device("meta"):  # sizes only: no memory, no initialisation
+            model = create_model(name)
+        rows.append(
+            {
+                "model": name,
+                "class": spec.cls.__name__,
+                "input": "x".join(str(s) for s in spec.kwargs.get("input_size", (224, 224))),
+                "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+                "checkpoints": list(spec.checkpoints),
+                "default": spec.default,
+                "top1": TOP1.get(name),
+            }
+        )
+    return rows
+
+
+def _cmd_zoo(args: argparse.Namespace) -> int:
+    rows = zoo_table()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':<28}{'class':<24}{'input':<12}{'params (M)':>11}  {'top-1':>6}  checkpoints")
+    for r in rows:
+        top1 = f"{r['top1']:.1f}" if r["top1"] else "-"
+        print(
+            f"{r['model']:<28}{r['class']:<24}{r['input']:<12}{r['params_m']:>11.2f}  {top1:>6}  "
+            + ", ".join(c + ("*" if c == r["default"] else "") for c in r["checkpoints"])
+        )
+    print("\n* default checkpoint; top-1: ImageNet-1k (224) or Kinetics-400 (16x224) as reported in the paper")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hiera",
+        description="Hiera vision transformers: inspect the model zoo, and more sub-commands below.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("zoo", help="list models, checkpoints, sizes and reported accuracy")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_zoo)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

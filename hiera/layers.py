@@ -1,0 +1,216 @@
+"""Building blocks: patch embedding, mask-unit attention with q-pooling, the Hiera block, the head.
+
+All token tensors are ``[B, N, C]`` in the unrolled order of :mod:`hiera.token_order`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Type
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def conv_nd(n: int) -> Type[nn.Module]:
+    """The convolution class for ``n`` spatial dimensions (1-3)."""
+    return [nn.Identity, nn.Conv1d, nn.Conv2d, nn.Conv3d][n]
+
+
+def do_pool(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """Max-pool unrolled tokens by a flattened ``stride``: ``[B, N, C]`` -> ``[B, N // stride, C]``."""
+    return x.view(x.shape[0], stride, -1, x.shape[-1]).amax(dim=1)
+
+
+def get_resized_mask(target_size: Sequence[int], mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Nearest-resize a spatial mask ``[B, 1, *mask_grid]`` to ``[B, 1, *target_size]``."""
+    if mask is None:
+        return mask
+    if tuple(mask.shape[2:]) != tuple(target_size):
+        return F.interpolate(mask.float(), size=tuple(target_size))
+    return mask
+
+
+def do_masked_conv(x: torch.Tensor, conv: Optional[nn.Module], mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Convolve after zeroing the dropped mask units, so overlapping kernels cannot see them."""
+    if conv is None:
+        return x
+    if mask is None:
+        return conv(x)
+    mask = get_resized_mask(x.shape[2:], mask)
+    return conv(x * mask.bool())
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample while training.
+
+    Written here rather than imported from timm so that ``import hiera`` stays light (timm pulls in
+    torchvision); the behaviour is the standard one, rescaling kept samples by ``1 / keep``.
+    """
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:.3f}"
+
+
+class Mlp(nn.Module):
+    """Two-layer perceptron ``fc1 -> act -> fc2`` (state-dict keys ``fc1.*``, ``fc2.*``)."""
+
+    def __init__(self, in_features: int, hidden_features: int, act_layer: Type[nn.Module] = nn.GELU):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = act_layer()
+        self.fc2 = nn.Linear(hidden_features, in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class MaskUnitAttention(nn.Module):
+    """Attention within mask units (windows) or over all tokens, optionally q-pooled.
+
+    Args:
+        dim, dim_out: input and output channels.
+        heads: number of attention heads.
+        q_stride: flattened pooling stride for the queries (4 for 2x2); 1 for none.
+        window_size: flattened mask-unit size *after* pooling.
+        use_mask_unit_attn: attend within mask units (True) or globally (False).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int,
+        heads: int,
+        q_stride: int = 1,
+        window_size: int = 0,
+        use_mask_unit_attn: bool = False,
+    ):
+        super().__init__()
+        self.dim = dim
+        self.dim_out = dim_out
+        self.heads = heads
+        self.q_stride = q_stride
+        self.head_dim = dim_out // heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, 3 * dim_out)
+        self.proj = nn.Linear(dim_out, dim_out)
+        self.window_size = window_size
+        self.use_mask_unit_attn = use_mask_unit_attn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, N, dim]`` -> ``[B, N // q_stride, dim_out]``."""
+        batch, n, _ = x.shape
+        windows = n // (self.q_stride * self.window_size) if self.use_mask_unit_attn else 1
+        # Token n sits in window n % windows (see token_order). Windows are folded into the batch
+        # so scaled_dot_product_attention gets 4-D inputs and its fused kernel.
+        qkv = self.qkv(x).view(batch, -1, windows, 3, self.heads, self.head_dim)
+        q, k, v = qkv.permute(3, 0, 2, 4, 1, 5).reshape(3, batch * windows, self.heads, -1, self.head_dim).unbind(0)
+        if self.q_stride > 1:
+            q = q.view(batch * windows, self.heads, self.q_stride, -1, self.head_dim).amax(dim=2)
+        x = F.scaled_dot_product_attention(q, k, v)
+        # [B*W, h, L, d] -> [B, L, W, h*d]: back to unrolled token order.
+        x = x.view(batch, windows, self.heads, -1, self.head_dim).permute(0, 3, 1, 2, 4)
+        return self.proj(x.reshape(batch, -1, self.dim_out))
+
+    def extra_repr(self) -> str:
+        return (
+            f"heads={self.heads}, q_stride={self.q_stride}, window_size={self.window_size}, "
+            f"use_mask_unit_attn={self.use_mask_unit_attn}"
+        )
+
+
+class HieraBlock(nn.Module):
+    """Pre-norm transformer block; when ``dim != dim_out`` the residual is projected and pooled."""
+
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        norm_layer: Type[nn.Module] = nn.LayerNorm,
+        act_layer: Type[nn.Module] = nn.GELU,
+        q_stride: int = 1,
+        window_size: int = 0,
+        use_mask_unit_attn: bool = False,
+    ):
+        super().__init__()
+        self.dim = dim
+        self.dim_out = dim_out
+        self.norm1 = norm_layer(dim)
+        self.attn = MaskUnitAttention(dim, dim_out, heads, q_stride, window_size, use_mask_unit_attn)
+        self.norm2 = norm_layer(dim_out)
+        self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio), act_layer=act_layer)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if dim != dim_out:
+            self.proj = nn.Linear(dim, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_norm = self.norm1(x)
+        if self.dim != self.dim_out:
+            x = do_pool(self.proj(x_norm), stride=self.attn.q_stride)
+        x = x + self.drop_path(self.attn(x_norm))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def softmax_last_dim(x: torch.Tensor) -> torch.Tensor:
+    """The head's default eval-mode activation (a named function so models pickle)."""
+    return x.softmax(dim=-1)
+
+
+class Head(nn.Module):
+    """Dropout + linear classifier. In eval mode ``act_func`` (softmax by default) is applied to the
+    logits, as in the official package; ``act_func=None`` keeps logits in every mode."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_classes: int,
+        dropout_rate: float = 0.0,
+        act_func: Optional[Callable[[torch.Tensor], torch.Tensor]] = softmax_last_dim,
+    ):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout_rate) if dropout_rate > 0 else nn.Identity()
+        self.projection = nn.Linear(dim, num_classes)
+        self.act_func = act_func
+
+    def forward(self, x: torch.Tensor, logits: bool = False) -> torch.Tensor:
+        x = self.projection(self.dropout(x))
+        if not self.training and not logits and self.act_func is not None:
+            x = self.act_func(x)
+        return x
+
+
+class PatchEmbed(nn.Module):
+    """Strided convolution for any number of spatial dims: ``[B, C, *S]`` -> ``[B, prod(S'), dim_out]``
+    in raster order."""
+
+    def __init__(
+        self,
+        dim_in: int,
+        dim_out: int,
+        kernel: Sequence[int],
+        stride: Sequence[int],
+        padding: Sequence[int],
+    ):
+        super().__init__()
+        self.spatial_dims = len(kernel)
+        self.proj = conv_nd(self.spatial_dims)(
+            dim_in, dim_out, kernel_size=tuple(kernel), stride=tuple(stride), padding=tuple(padding)
+        )
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = do_masked_conv(x, self.proj, mask)
+        return x.flatten(2).transpose(1, 2)

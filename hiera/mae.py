@@ -1,0 +1,238 @@
+"""Masked autoencoder (MAE) pretraining model: Hiera encoder, multi-scale fusion, light decoder."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import List, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from .config import records_config
+from .layers import HieraBlock, conv_nd
+from .model import Hiera, _norm_layer
+from .token_order import undo_windowing
+
+
+def apply_fusion_head(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a per-mask-unit conv: ``[B, #units, *mu, C]`` -> ``[B, #units, *mu', C']``."""
+    if isinstance(head, nn.Identity):
+        return x
+    batch, units = x.shape[:2]
+    ndim = x.ndim - 3
+    x = x.reshape(batch * units, *x.shape[2:]).permute(0, ndim + 1, *range(1, ndim + 1))
+    x = head(x)
+    x = x.permute(0, *range(2, ndim + 2), 1)
+    return x.reshape(batch, units, *x.shape[1:])
+
+
+class MaskedAutoencoderHiera(Hiera):
+    """MAE with a Hiera encoder, as in the official package.
+
+    ``model(x, mask_ratio=0.6, mask=None)`` returns ``(loss, preds, labels, mask)``:
+
+    * ``preds``, ``labels``: ``[#masked prediction tokens over the batch, pixels per token]`` for the
+      masked tokens only; labels are per-token normalised pixels (images: channel-major ``C, y, x``;
+      video: the first frame of each 2-frame tubelet, pixel-major ``y, x, C``, as upstream trained);
+    * ``mask``: ``[B, #mask units]`` bool, True = visible.
+
+    Pass ``mask_ratio=0.9`` for video. An explicit ``mask`` (True = keep) overrides ``mask_ratio``.
+    """
+
+    @records_config
+    def __init__(
+        self,
+        input_size: Tuple[int, ...] = (224, 224),
+        in_chans: int = 3,
+        embed_dim: int = 96,
+        num_heads: int = 1,
+        num_classes: int = 1000,  # unused (no head); kept so classifier configs load
+        stages: Tuple[int, ...] = (2, 3, 16, 3),
+        q_pool: int = 3,
+        q_stride: Tuple[int, ...] = (2, 2),
+        mask_unit_size: Tuple[int, ...] = (8, 8),
+        mask_unit_attn: Tuple[bool, ...] = (True, True, False, False),
+        dim_mul: float = 2.0,
+        head_mul: float = 2.0,
+        patch_kernel: Tuple[int, ...] = (7, 7),
+        patch_stride: Tuple[int, ...] = (4, 4),
+        patch_padding: Tuple[int, ...] = (3, 3),
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.0,
+        norm_layer: Union[str, nn.Module] = "LayerNorm",
+        head_dropout: float = 0.0,
+        head_init_scale: float = 0.001,
+        sep_pos_embed: bool = False,
+        decoder_embed_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_num_heads: int = 16,
+    ):
+        super().__init__(
+            input_size=input_size, in_chans=in_chans, embed_dim=embed_dim, num_heads=num_heads,
+            num_classes=num_classes, stages=stages, q_pool=q_pool, q_stride=q_stride,
+            mask_unit_size=mask_unit_size, mask_unit_attn=mask_unit_attn, dim_mul=dim_mul,
+            head_mul=head_mul, patch_kernel=patch_kernel, patch_stride=patch_stride,
+            patch_padding=patch_padding, mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate,
+            norm_layer=norm_layer, head_dropout=head_dropout, head_init_scale=head_init_scale,
+            sep_pos_embed=sep_pos_embed,
+        )
+        norm_layer = _norm_layer(norm_layer)
+        patch_stride = tuple(patch_stride)
+        ndim = len(self.q_stride)
+        if decoder_embed_dim % decoder_num_heads:
+            raise ValueError(
+                f"decoder_embed_dim={decoder_embed_dim} must be divisible by decoder_num_heads={decoder_num_heads}"
+            )
+        pool = [s**self.q_pool for s in self.q_stride]
+        if any(m % p for m, p in zip(self.mask_unit_size, pool)):
+            raise ValueError(f"mask_unit_size={self.mask_unit_size} must be a multiple of q_stride**q_pool={pool}")
+
+        # The encoder's final norm and head are replaced by the fusion + decoder below.
+        del self.norm, self.head
+        encoder_dim_out = self.blocks[-1].dim_out
+        self.encoder_norm = norm_layer(encoder_dim_out)
+        self.mask_unit_spatial_shape_final = [m // p for m, p in zip(self.mask_unit_size, pool)]
+        self.tokens_spatial_shape_final = [t // p for t, p in zip(self.tokens_spatial_shape, pool)]
+
+        # Multi-scale fusion: each pooled stage's map is reduced to the final resolution by a strided
+        # conv within its mask unit and summed with the last stage (which needs no transform).
+        cur_mu_size = list(self.mask_unit_size)
+        self.multi_scale_fusion_heads = nn.ModuleList()
+        for i in self.stage_ends[: self.q_pool]:
+            kernel = [c // f for c, f in zip(cur_mu_size, self.mask_unit_spatial_shape_final)]
+            cur_mu_size = [c // s for c, s in zip(cur_mu_size, self.q_stride)]
+            self.multi_scale_fusion_heads.append(
+                conv_nd(ndim)(self.blocks[i].dim_out, encoder_dim_out, kernel_size=kernel, stride=kernel)
+            )
+        self.multi_scale_fusion_heads.append(nn.Identity())
+
+        self.decoder_embed = nn.Linear(encoder_dim_out, decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.decoder_pos_embed = nn.Parameter(
+            torch.zeros(1, math.prod(self.tokens_spatial_shape_final), decoder_embed_dim)
+        )
+        self.decoder_blocks = nn.ModuleList(
+            [
+                HieraBlock(
+                    dim=decoder_embed_dim,
+                    dim_out=decoder_embed_dim,
+                    heads=decoder_num_heads,
+                    norm_layer=norm_layer,
+                    mlp_ratio=mlp_ratio,
+                )
+                for _ in range(decoder_depth)
+            ]
+        )
+        self.decoder_norm = norm_layer(decoder_embed_dim)
+        # Each prediction token covers pred_stride x pred_stride pixels (of one frame for video).
+        self.pred_stride = patch_stride[-1] * (self.q_stride[-1] ** self.q_pool)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, (self.pred_stride ** min(2, ndim)) * in_chans)
+        self.initialize_weights()
+
+    def _finalize_config(self):
+        # The official MAE forwards a functools.partial as norm_layer, which no config.json can hold
+        # and which its own from_pretrained cannot take back as a string: leave the default out.
+        if self.config.get("norm_layer") == "LayerNorm":
+            del self.config["norm_layer"]
+
+    def initialize_weights(self):
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        nn.init.trunc_normal_(self.decoder_pos_embed, std=0.02)
+        self.apply(self._mae_init_weights)
+        # Initialise the patch embedding like a linear layer rather than a conv.
+        w = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
+
+    def _mae_init_weights(self, m: nn.Module):
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.constant_(m.bias, 0)
+            nn.init.constant_(m.weight, 1.0)
+
+    # ------------------------------------------------------------------ targets
+    def get_pixel_label_2d(self, input_img: torch.Tensor, mask: torch.Tensor, norm: bool = True) -> torch.Tensor:
+        """Pixel targets of images ``[B, C, H, W]`` for the tokens where ``mask`` (``[B, N_pred]``) is
+        True (True = *masked* here): ``[#True, C * s * s]``, channel-major, per-token normalised."""
+        size = self.pred_stride
+        label = input_img.permute(0, 2, 3, 1).unfold(1, size, size).unfold(2, size, size)
+        label = label.flatten(1, 2).flatten(2)[mask]
+        return _normalise(label) if norm else label
+
+    def get_pixel_label_3d(self, input_vid: torch.Tensor, mask: torch.Tensor, norm: bool = True) -> torch.Tensor:
+        """Pixel targets of clips ``[B, C, T, H, W]``: only the first frame of each temporal patch
+        (a time-strided loss), laid out ``[#True, s * s * C]`` pixel-major: the layout the official
+        models were trained with, which differs from the 2-D one."""
+        input_vid = input_vid[:, :, :: self.patch_stride[0], :, :]
+        size = self.pred_stride
+        label = input_vid.unfold(3, size, size).unfold(4, size, size)
+        label = label.permute(0, 2, 3, 4, 5, 6, 1).flatten(1, 3).flatten(2)[mask]
+        return _normalise(label) if norm else label
+
+    # ------------------------------------------------------------------ forward
+    def forward_encoder(
+        self, x: torch.Tensor, mask_ratio: float, mask: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Encode the kept units: -> (fused latent ``[B, #kept, *mu_final, C]``, mask ``[B, #units]``)."""
+        if mask is None:
+            mask = self.get_random_mask(x, mask_ratio)
+        _, intermediates = self.forward_tokens(x, mask, return_intermediates=True)
+        # Stages after the last pooling share its resolution: fuse the pooled ones and the last.
+        intermediates = intermediates[: self.q_pool] + intermediates[-1:]
+        x = None
+        for head, feat in zip(self.multi_scale_fusion_heads, intermediates):
+            y = apply_fusion_head(head, feat)
+            x = y if x is None else x + y
+        return self.encoder_norm(x), mask
+
+    def forward_decoder(self, x: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Decode: -> (predictions ``[B, N_pred, pixels]`` in raster order, visibility ``[B, N_pred]``)."""
+        x = self.decoder_embed(x)
+        # Scatter the visible units among mask tokens: [B, #units, *mu_final, C].
+        unit_shape = x.shape[2:-1]
+        x_dec = self.mask_token.to(x.dtype).expand(*mask.shape, *unit_shape, x.shape[-1]).clone()
+        x_dec[mask] = x.reshape(-1, *x.shape[2:])
+        x = undo_windowing(x_dec, self.tokens_spatial_shape_final, self.mask_unit_spatial_shape_final)
+        unit_mask = mask.view(*mask.shape, *([1] * len(unit_shape)), 1).expand(*mask.shape, *unit_shape, 1)
+        mask = undo_windowing(unit_mask, self.tokens_spatial_shape_final, self.mask_unit_spatial_shape_final)
+
+        x = x.reshape(x.shape[0], -1, x.shape[-1]) + self.decoder_pos_embed
+        mask = mask.reshape(x.shape[0], -1)
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.decoder_pred(self.decoder_norm(x)), mask
+
+    def forward_loss(
+        self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean squared error on the masked tokens (``mask`` True = masked here)."""
+        if len(self.q_stride) == 2:
+            label = self.get_pixel_label_2d(x, mask)
+        elif len(self.q_stride) == 3:
+            label = self.get_pixel_label_3d(x, mask)
+        else:
+            raise ValueError(f"MAE targets exist for 2-D and 3-D inputs, not {len(self.q_stride)}-D")
+        pred = pred[mask]
+        loss = (pred - label) ** 2
+        return loss.mean(), pred, label
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask_ratio: float = 0.6,
+        mask: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[B, C, *S]`` -> ``(loss, preds, labels, mask)``; see the class docstring."""
+        self._check_input(x, mask)
+        latent, mask = self.forward_encoder(x, mask_ratio, mask=mask)
+        pred, pred_mask = self.forward_decoder(latent, mask)  # pred_mask: visibility per prediction token
+        return (*self.forward_loss(x, pred, ~pred_mask), mask)
+
+
+def _normalise(label: torch.Tensor) -> torch.Tensor:
+    mean = label.mean(dim=-1, keepdim=True)
+    var = label.var(dim=-1, keepdim=True)
+    return (label - mean) / (var + 1.0e-6) ** 0.5

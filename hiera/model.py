@@ -1,0 +1,329 @@
+"""The Hiera encoder and classifier (image and video, any number of spatial dimensions)."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from .config import records_config
+from .hub import HubMixin
+from .layers import Head, HieraBlock, PatchEmbed
+from .token_order import Reroll, Unroll
+
+
+def _norm_layer(norm_layer: Union[str, type, partial]):
+    if isinstance(norm_layer, str):
+        if not hasattr(nn, norm_layer):
+            raise ValueError(f"norm_layer {norm_layer!r} is not a torch.nn layer (expected e.g. 'LayerNorm')")
+        return partial(getattr(nn, norm_layer), eps=1e-6)
+    return norm_layer
+
+
+def _tuple(value, name: str) -> tuple:
+    try:
+        return tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence (e.g. a tuple), got {value!r}") from None
+
+
+class Hiera(nn.Module, HubMixin):
+    """Hiera: a hierarchical vision transformer (Ryali et al., ICML 2023).
+
+    Input ``[B, in_chans, *input_size]`` (images ``[B, 3, H, W]``, clips ``[B, 3, T, H, W]``).
+    The constructor arguments, defaults and state-dict layout are those of the official package.
+
+    Calling the model returns, as the official package does:
+
+    * no mask: ``[B, num_classes]`` logits in train mode, softmax probabilities in eval mode
+      (``return_logits=True``, ``forward_logits`` or ``head.act_func = None`` give logits in eval);
+    * with ``mask``: the encoder tokens of the kept mask units ``[B, N_kept, C]``;
+    * with ``return_intermediates=True``: ``(out, [per-stage maps])`` where each map is
+      ``[B, *grid, C]`` in spatial order (``[B, #kept units, *unit, C]`` when masked).
+    """
+
+    @records_config
+    def __init__(
+        self,
+        input_size: Tuple[int, ...] = (224, 224),
+        in_chans: int = 3,
+        embed_dim: int = 96,  # channels of the first stage
+        num_heads: int = 1,  # heads of the first stage
+        num_classes: int = 1000,
+        stages: Tuple[int, ...] = (2, 3, 16, 3),
+        q_pool: int = 3,  # number of stage transitions that pool the queries
+        q_stride: Tuple[int, ...] = (2, 2),
+        mask_unit_size: Tuple[int, ...] = (8, 8),  # in tokens; a multiple of q_stride ** q_pool
+        mask_unit_attn: Tuple[bool, ...] = (True, True, False, False),  # per stage
+        dim_mul: float = 2.0,
+        head_mul: float = 2.0,
+        patch_kernel: Tuple[int, ...] = (7, 7),
+        patch_stride: Tuple[int, ...] = (4, 4),
+        patch_padding: Tuple[int, ...] = (3, 3),
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.0,
+        norm_layer: Union[str, nn.Module] = "LayerNorm",
+        head_dropout: float = 0.0,
+        head_init_scale: float = 0.001,
+        sep_pos_embed: bool = False,
+    ):
+        super().__init__()
+        norm_layer = _norm_layer(norm_layer)
+        input_size, q_stride = _tuple(input_size, "input_size"), _tuple(q_stride, "q_stride")
+        mask_unit_size, stages = _tuple(mask_unit_size, "mask_unit_size"), _tuple(stages, "stages")
+        patch_stride = _tuple(patch_stride, "patch_stride")
+        self._check_config(input_size, in_chans, stages, q_pool, q_stride, mask_unit_size, mask_unit_attn,
+                           patch_kernel, patch_stride, patch_padding, sep_pos_embed)
+
+        depth = sum(stages)
+        self.input_size = input_size
+        self.in_chans = in_chans
+        self.patch_stride = patch_stride
+        self.tokens_spatial_shape = [i // s for i, s in zip(input_size, patch_stride)]
+        num_tokens = math.prod(self.tokens_spatial_shape)
+        flat_mu_size = math.prod(mask_unit_size)
+        flat_q_stride = math.prod(q_stride)
+
+        self.q_pool, self.q_stride = q_pool, q_stride
+        self.mu_size, self.mask_unit_size = flat_mu_size, mask_unit_size
+        self.mask_spatial_shape = [i // s for i, s in zip(self.tokens_spatial_shape, mask_unit_size)]
+        self.stage_ends = [sum(stages[:i]) - 1 for i in range(1, len(stages) + 1)]
+
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_kernel, patch_stride, patch_padding)
+
+        self.sep_pos_embed = sep_pos_embed
+        if sep_pos_embed:
+            self.pos_embed_spatial = nn.Parameter(
+                torch.zeros(1, self.tokens_spatial_shape[1] * self.tokens_spatial_shape[2], embed_dim)
+            )
+            self.pos_embed_temporal = nn.Parameter(torch.zeros(1, self.tokens_spatial_shape[0], embed_dim))
+        else:
+            self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim))
+
+        unroll_schedule = [q_stride] * len(self.stage_ends[:-1])
+        self.unroll = Unroll(input_size, patch_stride, unroll_schedule)
+        self.reroll = Reroll(input_size, patch_stride, unroll_schedule, self.stage_ends, q_pool)
+
+        q_pool_blocks = [x + 1 for x in self.stage_ends[:q_pool]]
+        # Stochastic depth grows linearly over blocks (float32 linspace, as the official code).
+        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
+
+        cur_stage = 0
+        self.blocks = nn.ModuleList()
+        for i in range(depth):
+            dim_out = embed_dim
+            # The first block of a stage still uses the previous stage's attention kind: it pools,
+            # and global attention should only ever run on the pooled resolution.
+            use_mask_unit_attn = mask_unit_attn[cur_stage]
+            if i - 1 in self.stage_ends:
+                dim_out = int(embed_dim * dim_mul)
+                num_heads = int(num_heads * head_mul)
+                cur_stage += 1
+                if i in q_pool_blocks:
+                    flat_mu_size //= flat_q_stride
+            self.blocks.append(
+                HieraBlock(
+                    dim=embed_dim,
+                    dim_out=dim_out,
+                    heads=num_heads,
+                    mlp_ratio=mlp_ratio,
+                    drop_path=dpr[i],
+                    norm_layer=norm_layer,
+                    q_stride=(flat_q_stride if i in q_pool_blocks else 1),
+                    window_size=flat_mu_size,
+                    use_mask_unit_attn=use_mask_unit_attn,
+                )
+            )
+            embed_dim = dim_out
+
+        self.num_features = embed_dim
+        self.norm = norm_layer(embed_dim)
+        self.head = Head(embed_dim, num_classes, dropout_rate=head_dropout)
+
+        if sep_pos_embed:
+            nn.init.trunc_normal_(self.pos_embed_spatial, std=0.02)
+            nn.init.trunc_normal_(self.pos_embed_temporal, std=0.02)
+        else:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.apply(self._init_weights)
+        self.head.projection.weight.data.mul_(head_init_scale)
+        self.head.projection.bias.data.mul_(head_init_scale)
+
+    # ------------------------------------------------------------------ construction helpers
+    @staticmethod
+    def _check_config(input_size, in_chans, stages, q_pool, q_stride, mask_unit_size, mask_unit_attn,
+                      patch_kernel, patch_stride, patch_padding, sep_pos_embed):
+        ndim = len(input_size)
+        for name, value in (("q_stride", q_stride), ("mask_unit_size", mask_unit_size),
+                            ("patch_kernel", patch_kernel), ("patch_stride", patch_stride),
+                            ("patch_padding", patch_padding)):
+            if len(value) != ndim:
+                raise ValueError(
+                    f"{name}={tuple(value)} has {len(value)} dims but input_size={input_size} has {ndim}"
+                )
+        if not 1 <= ndim <= 3:
+            raise ValueError(f"input_size must have 1 to 3 spatial dims, got {input_size}")
+        if not 0 <= q_pool < len(stages):
+            raise ValueError(f"q_pool={q_pool} must be smaller than the number of stages ({len(stages)})")
+        if len(mask_unit_attn) < len(stages):
+            raise ValueError(f"mask_unit_attn needs one flag per stage ({len(stages)}), got {tuple(mask_unit_attn)}")
+        if sep_pos_embed and ndim != 3:
+            raise ValueError("sep_pos_embed=True needs 3-D (video) input_size (T, H, W)")
+        grid = [i // s for i, s in zip(input_size, patch_stride)]
+        unroll = [q ** (len(stages) - 1) for q in q_stride]
+        for g, m, u, i, s in zip(grid, mask_unit_size, unroll, input_size, patch_stride):
+            if i % s or g % m or g % u:
+                raise ValueError(
+                    f"input_size={input_size} does not tile: it must be a multiple of patch_stride "
+                    f"({tuple(patch_stride)}) times the mask unit ({tuple(mask_unit_size)}) and of "
+                    f"patch_stride times q_stride**{len(stages) - 1} ({tuple(unroll)}) in every dim"
+                )
+        if in_chans < 1:
+            raise ValueError(f"in_chans must be positive, got {in_chans}")
+
+    def _init_weights(self, m: nn.Module, init_bias: float = 0.02):
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.constant_(m.bias, init_bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.constant_(m.bias, init_bias)
+            nn.init.constant_(m.weight, 1.0)
+
+    def _finalize_config(self):
+        """Hook to adjust ``self.config`` after construction (see MaskedAutoencoderHiera)."""
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> List[str]:
+        if self.sep_pos_embed:
+            return ["pos_embed_spatial", "pos_embed_temporal"]
+        return ["pos_embed"]
+
+    # ------------------------------------------------------------------ masking
+    @property
+    def num_mask_units(self) -> int:
+        return math.prod(self.mask_spatial_shape)
+
+    def get_random_mask(self, x: torch.Tensor, mask_ratio: float) -> torch.Tensor:
+        """Random mask over mask units, ``[B, #units]`` bool, True = keep (the opposite of MAE's
+        convention). ``int(#units * (1 - mask_ratio))`` units are kept in every row."""
+        if not 0.0 <= float(mask_ratio) < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        batch = x.shape[0]
+        num_windows = self.num_mask_units
+        len_keep = int(num_windows * (1 - mask_ratio))
+        noise = torch.rand(batch, num_windows, device=x.device)
+        ids_shuffle = torch.argsort(noise, dim=1)  # ascending: the smallest noise is kept
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        mask = torch.zeros([batch, num_windows], device=x.device)
+        mask[:, :len_keep] = 1
+        return torch.gather(mask, dim=1, index=ids_restore).bool()
+
+    def get_pos_embed(self) -> torch.Tensor:
+        """Absolute position embedding ``[1, N, C]`` in raster order."""
+        if self.sep_pos_embed:
+            t = self.tokens_spatial_shape[0]
+            hw = self.tokens_spatial_shape[1] * self.tokens_spatial_shape[2]
+            return self.pos_embed_spatial.repeat(1, t, 1) + torch.repeat_interleave(
+                self.pos_embed_temporal, hw, dim=1
+            )
+        return self.pos_embed
+
+    # ------------------------------------------------------------------ input checks
+    def _check_input(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected a torch.Tensor input, got {type(x).__name__}")
+        kind = {1: "[B, C, L]", 2: "[B, C, H, W]", 3: "[B, C, T, H, W]"}[len(self.input_size)]
+        if x.ndim != 2 + len(self.input_size):
+            raise ValueError(
+                f"expected a {2 + len(self.input_size)}-D input {kind} with spatial size "
+                f"{tuple(self.input_size)}, got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"expected {self.in_chans} input channels ({kind}), got {x.shape[1]} (shape {tuple(x.shape)})"
+            )
+        if tuple(x.shape[2:]) != tuple(self.input_size):
+            raise ValueError(
+                f"expected spatial size {tuple(self.input_size)} for this model, got {tuple(x.shape[2:])}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"expected a floating point input, got dtype {x.dtype}")
+        if mask is not None:
+            self._check_mask(mask, x.shape[0])
+
+    def _check_mask(self, mask: torch.Tensor, batch: int) -> None:
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"mask must be a bool tensor [B, {self.num_mask_units}], got {type(mask).__name__}")
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool tensor (True = keep), got dtype {mask.dtype}")
+        if tuple(mask.shape) != (batch, self.num_mask_units):
+            raise ValueError(
+                f"mask must have shape [B, #mask units] = [{batch}, {self.num_mask_units}] "
+                f"(mask unit grid {tuple(self.mask_spatial_shape)}), got {tuple(mask.shape)}"
+            )
+        kept = mask.sum(dim=1)
+        if batch > 0 and not torch.all(kept == kept[0]):
+            raise ValueError(
+                f"every row of mask must keep the same number of mask units, got {kept.tolist()}"
+            )
+        if batch > 0 and int(kept[0]) == 0:
+            raise ValueError("mask keeps no mask unit: at least one must be True per row")
+
+    # ------------------------------------------------------------------ forward
+    def _keep_units(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Drop the tokens of masked units: ``[B, N, C]`` -> ``[B, N_kept, C]``."""
+        batch, _, channels = x.shape
+        num_units = mask.shape[1]
+        kept = mask.nonzero()[:, 1].view(batch, 1, -1, 1)  # ascending unit indices per row
+        x = x.view(batch, -1, num_units, channels)
+        x = torch.gather(x, 2, kept.expand(batch, x.shape[1], -1, channels))
+        return x.reshape(batch, -1, channels)
+
+    def forward_tokens(
+        self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, return_intermediates: bool = False
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Run the trunk: ``[B, C, *S]`` -> (final tokens ``[B, N_last, C_last]``, per-stage maps)."""
+        intermediates = []
+        x = self.patch_embed(x, mask=mask.view(x.shape[0], 1, *self.mask_spatial_shape) if mask is not None else None)
+        x = self.unroll(x + self.get_pos_embed())
+        if mask is not None:
+            x = self._keep_units(x, mask)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if return_intermediates and i in self.stage_ends:
+                intermediates.append(self.reroll(x, i, mask=mask))
+        return x, intermediates
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Final tokens ``[B, N, C]`` -> logits ``[B, num_classes]`` (never softmaxed), or the pooled,
+        normalised features ``[B, C]`` with ``pre_logits=True``."""
+        x = self.norm(x.mean(dim=1))
+        return x if pre_logits else self.head(x, logits=True)
+
+    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, num_classes]`` in any mode."""
+        return self.forward(x, return_logits=True)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        return_intermediates: bool = False,
+        return_logits: bool = False,
+    ):
+        """See the class docstring. ``mask``: bool ``[B, #mask units]``, True = keep; every row must
+        keep the same number of units."""
+        if isinstance(x, list):  # SlowFast-style loaders pass a list of pathways
+            x = x[0]
+        self._check_input(x, mask)
+        x, intermediates = self.forward_tokens(x, mask, return_intermediates)
+        if mask is None:
+            x = self.norm(x.mean(dim=1))
+            x = self.head(x, logits=return_logits)
+        if return_intermediates:
+            return x, intermediates
+        return x

@@ -1,0 +1,217 @@
+"""Reading checkpoints and loading them into models, with a report of what did not match.
+
+Checkpoints come as the official ``.pth`` (``{"model_state": state_dict}``), plain state dicts
+(``.pth``/``.pt``/``.bin``) or ``.safetensors``; every path here loads with ``weights_only=True`` or
+safetensors, so a checkpoint can never run code.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Union
+
+import torch
+import torch.nn as nn
+
+StateDict = Dict[str, torch.Tensor]
+
+# Keys that only an MAE model (encoder + decoder) has.
+_MAE_PREFIXES = ("decoder_", "multi_scale_fusion_heads.", "mask_token", "encoder_norm.")
+_HEAD_KEYS = ("head.projection.weight", "head.projection.bias")
+# Containers that training scripts wrap a state dict in, tried in this order.
+_WRAPPER_KEYS = ("model_state", "model", "state_dict", "module")
+
+
+class CheckpointError(ValueError, RuntimeError):
+    """A checkpoint could not be found, read or matched to a model.
+
+    Subclasses both ValueError and RuntimeError: the official package raised RuntimeError for
+    unknown checkpoint names, and code written against it keeps working.
+    """
+
+
+@dataclass
+class LoadReport:
+    """What happened when a checkpoint was loaded into a model."""
+
+    source: str
+    checkpoint_kind: str
+    model_kind: str
+    missing: List[str] = field(default_factory=list)  # model weights not in the checkpoint
+    unexpected: List[str] = field(default_factory=list)  # checkpoint weights the model has no use for
+    fresh_head: bool = False  # head re-initialised because its size differs from the checkpoint's
+
+    @property
+    def exact(self) -> bool:
+        return not self.missing and not self.unexpected and not self.fresh_head
+
+    def __str__(self) -> str:
+        parts = [f"{self.source}: {self.checkpoint_kind} checkpoint -> {self.model_kind} model"]
+        if self.fresh_head:
+            parts.append("new classifier head (size differs from the checkpoint)")
+        if self.missing:
+            parts.append(f"{len(self.missing)} weights not in the checkpoint, left initialised: {self.missing}")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} checkpoint weights unused: {_summarise(self.unexpected)}")
+        return "; ".join(parts)
+
+
+def _summarise(keys: List[str], limit: int = 6) -> str:
+    prefixes = sorted({k.split(".")[0] for k in keys})
+    return ", ".join(prefixes[:limit]) + (", ..." if len(prefixes) > limit else "")
+
+
+def checkpoint_kind(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """``"mae"`` (encoder + decoder), ``"classifier"`` (encoder + head) or ``"encoder"`` (trunk only)."""
+    if any(k.startswith(_MAE_PREFIXES) for k in state_dict):
+        return "mae"
+    if _HEAD_KEYS[0] in state_dict:
+        return "classifier"
+    return "encoder"
+
+
+def model_kind(model: nn.Module) -> str:
+    return checkpoint_kind(dict(model.named_parameters()))
+
+
+_KIND_WORDS = {
+    "mae": "an MAE (encoder + decoder)",
+    "classifier": "a classifier (encoder + head)",
+    "encoder": "an encoder-only (no head)",
+}
+
+
+def unwrap_state_dict(obj, source: str = "checkpoint") -> StateDict:
+    """Find the state dict inside a loaded checkpoint object."""
+    while isinstance(obj, Mapping):
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            break
+        for key in _WRAPPER_KEYS:
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+        else:
+            found = sorted(k for k in obj if isinstance(k, str))[:10]
+            raise CheckpointError(
+                f"{source} does not hold a state dict: expected tensors, or one of the keys "
+                f"{list(_WRAPPER_KEYS)}; found keys {found}"
+            )
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{source} does not hold a state dict (got {type(obj).__name__})")
+    state = dict(obj)
+    if all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def read_checkpoint(path: Union[str, os.PathLike]) -> StateDict:
+    """Read a state dict from ``.safetensors`` or a torch file (loaded with ``weights_only=True``)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"weights file not found: {path}")
+    if path.is_dir():
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if (path / name).exists():
+                return read_checkpoint(path / name)
+        raise CheckpointError(f"{path} is a directory without model.safetensors or pytorch_model.bin")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated, or a pickle that needs code to load
+        raise CheckpointError(
+            f"could not read weights file {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "expected a .safetensors file or a torch checkpoint holding only tensors"
+        ) from e
+    return unwrap_state_dict(obj, source=str(path))
+
+
+def mirror_url(url: str) -> str:
+    """Rewrite an official checkpoint URL to ``$HIERA_WEIGHTS_MIRROR`` when that is set (a local or
+    corporate mirror holding the same file names)."""
+    mirror = os.environ.get("HIERA_WEIGHTS_MIRROR")
+    if not mirror:
+        return url
+    return mirror.rstrip("/") + "/" + url.rsplit("/", 1)[-1]
+
+
+def download_checkpoint(url: str, progress: bool = True) -> StateDict:
+    """Fetch a checkpoint through the torch-hub cache (``$TORCH_HOME/hub/checkpoints``)."""
+    url = mirror_url(url)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    try:
+        obj = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=progress, weights_only=True)
+    except (urllib.error.URLError, OSError) as e:
+        raise CheckpointError(
+            f"could not download {url} ({e}). Offline? Put the file at {cached}, set HIERA_WEIGHTS_MIRROR "
+            "to a folder URL holding it, or pass a local file as checkpoint=PATH"
+        ) from e
+    except Exception as e:
+        raise CheckpointError(
+            f"could not read the downloaded checkpoint {cached} ({type(e).__name__}: {e}); "
+            "delete it to download it again"
+        ) from e
+    return unwrap_state_dict(obj, source=url)
+
+
+def load_weights(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    strict: Optional[bool] = None,
+    source: str = "checkpoint",
+) -> LoadReport:
+    """Load ``state_dict`` into ``model`` and say what did not match.
+
+    * A classifier head of another size than the model's is dropped and the model keeps its fresh
+      head (so ``num_classes=K`` works with any classifier checkpoint).
+    * ``strict=None`` (default): load every weight the two share; warn about model weights the
+      checkpoint lacks (e.g. the head, when an MAE checkpoint goes into a classifier).
+    * ``strict=True``: the checkpoint must be of the model's kind and match it exactly (apart from
+      a replaced head); otherwise a :class:`CheckpointError` names both kinds.
+    * ``strict=False``: load what is shared, silently; the report says the rest.
+    """
+    state = unwrap_state_dict(state_dict, source)
+    ckpt_kind, own_kind = checkpoint_kind(state), model_kind(model)
+    own = model.state_dict()
+
+    fresh_head = False
+    if _HEAD_KEYS[0] in state and _HEAD_KEYS[0] in own and state[_HEAD_KEYS[0]].shape != own[_HEAD_KEYS[0]].shape:
+        state = {k: v for k, v in state.items() if k not in _HEAD_KEYS}
+        fresh_head = True
+
+    if strict and ckpt_kind != own_kind:
+        raise CheckpointError(
+            f"{source} is {_KIND_WORDS[ckpt_kind]} checkpoint, but {type(model).__name__} here is "
+            f"{_KIND_WORDS[own_kind]} model; load it with strict=False (or the default strict=None) to "
+            f"take the weights the two share, or build the matching model"
+            + (" (the mae_ constructor)" if ckpt_kind == "mae" else "")
+        )
+
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if mismatched:
+        raise CheckpointError(
+            f"{source} does not fit {type(model).__name__}: {len(mismatched)} weights differ in shape "
+            f"(different model size or input size?): {mismatched[:5]}"
+        )
+
+    missing = [k for k in own if k not in state and not (fresh_head and k in _HEAD_KEYS)]
+    unexpected = [k for k in state if k not in own]
+    report = LoadReport(source, ckpt_kind, own_kind, missing, unexpected, fresh_head)
+    if strict and (report.missing or report.unexpected):  # checked before touching the model
+        raise CheckpointError(f"strict load failed: {report}")
+
+    model.load_state_dict(state, strict=False)
+    if strict is None and report.missing:
+        warnings.warn(f"Loaded {report}", UserWarning, stacklevel=3)
+    return report

@@ -1,0 +1,174 @@
+"""The model zoo: every named model, its configuration and its checkpoints, written once.
+
+The 20 constructors of the official package (``hiera_base_224``, ``mae_hiera_base_16x224``, ...) are
+generated from the tables below and keep its calling convention::
+
+    model = hiera.hiera_base_224(pretrained=True, checkpoint="mae_in1k_ft_in1k")
+
+``checkpoint`` may also be a local weights file or a URL. Each constructor has ``.checkpoints``
+(name -> URL) and ``.default`` like upstream's.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch.nn as nn
+
+from .mae import MaskedAutoencoderHiera
+from .model import Hiera
+from .weights import CheckpointError, download_checkpoint, load_weights, read_checkpoint
+
+CHECKPOINT_BASE_URL = "https://dl.fbaipublicfiles.com/hiera/"
+
+# Trunk sizes: (embed_dim, num_heads, stages).
+SIZES = {
+    "tiny": (96, 1, (1, 2, 7, 2)),
+    "small": (96, 1, (1, 2, 11, 2)),
+    "base": (96, 1, (2, 3, 16, 3)),
+    "base_plus": (112, 2, (2, 3, 16, 3)),
+    "large": (144, 2, (2, 6, 36, 4)),
+    "huge": (256, 4, (2, 6, 36, 4)),
+}
+
+# The 16x224 video models: 16 frames, 2-frame tubelets, mask units of 1x8x8 tokens, K400 head.
+VIDEO = dict(
+    num_classes=400,
+    input_size=(16, 224, 224),
+    q_stride=(1, 2, 2),
+    mask_unit_size=(1, 8, 8),
+    patch_kernel=(3, 7, 7),
+    patch_stride=(2, 4, 4),
+    patch_padding=(1, 3, 3),
+    sep_pos_embed=True,
+)
+
+# ImageNet-1k / Kinetics-400 top-1 of the fine-tuned checkpoints, from the paper (Tables 9 and 10).
+TOP1 = {
+    "hiera_tiny_224": 82.8, "hiera_small_224": 83.8, "hiera_base_224": 84.5,
+    "hiera_base_plus_224": 85.2, "hiera_large_224": 86.1, "hiera_huge_224": 86.9,
+    "hiera_base_16x224": 84.0, "hiera_base_plus_16x224": 85.0,
+    "hiera_large_16x224": 87.3, "hiera_huge_16x224": 87.8,
+}
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    cls: type
+    kwargs: dict
+    checkpoints: Dict[str, str] = field(default_factory=dict)  # checkpoint name -> URL
+    default: Optional[str] = None
+
+    @property
+    def video(self) -> bool:
+        return len(self.kwargs.get("input_size", (224, 224))) == 3
+
+
+def _specs() -> Dict[str, ModelSpec]:
+    specs = {}
+    for size, (dim, heads, stages) in SIZES.items():
+        trunk = dict(embed_dim=dim, num_heads=heads, stages=stages)
+        for video in (False, True):
+            if video and size in ("tiny", "small"):
+                continue  # no video models of these sizes were released
+            suffix, data = ("16x224", "k400") if video else ("224", "in1k")
+            extra = VIDEO if video else {}
+            name = f"hiera_{size}_{suffix}"
+            specs[name] = ModelSpec(
+                name, Hiera, {**trunk, **extra},
+                {f"mae_{data}_ft_{data}": f"{CHECKPOINT_BASE_URL}{name}.pth",
+                 f"mae_{data}": f"{CHECKPOINT_BASE_URL}mae_{name}.pth"},
+                f"mae_{data}_ft_{data}",
+            )
+            # MAE pretraining pools twice: the last two stages share the final resolution.
+            specs["mae_" + name] = ModelSpec(
+                "mae_" + name, MaskedAutoencoderHiera, {**trunk, **extra, "q_pool": 2},
+                {f"mae_{data}": f"{CHECKPOINT_BASE_URL}mae_{name}.pth"},
+                f"mae_{data}",
+            )
+    return specs
+
+
+MODELS: Dict[str, ModelSpec] = _specs()
+
+
+def list_models(pattern: str = "*") -> List[str]:
+    """Names of the zoo models matching a shell-style ``pattern``."""
+    import fnmatch
+
+    return sorted(n for n in MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise CheckpointError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+    return MODELS[name]
+
+
+def resolve_checkpoint(spec: ModelSpec, checkpoint: Optional[str]) -> str:
+    """Checkpoint name, path or URL -> a path or URL to read."""
+    checkpoint = checkpoint or spec.default
+    if checkpoint in spec.checkpoints:
+        return spec.checkpoints[checkpoint]
+    if checkpoint and (os.path.exists(checkpoint) or checkpoint.startswith(("http://", "https://"))):
+        return checkpoint
+    raise CheckpointError(
+        f"unknown checkpoint {checkpoint!r} for {spec.name}; choose one of {list(spec.checkpoints)}, "
+        "or pass the path of a weights file"
+    )
+
+
+def read_weights(location: str, progress: bool = True):
+    if location.startswith(("http://", "https://")):
+        return download_checkpoint(location, progress=progress)
+    return read_checkpoint(location)
+
+
+def create_model(
+    name: str,
+    pretrained: bool = False,
+    checkpoint: Optional[str] = None,
+    strict: Optional[bool] = None,
+    progress: bool = True,
+    **kwargs,
+) -> nn.Module:
+    """Build zoo model ``name`` (``"hiera_base_224"``, or ``"hiera_base_224.mae_in1k"`` naming the
+    checkpoint too). With ``pretrained=True`` load ``checkpoint`` (default: the model's default);
+    ``num_classes=K`` different from the checkpoint's gives a fresh K-way head on the pretrained
+    trunk. See :func:`hiera.weights.load_weights` for ``strict``. ``kwargs`` override the config.
+    """
+    if "." in name and checkpoint is None:
+        name, checkpoint = name.split(".", 1)
+        pretrained = True
+    spec = get_spec(name)
+    state, source = None, None
+    if pretrained:
+        source = resolve_checkpoint(spec, checkpoint)
+        state = read_weights(source, progress=progress)
+        head = state.get("head.projection.weight")
+        if head is not None and "num_classes" not in kwargs and spec.cls is Hiera:
+            kwargs["num_classes"] = head.shape[0]
+    model = spec.cls(**{**spec.kwargs, **kwargs})
+    if pretrained:
+        model.load_report = load_weights(model, state, strict=strict, source=f"{spec.name}:{checkpoint or spec.default}")
+    return model
+
+
+def _constructor(spec: ModelSpec) -> Callable[..., nn.Module]:
+    def build(pretrained: bool = False, checkpoint: Optional[str] = None, strict: Optional[bool] = None, **kwargs):
+        return create_model(spec.name, pretrained=pretrained, checkpoint=checkpoint, strict=strict, **kwargs)
+
+    build.__name__ = build.__qualname__ = spec.name
+    build.__doc__ = (
+        f"Build ``{spec.name}`` ({spec.cls.__name__}). ``pretrained=True`` loads ``checkpoint`` "
+        f"(one of {list(spec.checkpoints)}, default {spec.default!r}, or a weights file path)."
+    )
+    build.checkpoints = dict(spec.checkpoints)
+    build.default = spec.default
+    return build
+
+
+CONSTRUCTORS: Dict[str, Callable[..., nn.Module]] = {name: _constructor(spec) for name, spec in MODELS.items()}

@@ -1,0 +1,107 @@
+"""Bad input gets a clear ValueError / TypeError naming what is expected."""
+
+import pytest
+import torch
+
+import hiera
+from hiera import CheckpointError, Hiera, MaskedAutoencoderHiera
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Hiera(input_size=(64, 64), embed_dim=16, num_heads=1, stages=(1, 1, 2, 1), num_classes=4).eval()
+
+
+@pytest.fixture(scope="module")
+def video():
+    return Hiera(
+        input_size=(4, 32, 32), embed_dim=8, num_heads=1, stages=(1, 1, 1, 1), num_classes=3,
+        q_stride=(1, 2, 2), mask_unit_size=(1, 8, 8), patch_kernel=(3, 7, 7), patch_stride=(2, 4, 4),
+        patch_padding=(1, 3, 3), sep_pos_embed=True,
+    ).eval()
+
+
+def test_wrong_number_of_channels(model):
+    with pytest.raises(ValueError, match=r"expected 3 input channels.*got 1"):
+        model(torch.randn(1, 1, 64, 64))
+
+
+def test_wrong_number_of_dims(model, video):
+    with pytest.raises(ValueError, match=r"4-D input \[B, C, H, W\].*got shape \(3, 64, 64\)"):
+        model(torch.randn(3, 64, 64))
+    with pytest.raises(ValueError, match=r"5-D input \[B, C, T, H, W\]"):
+        video(torch.randn(1, 3, 32, 32))
+
+
+def test_spatial_size_mismatch(model):
+    with pytest.raises(ValueError, match=r"expected spatial size \(64, 64\).*got \(96, 64\)"):
+        model(torch.randn(1, 3, 96, 64))
+
+
+def test_integer_input(model):
+    with pytest.raises(TypeError, match="floating point"):
+        model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+
+
+def test_mask_shape_dtype_and_counts(model):
+    x = torch.randn(2, 3, 64, 64)
+    with pytest.raises(ValueError, match=r"mask must have shape \[B, #mask units\] = \[2, 4\].*got \(2, 5\)"):
+        model(x, mask=torch.ones(2, 5, dtype=torch.bool))
+    with pytest.raises(TypeError, match="bool tensor.*float32"):
+        model(x, mask=torch.ones(2, 4))
+    with pytest.raises(ValueError, match=r"same number of mask units, got \[2, 1\]"):
+        model(x, mask=torch.tensor([[True, True, False, False], [True, False, False, False]]))
+    with pytest.raises(ValueError, match="keeps no mask unit"):
+        model(x, mask=torch.zeros(2, 4, dtype=torch.bool))
+
+
+def test_mae_mask_ratio_range():
+    mae = MaskedAutoencoderHiera(input_size=(64, 64), embed_dim=8, stages=(1, 1, 1, 1), q_pool=2,
+                                 decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=1)
+    with pytest.raises(ValueError, match=r"mask_ratio must be in \[0, 1\)"):
+        mae(torch.randn(1, 3, 64, 64), mask_ratio=1.0)
+
+
+def test_config_that_does_not_tile():
+    with pytest.raises(ValueError, match="does not tile"):
+        Hiera(input_size=(100, 100))
+    with pytest.raises(ValueError, match="q_stride=.*has 2 dims but input_size"):
+        Hiera(input_size=(16, 224, 224))
+    with pytest.raises(ValueError, match="q_pool=4 must be smaller"):
+        Hiera(q_pool=4)
+
+
+def test_unknown_model_and_checkpoint_names_list_the_choices():
+    with pytest.raises(ValueError, match="unknown model 'hiera_giant_224'.*hiera_base_224"):
+        hiera.create_model("hiera_giant_224")
+    with pytest.raises(ValueError, match=r"unknown checkpoint 'in22k' for hiera_tiny_224.*mae_in1k_ft_in1k"):
+        hiera.hiera_tiny_224(pretrained=True, checkpoint="in22k")
+    # Code written against the official package caught RuntimeError: still works.
+    with pytest.raises(RuntimeError):
+        hiera.mae_hiera_tiny_224(pretrained=True, checkpoint="mae_in1k_ft_in1k")
+
+
+def test_missing_and_corrupt_weights_files(tmp_path):
+    with pytest.raises(CheckpointError, match="weights file not found"):
+        hiera.read_checkpoint(tmp_path / "nope.pth")
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"could not read weights file .*bad\.pth"):
+        hiera.hiera_tiny_224(pretrained=True, checkpoint=str(bad))
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    with pytest.raises(CheckpointError, match="could not read weights file"):
+        hiera.read_checkpoint(truncated)
+    odd = tmp_path / "odd.pth"
+    torch.save({"epoch": 3, "args": "x"}, odd)
+    with pytest.raises(CheckpointError, match="does not hold a state dict"):
+        hiera.read_checkpoint(odd)
+
+
+def test_checkpoint_of_another_size_says_so(tmp_path):
+    small = Hiera(input_size=(64, 64), embed_dim=16, stages=(1, 1, 1, 1))
+    path = tmp_path / "small.pth"
+    torch.save({"model_state": small.state_dict()}, path)
+    with pytest.raises(CheckpointError, match="differ in shape"):
+        hiera.load_weights(Hiera(input_size=(64, 64), embed_dim=32, stages=(1, 1, 1, 1)),
+                           torch.load(path, weights_only=True), source="small.pth")
