@@ -6,6 +6,7 @@
     logits = model(images, return_logits=True)   # logits in any mode
 """
 
+from .backbone import HieraFeatures
 from .layers import Head, HieraBlock, MaskUnitAttention, PatchEmbed
 from .mae import MaskedAutoencoderHiera
 from .model import Hiera

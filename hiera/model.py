@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -12,7 +12,17 @@ import torch.nn as nn
 from .config import records_config
 from .hub import HubMixin
 from .layers import Head, HieraBlock, PatchEmbed
+from .pos_embed import resize_pos_embed
 from .token_order import Reroll, Unroll
+
+
+class Geometry(NamedTuple):
+    """Everything that depends on the input size: token grid, mask-unit grid, token order."""
+
+    grid: Tuple[int, ...]  # tokens after the patch embedding
+    mask_grid: Tuple[int, ...]  # mask units
+    unroll: Unroll
+    reroll: Reroll
 
 
 def _norm_layer(norm_layer: Union[str, type, partial]):
@@ -103,9 +113,12 @@ class Hiera(nn.Module, HubMixin):
         else:
             self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim))
 
-        unroll_schedule = [q_stride] * len(self.stage_ends[:-1])
-        self.unroll = Unroll(input_size, patch_stride, unroll_schedule)
-        self.reroll = Reroll(input_size, patch_stride, unroll_schedule, self.stage_ends, q_pool)
+        self._unroll_schedule = [q_stride] * len(self.stage_ends[:-1])
+        self.unroll = Unroll(input_size, patch_stride, self._unroll_schedule)
+        self.reroll = Reroll(input_size, patch_stride, self._unroll_schedule, self.stage_ends, q_pool)
+        # Other input sizes (see dynamic_size) get their own token order, built on first use.
+        self.dynamic_size = False
+        self._geometries: Dict[tuple, Geometry] = {}
 
         q_pool_blocks = [x + 1 for x in self.stage_ends[:q_pool]]
         # Stochastic depth grows linearly over blocks (float32 linspace, as the official code).
@@ -213,7 +226,7 @@ class Hiera(nn.Module, HubMixin):
         if not 0.0 <= float(mask_ratio) < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         batch = x.shape[0]
-        num_windows = self.num_mask_units
+        num_windows = math.prod(self.geometry(x.shape[2:], x.device).mask_grid)
         len_keep = int(num_windows * (1 - mask_ratio))
         noise = torch.rand(batch, num_windows, device=x.device)
         ids_shuffle = torch.argsort(noise, dim=1)  # ascending: the smallest noise is kept
@@ -222,15 +235,47 @@ class Hiera(nn.Module, HubMixin):
         mask[:, :len_keep] = 1
         return torch.gather(mask, dim=1, index=ids_restore).bool()
 
-    def get_pos_embed(self) -> torch.Tensor:
-        """Absolute position embedding ``[1, N, C]`` in raster order."""
+    def get_pos_embed(self, grid: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """Absolute position embedding ``[1, N, C]`` in raster order, resized to the token ``grid``
+        when that differs from the one the model was built for."""
+        base = tuple(self.tokens_spatial_shape)
+        grid = base if grid is None else tuple(grid)
         if self.sep_pos_embed:
-            t = self.tokens_spatial_shape[0]
-            hw = self.tokens_spatial_shape[1] * self.tokens_spatial_shape[2]
-            return self.pos_embed_spatial.repeat(1, t, 1) + torch.repeat_interleave(
-                self.pos_embed_temporal, hw, dim=1
-            )
-        return self.pos_embed
+            spatial = resize_pos_embed(self.pos_embed_spatial, base[1:], grid[1:])
+            temporal = resize_pos_embed(self.pos_embed_temporal, base[:1], grid[:1])
+            return spatial.repeat(1, grid[0], 1) + torch.repeat_interleave(temporal, grid[1] * grid[2], dim=1)
+        return resize_pos_embed(self.pos_embed, base, grid)
+
+    # ------------------------------------------------------------------ input sizes
+    @property
+    def size_multiple(self) -> Tuple[int, ...]:
+        """Every spatial dim of an input must be a multiple of this (patch stride x mask unit, and
+        patch stride x the total q-pooling of the token order)."""
+        unroll = [q ** len(self._unroll_schedule) for q in self.q_stride]
+        return tuple(
+            p * math.lcm(m, u) for p, m, u in zip(self.patch_stride, self.mask_unit_size, unroll)
+        )
+
+    def geometry(self, spatial: Sequence[int], device: Optional[torch.device] = None) -> Geometry:
+        """Token grid, mask-unit grid and token order for an input of spatial size ``spatial``."""
+        spatial = tuple(spatial)
+        if spatial == tuple(self.input_size):
+            return Geometry(tuple(self.tokens_spatial_shape), tuple(self.mask_spatial_shape), self.unroll, self.reroll)
+        key = (spatial, str(device))
+        if key not in self._geometries:
+            multiple = self.size_multiple
+            if len(spatial) != len(multiple) or any(s % m or s <= 0 for s, m in zip(spatial, multiple)):
+                raise ValueError(
+                    f"input size {spatial} does not tile into this model's mask units: every dim must be a "
+                    f"positive multiple of {multiple} (e.g. "
+                    f"{tuple(m * max(1, round(i / m)) for m, i in zip(multiple, self.input_size))})"
+                )
+            grid = tuple(s // p for s, p in zip(spatial, self.patch_stride))
+            mask_grid = tuple(g // m for g, m in zip(grid, self.mask_unit_size))
+            unroll = Unroll(spatial, self.patch_stride, self._unroll_schedule).to(device)
+            reroll = Reroll(spatial, self.patch_stride, self._unroll_schedule, self.stage_ends, self.q_pool).to(device)
+            self._geometries[key] = Geometry(grid, mask_grid, unroll, reroll)
+        return self._geometries[key]
 
     # ------------------------------------------------------------------ input checks
     def _check_input(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> None:
@@ -246,24 +291,29 @@ class Hiera(nn.Module, HubMixin):
             raise ValueError(
                 f"expected {self.in_chans} input channels ({kind}), got {x.shape[1]} (shape {tuple(x.shape)})"
             )
-        if tuple(x.shape[2:]) != tuple(self.input_size):
+        if tuple(x.shape[2:]) != tuple(self.input_size) and not self.dynamic_size:
             raise ValueError(
-                f"expected spatial size {tuple(self.input_size)} for this model, got {tuple(x.shape[2:])}"
+                f"expected spatial size {tuple(self.input_size)} for this model, got {tuple(x.shape[2:])}; "
+                f"build it with input_size={tuple(x.shape[2:])} (pretrained position embeddings are resized "
+                f"when loading), or set model.dynamic_size = True to accept any size that is a multiple "
+                f"of {self.size_multiple}"
             )
         if not x.is_floating_point():
             raise TypeError(f"expected a floating point input, got dtype {x.dtype}")
+        geometry = self.geometry(x.shape[2:], x.device)  # also checks that the size tiles
         if mask is not None:
-            self._check_mask(mask, x.shape[0])
+            self._check_mask(mask, x.shape[0], geometry.mask_grid)
 
-    def _check_mask(self, mask: torch.Tensor, batch: int) -> None:
+    def _check_mask(self, mask: torch.Tensor, batch: int, mask_grid: Sequence[int]) -> None:
+        units = math.prod(mask_grid)
         if not isinstance(mask, torch.Tensor):
-            raise TypeError(f"mask must be a bool tensor [B, {self.num_mask_units}], got {type(mask).__name__}")
+            raise TypeError(f"mask must be a bool tensor [B, {units}], got {type(mask).__name__}")
         if mask.dtype != torch.bool:
             raise TypeError(f"mask must be a bool tensor (True = keep), got dtype {mask.dtype}")
-        if tuple(mask.shape) != (batch, self.num_mask_units):
+        if tuple(mask.shape) != (batch, units):
             raise ValueError(
-                f"mask must have shape [B, #mask units] = [{batch}, {self.num_mask_units}] "
-                f"(mask unit grid {tuple(self.mask_spatial_shape)}), got {tuple(mask.shape)}"
+                f"mask must have shape [B, #mask units] = [{batch}, {units}] "
+                f"(mask unit grid {tuple(mask_grid)}), got {tuple(mask.shape)}"
             )
         kept = mask.sum(dim=1)
         if batch > 0 and not torch.all(kept == kept[0]):
@@ -288,15 +338,61 @@ class Hiera(nn.Module, HubMixin):
     ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """Run the trunk: ``[B, C, *S]`` -> (final tokens ``[B, N_last, C_last]``, per-stage maps)."""
         intermediates = []
-        x = self.patch_embed(x, mask=mask.view(x.shape[0], 1, *self.mask_spatial_shape) if mask is not None else None)
-        x = self.unroll(x + self.get_pos_embed())
+        geo = self.geometry(x.shape[2:], x.device)
+        x = self.patch_embed(x, mask=mask.view(x.shape[0], 1, *geo.mask_grid) if mask is not None else None)
+        x = geo.unroll(x + self.get_pos_embed(geo.grid))
         if mask is not None:
             x = self._keep_units(x, mask)
         for i, blk in enumerate(self.blocks):
             x = blk(x)
             if return_intermediates and i in self.stage_ends:
-                intermediates.append(self.reroll(x, i, mask=mask))
+                intermediates.append(geo.reroll(x, i, mask=mask))
         return x, intermediates
+
+    def forward_features(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Final tokens before pooling, ``[B, N_last, C_last]`` (for the zoo models the last stage's
+        grid in raster order)."""
+        self._check_input(x, mask)
+        return self.forward_tokens(x, mask)[0]
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Sequence[int]] = None,
+        output_fmt: str = "NCHW",
+        per_block: bool = False,
+    ) -> List[torch.Tensor]:
+        """Multi-scale feature maps for dense tasks, in spatial order.
+
+        Args:
+            x: ``[B, C, H, W]`` or ``[B, C, T, H, W]``; any size that tiles (see ``size_multiple``)
+                when ``dynamic_size`` is on.
+            indices: stages (default all: strides 4, 8, 16, 32 for the zoo models), or blocks
+                with ``per_block=True``. Negative indices count from the end.
+            output_fmt: ``"NCHW"`` (channels first: ``[B, C, H, W]`` / ``[B, C, T, H, W]``) or
+                ``"NHWC"`` (channels last).
+        Returns:
+            one map per index, in the order given. Blocks after the last one asked for are not run.
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        self._check_input(x, None)
+        points = list(range(len(self.blocks))) if per_block else list(self.stage_ends)
+        indices = list(range(len(points))) if indices is None else list(indices)
+        try:
+            wanted = [points[i] for i in indices]
+        except IndexError:
+            what = "blocks" if per_block else "stages"
+            raise ValueError(f"indices {indices} out of range: the model has {len(points)} {what}") from None
+        geo = self.geometry(x.shape[2:], x.device)
+        x = geo.unroll(self.patch_embed(x) + self.get_pos_embed(geo.grid))
+        maps = {}
+        for i, blk in enumerate(self.blocks[: max(wanted) + 1]):
+            x = blk(x)
+            if i in wanted:
+                m = geo.reroll(x, i)
+                maps[i] = m.movedim(-1, 1) if output_fmt == "NCHW" else m
+        return [maps[i] for i in wanted]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Final tokens ``[B, N, C]`` -> logits ``[B, num_classes]`` (never softmaxed), or the pooled,

@@ -44,6 +44,7 @@ class LoadReport:
     missing: List[str] = field(default_factory=list)  # model weights not in the checkpoint
     unexpected: List[str] = field(default_factory=list)  # checkpoint weights the model has no use for
     fresh_head: bool = False  # head re-initialised because its size differs from the checkpoint's
+    resized: List[str] = field(default_factory=list)  # position embeddings resized to the model's grid
 
     @property
     def exact(self) -> bool:
@@ -53,6 +54,8 @@ class LoadReport:
         parts = [f"{self.source}: {self.checkpoint_kind} checkpoint -> {self.model_kind} model"]
         if self.fresh_head:
             parts.append("new classifier head (size differs from the checkpoint)")
+        if self.resized:
+            parts.append(f"resized to the model's input size: {self.resized}")
         if self.missing:
             parts.append(f"{len(self.missing)} weights not in the checkpoint, left initialised: {self.missing}")
         if self.unexpected:
@@ -161,6 +164,25 @@ def download_checkpoint(url: str, progress: bool = True) -> StateDict:
     return unwrap_state_dict(obj, source=url)
 
 
+def _fit_pos_embeds(model: nn.Module, state: StateDict, own: StateDict):
+    """Resize position embeddings of a checkpoint made for another input size (bicubic)."""
+    from .pos_embed import adapt_pos_embed
+
+    def differs(key):
+        return key in state and key in own and state[key].shape != own[key].shape
+
+    resized = []
+    grid = getattr(model, "tokens_spatial_shape", None)
+    if grid is not None and any(differs(k) for k in ("pos_embed", "pos_embed_spatial", "pos_embed_temporal")):
+        state = adapt_pos_embed(state, grid)
+        resized += [k for k in ("pos_embed", "pos_embed_spatial", "pos_embed_temporal") if k in state]
+    final = getattr(model, "tokens_spatial_shape_final", None)
+    if final is not None and differs("decoder_pos_embed"):
+        state = {**state, **{"decoder_pos_embed": adapt_pos_embed({"pos_embed": state["decoder_pos_embed"]}, final)["pos_embed"]}}
+        resized.append("decoder_pos_embed")
+    return state, resized
+
+
 def load_weights(
     model: nn.Module,
     state_dict: Mapping[str, torch.Tensor],
@@ -185,6 +207,7 @@ def load_weights(
     if _HEAD_KEYS[0] in state and _HEAD_KEYS[0] in own and state[_HEAD_KEYS[0]].shape != own[_HEAD_KEYS[0]].shape:
         state = {k: v for k, v in state.items() if k not in _HEAD_KEYS}
         fresh_head = True
+    state, resized = _fit_pos_embeds(model, state, own)
 
     if strict and ckpt_kind != own_kind:
         raise CheckpointError(
@@ -207,7 +230,7 @@ def load_weights(
 
     missing = [k for k in own if k not in state and not (fresh_head and k in _HEAD_KEYS)]
     unexpected = [k for k in state if k not in own]
-    report = LoadReport(source, ckpt_kind, own_kind, missing, unexpected, fresh_head)
+    report = LoadReport(source, ckpt_kind, own_kind, missing, unexpected, fresh_head, resized)
     if strict and (report.missing or report.unexpected):  # checked before touching the model
         raise CheckpointError(f"strict load failed: {report}")
 

@@ -139,7 +139,15 @@ def create_model(
     checkpoint too). With ``pretrained=True`` load ``checkpoint`` (default: the model's default);
     ``num_classes=K`` different from the checkpoint's gives a fresh K-way head on the pretrained
     trunk. See :func:`hiera.weights.load_weights` for ``strict``. ``kwargs`` override the config.
+
+    ``features_only=True`` returns a :class:`hiera.backbone.HieraFeatures` backbone (with
+    ``out_indices`` and ``output_fmt``); ``dynamic_size=True`` accepts any input size that tiles.
     """
+    features = {k: kwargs.pop(k) for k in ("out_indices", "output_fmt") if k in kwargs}
+    features_only = kwargs.pop("features_only", False)
+    dynamic_size = kwargs.pop("dynamic_size", False)
+    if features and not features_only:
+        raise ValueError(f"{sorted(features)} only apply with features_only=True")
     if "." in name and checkpoint is None:
         name, checkpoint = name.split(".", 1)
         pretrained = True
@@ -154,6 +162,11 @@ def create_model(
     model = spec.cls(**{**spec.kwargs, **kwargs})
     if pretrained:
         model.load_report = load_weights(model, state, strict=strict, source=f"{spec.name}:{checkpoint or spec.default}")
+    model.dynamic_size = dynamic_size
+    if features_only:
+        from .backbone import HieraFeatures
+
+        return HieraFeatures(model, **features)
     return model
 
 
