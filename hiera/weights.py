@@ -145,17 +145,34 @@ def mirror_url(url: str) -> str:
     return mirror.rstrip("/") + "/" + url.rsplit("/", 1)[-1]
 
 
+def _probe(url: str, offline_help: str) -> None:
+    """Fail within seconds when the host cannot be reached (torch.hub itself has no timeout)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    timeout = float(os.environ.get("HIERA_CONNECT_TIMEOUT", "10"))
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        raise CheckpointError(f"could not reach {parts.hostname}:{port} to download {url} ({e}). {offline_help}") from e
+
+
 def download_checkpoint(url: str, progress: bool = True) -> StateDict:
     """Fetch a checkpoint through the torch-hub cache (``$TORCH_HOME/hub/checkpoints``)."""
     url = mirror_url(url)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    offline_help = (
+        f"Offline? Put the file at {cached}, set HIERA_WEIGHTS_MIRROR to a folder URL holding it, "
+        "or pass a local weights file instead of a checkpoint name"
+    )
+    if not cached.exists():
+        _probe(url, offline_help)
     try:
         obj = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=progress, weights_only=True)
     except (urllib.error.URLError, OSError) as e:
-        raise CheckpointError(
-            f"could not download {url} ({e}). Offline? Put the file at {cached}, set HIERA_WEIGHTS_MIRROR "
-            "to a folder URL holding it, or pass a local file as checkpoint=PATH"
-        ) from e
+        raise CheckpointError(f"could not download {url} ({e}). {offline_help}") from e
     except Exception as e:
         raise CheckpointError(
             f"could not read the downloaded checkpoint {cached} ({type(e).__name__}: {e}); "
