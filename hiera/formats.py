@@ -996,7 +996,10 @@ def convert(
     if to == "official":
         return official, kwargs
     if to == "timm":
-        return official_to_timm(official, drop_unmapped=drop), (official_config_to_timm(kwargs) if kwargs else None)
+        timm_kwargs = official_config_to_timm(kwargs) if kwargs else None
+        if timm_kwargs is not None and "head.projection.weight" not in official:
+            timm_kwargs["num_classes"] = 0  # no classifier to load: timm's head keeps only its norm
+        return official_to_timm(official, drop_unmapped=drop), timm_kwargs
     if kwargs is None:
         raise ValueError("converting to hf needs config= (our constructor kwargs, e.g. model.config)")
     return official_to_hf(official, kwargs, drop_unmapped=drop, **hf_opts)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -12,6 +12,7 @@ import torch.nn as nn
 from .config import records_config
 from .layers import HieraBlock, conv_nd
 from .model import Hiera, _norm_layer
+from .pos_embed import resize_pos_embed
 from .token_order import undo_windowing
 
 
@@ -188,21 +189,33 @@ class MaskedAutoencoderHiera(Hiera):
             x = y if x is None else x + y
         return self.encoder_norm(x), mask
 
-    def forward_decoder(self, x: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Decode: -> (predictions ``[B, N_pred, pixels]`` in raster order, visibility ``[B, N_pred]``)."""
+    def final_grid(self, input_size: Optional[Sequence[int]] = None) -> List[int]:
+        """Grid of prediction tokens for an input of ``input_size`` (default: the model's)."""
+        if input_size is None or tuple(input_size) == tuple(self.input_size):
+            return list(self.tokens_spatial_shape_final)
+        grid = self.geometry(input_size).grid
+        return [g // s**self.q_pool for g, s in zip(grid, self.q_stride)]
+
+    def forward_decoder(
+        self, x: torch.Tensor, mask: torch.Tensor, input_size: Optional[Sequence[int]] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Decode: -> (predictions ``[B, N_pred, pixels]`` in raster order, visibility ``[B, N_pred]``).
+        ``input_size`` is needed only for inputs of another size than the model's."""
+        grid = self.final_grid(input_size)
         x = self.decoder_embed(x)
         # Scatter the visible units among mask tokens: [B, #units, *mu_final, C].
         unit_shape = x.shape[2:-1]
         x_dec = self.mask_token.to(x.dtype).expand(*mask.shape, *unit_shape, x.shape[-1]).clone()
         x_dec[mask] = x.reshape(-1, *x.shape[2:])
-        x = undo_windowing(x_dec, self.tokens_spatial_shape_final, self.mask_unit_spatial_shape_final)
+        x = undo_windowing(x_dec, grid, self.mask_unit_spatial_shape_final)
         unit_mask = mask.view(*mask.shape, *([1] * len(unit_shape)), 1).expand(*mask.shape, *unit_shape, 1)
-        mask = undo_windowing(unit_mask, self.tokens_spatial_shape_final, self.mask_unit_spatial_shape_final)
+        mask = undo_windowing(unit_mask, grid, self.mask_unit_spatial_shape_final)
 
-        x = x.reshape(x.shape[0], -1, x.shape[-1]) + self.decoder_pos_embed
+        pos = resize_pos_embed(self.decoder_pos_embed, self.tokens_spatial_shape_final, grid)
+        x = x.reshape(x.shape[0], -1, x.shape[-1]) + pos
         mask = mask.reshape(x.shape[0], -1)
         for blk in self.decoder_blocks:
-            x = blk(x)
+            x = self._run_block(blk, x)
         return self.decoder_pred(self.decoder_norm(x)), mask
 
     def forward_loss(
@@ -228,7 +241,7 @@ class MaskedAutoencoderHiera(Hiera):
         """``[B, C, *S]`` -> ``(loss, preds, labels, mask)``; see the class docstring."""
         self._check_input(x, mask)
         latent, mask = self.forward_encoder(x, mask_ratio, mask=mask)
-        pred, pred_mask = self.forward_decoder(latent, mask)  # pred_mask: visibility per prediction token
+        pred, pred_mask = self.forward_decoder(latent, mask, x.shape[2:])  # pred_mask: visibility per token
         return (*self.forward_loss(x, pred, ~pred_mask), mask)
 
 

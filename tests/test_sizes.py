@@ -120,3 +120,43 @@ def test_forward_features_and_head_compose_to_the_model():
     assert tokens.shape == (2, 4, 128)
     torch.testing.assert_close(model.forward_head(tokens), model(x, return_logits=True))
     assert model.forward_head(tokens, pre_logits=True).shape == (2, 128)
+
+
+def test_mae_runs_at_another_size_with_resized_decoder_positions():
+    torch.manual_seed(0)
+    mae = hiera.MaskedAutoencoderHiera(input_size=(64, 64), embed_dim=16, stages=(1, 1, 2, 1), q_pool=2,
+                                       decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+    big = hiera.MaskedAutoencoderHiera(**{**mae.config, "input_size": (96, 64)})
+    report = hiera.load_weights(big, mae.state_dict())
+    assert sorted(report.resized) == ["decoder_pos_embed", "pos_embed"]
+    mae.dynamic_size = True
+    x = torch.randn(2, 3, 96, 64)
+    mask = mae.get_random_mask(x, 0.5)
+    assert mask.shape == (2, 6) and mae.final_grid((96, 64)) == [6, 4]
+    ours, ref = mae(x, mask=mask), big(x, mask=mask)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b)
+    assert ours[1].shape == (2 * 3 * 4, 3 * 16 * 16)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = small(drop_path_rate=0.0).train()
+    x = torch.randn(2, 3, 64, 64)
+    model(x, return_logits=True).square().sum().backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x, return_logits=True).square().sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n], msg=n)
+
+
+def test_forward_compiles_without_graph_breaks():
+    model = small()
+    x = torch.randn(2, 3, 64, 64)
+    for mode in ("eval", "train"):
+        getattr(model, mode)()
+        explained = torch._dynamo.explain(model)(x, return_intermediates=True)
+        assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+    compiled = torch.compile(model.eval(), backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), model(x))
