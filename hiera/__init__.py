@@ -37,3 +37,7 @@ mae_hiera_base_16x224 = CONSTRUCTORS["mae_hiera_base_16x224"]
 mae_hiera_base_plus_16x224 = CONSTRUCTORS["mae_hiera_base_plus_16x224"]
 mae_hiera_large_16x224 = CONSTRUCTORS["mae_hiera_large_16x224"]
 mae_hiera_huge_16x224 = CONSTRUCTORS["mae_hiera_huge_16x224"]
+
+# timm's abswin models (weights from timm's Hub repos).
+hiera_small_abswin_256 = CONSTRUCTORS["hiera_small_abswin_256"]
+hiera_base_abswin_256 = CONSTRUCTORS["hiera_base_abswin_256"]

@@ -66,10 +66,15 @@ __all__ = [
 FORMATS = ("official", "timm", "hf")
 HF_ARCHITECTURES = ("HieraModel", "HieraForImageClassification", "HieraForPreTraining")
 
+_TRUNK_KEYS = (
+    "patch_embed.proj.weight", "patch_embed.proj.bias", "pos_embed", "pos_embed_spatial", "pos_embed_temporal",
+    "pos_embed_win",
+)
 _BLOCK_PARAMS = (
     "norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
     "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias",
     "proj.weight", "proj.bias",
+    "ls1.gamma", "ls2.gamma",  # layer scale (timm's init_values; our Hiera has it too)
 )
 _MAE_DECODER_PREFIXES = ("decoder_embed.", "decoder_pos_embed", "decoder_blocks.", "decoder_norm.", "decoder_pred.",
                          "mask_token", "multi_scale_fusion_heads.")
@@ -165,28 +170,19 @@ def _norm_layer_for_eps(eps: float):
 
 
 def _official_blocks(kw: Mapping[str, Any]) -> List[tuple]:
-    """Per-block ``(dim, dim_out, heads, q_stride, use_mask_unit_attn, window_size or None)`` exactly as
-    ``Hiera.__init__`` builds them (window size only matters with mask-unit attention)."""
-    stages = tuple(kw["stages"])
-    stage_ends = [sum(stages[:i]) - 1 for i in range(1, len(stages) + 1)]
-    q_pool_blocks = [x + 1 for x in stage_ends[: kw["q_pool"]]]
-    flat_mu = math.prod(kw["mask_unit_size"])
-    flat_q = math.prod(kw["q_stride"])
-    dim, heads, stage = kw["embed_dim"], kw["num_heads"], 0
-    out = []
-    for i in range(sum(stages)):
-        dim_out = dim
-        use_mua = bool(kw["mask_unit_attn"][stage])
-        if i - 1 in stage_ends:
-            dim_out = int(dim * kw["dim_mul"])
-            heads = int(heads * kw["head_mul"])
-            stage += 1
-            if i in q_pool_blocks:
-                flat_mu //= flat_q
-        q = flat_q if i in q_pool_blocks else 1
-        out.append((dim, dim_out, heads, q, use_mua, flat_mu if use_mua else None))
-        dim = dim_out
-    return out
+    """Per-block ``(dim, dim_out, heads, q_stride, use_mask_unit_attn, window_size or None)`` of our
+    ``Hiera(**kw)``, read off a model built on the meta device (window size only matters with
+    mask-unit attention)."""
+    from .model import Hiera
+
+    kw = {**{k: v for k, v in kw.items() if not k.startswith("decoder_")}, "num_classes": 1}
+    with torch.device("meta"):
+        model = Hiera(**kw)
+    return [
+        (b.dim, b.dim_out, b.attn.heads, b.attn.q_stride, bool(b.attn.use_mask_unit_attn),
+         b.attn.window_size if b.attn.use_mask_unit_attn else None)
+        for b in model.blocks
+    ]
 
 
 def _first_difference(a: List[tuple], b: List[tuple]) -> str:
@@ -312,19 +308,19 @@ def timm_to_official(
     No tensor changes layout (timm's attention packs qkv exactly as the official one). A timm model
     built with ``num_classes=0`` has no ``head.fc``: the result is an encoder (+ norm) checkpoint.
 
-    Features of timm that the official model lacks:
+    timm's extensions, which our Hiera has too (``init_values``, ``abs_win_pos_embed``,
+    ``use_expand_proj``), keep their keys: ``blocks.{i}.ls1.gamma`` / ``ls2.gamma`` ``[dim_out]``,
+    ``pos_embed`` ``[1, C, *global_pos_size]`` with ``pos_embed_win`` ``[1, C, *mask_unit_size]``. For a
+    state dict the *official* package can load, remove them:
 
-    * layer scale (``init_values``; keys ``blocks.{i}.ls1.gamma``, ``blocks.{i}.ls2.gamma``, ``[dim_out]``):
-      with ``fold_layer_scale=True`` folded exactly into the preceding linear layer
+    * ``fold_layer_scale=True`` folds layer scale exactly into the preceding linear layer
       (``attn.proj`` for ls1, ``mlp.fc2`` for ls2: ``W <- gamma[:, None] * W``, ``b <- gamma * b``,
-      computed in float64); otherwise a ValueError.
-    * abswin position embedding (``hiera_*_abswin_256``; ``pos_embed`` ``[1, C, *global_pos_size]`` and
-      ``pos_embed_win`` ``[1, C, *mask_unit_size]``): with ``abswin_input_size=(H, W)`` (and the model's
-      ``patch_stride``) baked into the plain ``pos_embed`` ``[1, N, C]`` that timm adds at that input
-      size (exact at that size); otherwise a ValueError.
-    * ``use_expand_proj=False`` (``hiera_small_abswin_256``: stage transitions concatenate max- and
-      avg-pooled un-normalised tokens instead of projecting): cannot be expressed, ValueError.
-    * ``head.pre_logits.*`` (an MLP head, ``hidden_size``): ValueError (or dropped with ``drop_unmapped``).
+      computed in float64);
+    * ``abswin_input_size=(H, W)`` (with the model's ``patch_stride``) bakes the abswin embedding into
+      the plain ``pos_embed`` ``[1, N, C]`` that timm adds at that input size (exact at that size).
+
+    ``use_expand_proj=False`` (stage transitions concatenate max- and mean-pooled tokens) has no
+    official form. ``head.pre_logits.*`` (an MLP head): ValueError (or dropped with ``drop_unmapped``).
     """
     state = _state(state_dict, "timm state dict")
     if head_norm not in ("norm", "encoder_norm"):
@@ -336,12 +332,7 @@ def timm_to_official(
         state["pos_embed"] = state.pop("pos_embed_abs")
 
     gammas = {k: v for k, v in state.items() if re.fullmatch(r"blocks\.\d+\.ls[12]\.gamma", k)}
-    if gammas and not fold_layer_scale:
-        raise ValueError(
-            f"timm state dict has layer scale ({_listing(list(gammas), 4)}), which the official Hiera lacks; "
-            "pass fold_layer_scale=True to fold it exactly into attn.proj / mlp.fc2"
-        )
-    for key, gamma in gammas.items():
+    for key, gamma in (gammas.items() if fold_layer_scale else ()):
         i, which = re.fullmatch(r"blocks\.(\d+)\.ls([12])\.gamma", key).groups()
         target = f"blocks.{i}.attn.proj" if which == "1" else f"blocks.{i}.mlp.fc2"
         for p in ("weight", "bias"):
@@ -353,30 +344,13 @@ def timm_to_official(
         state[f"{target}.bias"] = (b.double() * g).to(b.dtype)
         del state[key]
 
-    if "pos_embed_win" in state:
-        if abswin_input_size is None:
-            raise ValueError(
-                "timm state dict has the abswin position embedding (pos_embed_win "
-                f"{tuple(state['pos_embed_win'].shape)}, pos_embed {tuple(state['pos_embed'].shape)}), which the "
-                "official Hiera lacks; pass abswin_input_size=(H, W) (and patch_stride) to bake it into a plain "
-                "pos_embed for that input size"
-            )
+    if "pos_embed_win" in state and abswin_input_size is not None:
         state["pos_embed"] = _bake_abswin(state["pos_embed"], state.pop("pos_embed_win"), abswin_input_size, patch_stride)
-    elif "pos_embed" in state and state["pos_embed"].ndim != 3:
+    elif "pos_embed" in state and state["pos_embed"].ndim != 3 and "pos_embed_win" not in state:
         raise ValueError(f"pos_embed of shape {tuple(state['pos_embed'].shape)} is not [1, N, C] and no pos_embed_win")
 
-    # use_expand_proj=False: a dim-changing block without proj.
-    for key, w in state.items():
-        m = re.fullmatch(r"blocks\.(\d+)\.attn\.qkv\.weight", key)
-        if m and w.shape[0] != 3 * w.shape[1] and f"blocks.{m.group(1)}.proj.weight" not in state:
-            raise ValueError(
-                f"block {m.group(1)} changes width ({w.shape[1]} -> {w.shape[0] // 3}) without blocks.{m.group(1)}.proj: "
-                "a timm model with use_expand_proj=False (e.g. hiera_small_abswin_256), whose residual "
-                "concatenates max- and avg-pooled tokens; the official Hiera cannot express it"
-            )
-
     def rule(key: str, value: torch.Tensor) -> Optional[str]:
-        if key in ("patch_embed.proj.weight", "patch_embed.proj.bias", "pos_embed", "pos_embed_spatial", "pos_embed_temporal"):
+        if key in _TRUNK_KEYS:
             return key
         m = re.fullmatch(r"blocks\.\d+\.(.+)", key)
         if m:
@@ -410,7 +384,7 @@ def official_to_timm(state_dict: Mapping[str, torch.Tensor], *, drop_unmapped: b
         raise ValueError("state dict has both norm.* and encoder_norm.*; both would become timm's head.norm.*")
 
     def rule(key: str, value: torch.Tensor) -> Optional[str]:
-        if key in ("patch_embed.proj.weight", "patch_embed.proj.bias", "pos_embed", "pos_embed_spatial", "pos_embed_temporal"):
+        if key in _TRUNK_KEYS:
             return key
         m = re.fullmatch(r"blocks\.\d+\.(.+)", key)
         if m:
@@ -445,9 +419,10 @@ def timm_config_to_official(
     checked block by block against the timm model. ``head_init_scale`` (init only) keeps its default;
     timm's ``patch_drop_rate`` (training-time unit dropping) has no official counterpart and is ignored.
 
-    Raises ValueError for what the official model cannot express: layer scale (unless
-    ``fold_layer_scale``), abswin (unless ``bake_abswin``; pair with ``timm_to_official(...,
-    abswin_input_size=kwargs["input_size"])``), ``use_expand_proj=False``, a non-"avg" pool, an MLP head,
+    timm's extensions become our extension arguments (``abs_win_pos_embed``, ``global_pos_size``,
+    ``init_values``, ``use_expand_proj``), unless ``fold_layer_scale`` / ``bake_abswin`` ask for
+    official-only arguments (pair ``bake_abswin`` with ``timm_to_official(...,
+    abswin_input_size=kwargs["input_size"])``). Raises ValueError for a non-"avg" pool, an MLP head,
     a head without norm, a norm other than LayerNorm, an activation other than exact GELU.
     """
     model = model_or_name
@@ -465,12 +440,14 @@ def timm_config_to_official(
     stages = tuple(e - s for e, s in zip(stage_ends, [-1] + stage_ends[:-1]))
 
     problems = []
+    extensions = {}
     if getattr(model, "pos_embed_win", None) is not None and not bake_abswin:
-        problems.append("abswin position embedding (pos_embed_win; pass bake_abswin=True)")
-    if any(not isinstance(b.ls1, nn.Identity) or not isinstance(b.ls2, nn.Identity) for b in blocks) and not fold_layer_scale:
-        problems.append("layer scale (init_values; pass fold_layer_scale=True)")
+        extensions.update(abs_win_pos_embed=True, global_pos_size=tuple(int(g) for g in model.pos_embed.shape[2:]))
+    scaled = [b.ls1 for b in blocks if not isinstance(b.ls1, nn.Identity)]
+    if scaled and not fold_layer_scale:
+        extensions["init_values"] = float(getattr(scaled[0], "init_values", 1e-5))
     if any(b.do_expand and b.proj is None for b in blocks):
-        problems.append("use_expand_proj=False")
+        extensions["use_expand_proj"] = False
     head = model.head
     if getattr(head, "pool_type", "avg") != "avg":
         problems.append(f"global_pool={head.pool_type!r} (official: mean)")
@@ -526,6 +503,7 @@ def timm_config_to_official(
         norm_layer=_norm_layer_for_eps(eps.pop()),
         head_dropout=float(head.drop.p),
         sep_pos_embed=getattr(model, "pos_embed_spatial", None) is not None,
+        **extensions,
     )
     expected = _official_blocks(kwargs)
     actual = [
@@ -570,6 +548,12 @@ def official_config_to_timm(kwargs: Mapping[str, Any]) -> Dict[str, Any]:
         head_init_scale=kw["head_init_scale"],
         sep_pos_embed=kw["sep_pos_embed"],
     )
+    if kw.get("abs_win_pos_embed"):
+        out.update(abs_win_pos_embed=True, global_pos_size=tuple(kw.get("global_pos_size", (14, 14))))
+    if kw.get("init_values") is not None:
+        out["init_values"] = kw["init_values"]
+    if kw.get("use_expand_proj") is False:
+        out["use_expand_proj"] = False
     eps = _norm_eps(kw["norm_layer"])
     out["norm_layer"] = "layernorm" if abs(eps - 1e-6) < 1e-12 else partial(nn.LayerNorm, eps=eps)
     return out

@@ -63,6 +63,18 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob:.3f}"
 
 
+class LayerScale(nn.Module):
+    """Per-channel scale of a residual branch (``gamma``, as timm names it), used by timm's abswin
+    models with a small initial value so that deep stacks start close to identity."""
+
+    def __init__(self, dim: int, init_values: float):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
 class Mlp(nn.Module):
     """Two-layer perceptron ``fc1 -> act -> fc2`` (state-dict keys ``fc1.*``, ``fc2.*``)."""
 
@@ -131,7 +143,12 @@ class MaskUnitAttention(nn.Module):
 
 
 class HieraBlock(nn.Module):
-    """Pre-norm transformer block; when ``dim != dim_out`` the residual is projected and pooled."""
+    """Pre-norm transformer block; when ``dim != dim_out`` the residual is projected and pooled.
+
+    timm's extensions: ``init_values`` adds layer scale (``ls1``, ``ls2``) and
+    ``use_expand_proj=False`` widens the residual without a projection, concatenating its max- and
+    mean-pool (``dim_out`` must be ``2 * dim``).
+    """
 
     def __init__(
         self,
@@ -145,6 +162,8 @@ class HieraBlock(nn.Module):
         q_stride: int = 1,
         window_size: int = 0,
         use_mask_unit_attn: bool = False,
+        init_values: Optional[float] = None,
+        use_expand_proj: bool = True,
     ):
         super().__init__()
         self.dim = dim
@@ -155,14 +174,25 @@ class HieraBlock(nn.Module):
         self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio), act_layer=act_layer)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         if dim != dim_out:
-            self.proj = nn.Linear(dim, dim_out)
+            if not use_expand_proj and dim_out != 2 * dim:
+                raise ValueError(f"use_expand_proj=False needs dim_out == 2 * dim, got {dim} -> {dim_out}")
+            self.proj = nn.Linear(dim, dim_out) if use_expand_proj else None
+        if init_values is not None:
+            self.ls1 = LayerScale(dim_out, init_values)
+            self.ls2 = LayerScale(dim_out, init_values)
+        else:
+            self.ls1 = self.ls2 = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_norm = self.norm1(x)
         if self.dim != self.dim_out:
-            x = do_pool(self.proj(x_norm), stride=self.attn.q_stride)
-        x = x + self.drop_path(self.attn(x_norm))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+            if self.proj is not None:
+                x = do_pool(self.proj(x_norm), stride=self.attn.q_stride)
+            else:
+                pooled = x.view(x.shape[0], self.attn.q_stride, -1, x.shape[-1])
+                x = torch.cat([pooled.amax(dim=1), pooled.mean(dim=1)], dim=-1)
+        x = x + self.drop_path(self.ls1(self.attn(x_norm)))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
 
 def softmax_last_dim(x: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,10 @@ class MaskedAutoencoderHiera(Hiera):
         head_dropout: float = 0.0,
         head_init_scale: float = 0.001,
         sep_pos_embed: bool = False,
+        abs_win_pos_embed: bool = False,
+        global_pos_size: Tuple[int, ...] = (14, 14),
+        init_values: Optional[float] = None,
+        use_expand_proj: bool = True,
         decoder_embed_dim: int = 512,
         decoder_depth: int = 8,
         decoder_num_heads: int = 16,
@@ -76,7 +80,8 @@ class MaskedAutoencoderHiera(Hiera):
             head_mul=head_mul, patch_kernel=patch_kernel, patch_stride=patch_stride,
             patch_padding=patch_padding, mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate,
             norm_layer=norm_layer, head_dropout=head_dropout, head_init_scale=head_init_scale,
-            sep_pos_embed=sep_pos_embed,
+            sep_pos_embed=sep_pos_embed, abs_win_pos_embed=abs_win_pos_embed, global_pos_size=global_pos_size,
+            init_values=init_values, use_expand_proj=use_expand_proj,
         )
         norm_layer = _norm_layer(norm_layer)
         patch_stride = tuple(patch_stride)
@@ -132,6 +137,7 @@ class MaskedAutoencoderHiera(Hiera):
         self.initialize_weights()
 
     def _finalize_config(self):
+        super()._finalize_config()
         # The official MAE forwards a functools.partial as norm_layer, which no config.json can hold
         # and which its own from_pretrained cannot take back as a string: leave the default out.
         if self.config.get("norm_layer") == "LayerNorm":

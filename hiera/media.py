@@ -28,11 +28,18 @@ PathLike = Union[str, os.PathLike]
 IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .bmp .gif .webp .tif .tiff .ppm .pgm .pbm .pnm .tga .ico .jp2 .heic .avif".split()
 )
-VIDEO_EXTENSIONS = frozenset(".mp4 .m4v .mov .avi .mkv .webm .mpg .mpeg .m2v .ts .mts .m2ts .wmv .flv .3gp .ogv".split())
+VIDEO_EXTENSIONS = frozenset(
+    ".mp4 .m4v .mov .avi .mkv .webm .mpg .mpeg .m2v .ts .mts .m2ts .wmv .flv .3gp .ogv".split()
+)
 
 
 class MediaError(Exception):
-    """An image or video could not be read; the message names the file and says why."""
+    """An image or video could not be read: ``str(e)`` is ``"<path>: <reason>"``; ``e.path`` and
+    ``e.reason`` hold the parts."""
+
+    def __init__(self, path: PathLike, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
 
 
 class Skipped(NamedTuple):
@@ -73,12 +80,12 @@ def load_image(path: PathLike):
             img = ImageOps.exif_transpose(img)  # returns a loaded copy, so the file can close
             return _to_rgb(img)
     except FileNotFoundError:
-        raise MediaError(f"{path}: no such file") from None
+        raise MediaError(path, "no such file") from None
     except UnidentifiedImageError:
-        raise MediaError(f"{path}: not an image PIL can read (unknown or corrupt format)") from None
+        raise MediaError(path, "not an image PIL can read (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         # OSError: truncated / corrupt data; SyntaxError: some plugins' "not a valid file".
-        raise MediaError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+        raise MediaError(path, f"cannot decode image ({type(e).__name__}: {e})") from None
 
 
 def _to_rgb(img):
@@ -116,14 +123,14 @@ def _open(path: Path):
     import av
 
     if not path.exists():
-        raise MediaError(f"{path}: no such file")
+        raise MediaError(path, "no such file")
     try:
         container = av.open(str(path))
     except av.error.FFmpegError as e:
-        raise MediaError(f"{path}: not a video PyAV can open ({e.__class__.__name__}: {_av_reason(e)})") from None
+        raise MediaError(path, f"not a video PyAV can open ({e.__class__.__name__}: {_av_reason(e)})") from None
     if not container.streams.video:
         container.close()
-        raise MediaError(f"{path}: the file has no video stream")
+        raise MediaError(path, "the file has no video stream")
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"  # frame + slice threads: several times faster on multi-core machines
     return container, stream
@@ -207,7 +214,7 @@ def read_video(
                 error = e
             if not frames:
                 why = f": {_av_reason(error)}" if error is not None else " (empty stream)"
-                raise MediaError(f"{path}: no frame could be decoded{why}")
+                raise MediaError(path, f"no frame could be decoded{why}")
             return np.stack(frames), info.fps
 
         wanted = sorted({int(i) for i in indices})
@@ -243,7 +250,7 @@ def read_video(
                 error = e
         if not decoded:
             why = f": {_av_reason(error)}" if error is not None else " (empty stream, or every index past its end)"
-            raise MediaError(f"{path}: no frame could be decoded{why}")
+            raise MediaError(path, f"no frame could be decoded{why}")
         # Missing frames (past the end, or skipped by a damaged stretch) take the nearest decoded one.
         have = sorted(decoded)
         out = []
@@ -439,7 +446,9 @@ def find_media(
             if kind is None:
                 found.skipped.append(Skipped(str(entry), "not an image or video (unknown extension and header)"))
             elif kind not in kinds:
-                found.skipped.append(Skipped(str(entry), f"is a {kind}, but this model takes {' or '.join(kinds)}s"))
+                article = "an" if kind == "image" else "a"
+                reason = f"is {article} {kind}, but this model takes {' or '.join(kinds)}s"
+                found.skipped.append(Skipped(str(entry), reason))
             elif not os.access(entry, os.R_OK):
                 found.skipped.append(Skipped(str(entry), "permission denied"))
             else:

@@ -8,6 +8,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from .config import records_config
@@ -80,6 +81,10 @@ class Hiera(nn.Module, HubMixin):
         head_dropout: float = 0.0,
         head_init_scale: float = 0.001,
         sep_pos_embed: bool = False,
+        abs_win_pos_embed: bool = False,  # the extensions below are timm's, used by its abswin models
+        global_pos_size: Tuple[int, ...] = (14, 14),
+        init_values: Optional[float] = None,
+        use_expand_proj: bool = True,
     ):
         super().__init__()
         norm_layer = _norm_layer(norm_layer)
@@ -106,7 +111,15 @@ class Hiera(nn.Module, HubMixin):
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_kernel, patch_stride, patch_padding)
 
         self.sep_pos_embed = sep_pos_embed
-        if sep_pos_embed:
+        self.abs_win_pos_embed = abs_win_pos_embed
+        if abs_win_pos_embed:
+            # "Window Attention is Bugged" (Bolya et al. 2023): a global embedding interpolated to
+            # the token grid plus one embedding per position inside a mask unit, tiled.
+            if len(input_size) != 2 or sep_pos_embed:
+                raise ValueError("abs_win_pos_embed=True needs a 2-D input_size and sep_pos_embed=False")
+            self.pos_embed = nn.Parameter(torch.zeros(1, embed_dim, *global_pos_size))
+            self.pos_embed_win = nn.Parameter(torch.zeros(1, embed_dim, *mask_unit_size))
+        elif sep_pos_embed:
             self.pos_embed_spatial = nn.Parameter(
                 torch.zeros(1, self.tokens_spatial_shape[1] * self.tokens_spatial_shape[2], embed_dim)
             )
@@ -150,6 +163,8 @@ class Hiera(nn.Module, HubMixin):
                     q_stride=(flat_q_stride if i in q_pool_blocks else 1),
                     window_size=flat_mu_size,
                     use_mask_unit_attn=use_mask_unit_attn,
+                    init_values=init_values,
+                    use_expand_proj=use_expand_proj,
                 )
             )
             embed_dim = dim_out
@@ -163,6 +178,8 @@ class Hiera(nn.Module, HubMixin):
             nn.init.trunc_normal_(self.pos_embed_temporal, std=0.02)
         else:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if abs_win_pos_embed:
+            nn.init.trunc_normal_(self.pos_embed_win, std=0.02)
         self.apply(self._init_weights)
         self.head.projection.weight.data.mul_(head_init_scale)
         self.head.projection.bias.data.mul_(head_init_scale)
@@ -208,13 +225,25 @@ class Hiera(nn.Module, HubMixin):
             nn.init.constant_(m.bias, init_bias)
             nn.init.constant_(m.weight, 1.0)
 
+    # Arguments the official package does not know: left out of config while at their defaults, so
+    # config.json stays loadable by it.
+    _EXTENSION_DEFAULTS = {
+        "abs_win_pos_embed": False, "global_pos_size": (14, 14), "init_values": None, "use_expand_proj": True,
+    }
+
     def _finalize_config(self):
-        """Hook to adjust ``self.config`` after construction (see MaskedAutoencoderHiera)."""
+        """Adjust ``self.config`` after construction (see also MaskedAutoencoderHiera)."""
+        for key, default in self._EXTENSION_DEFAULTS.items():
+            value = self.config.get(key, default)
+            if value == default or (isinstance(value, list) and tuple(value) == default):
+                self.config.pop(key, None)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> List[str]:
         if self.sep_pos_embed:
             return ["pos_embed_spatial", "pos_embed_temporal"]
+        if self.abs_win_pos_embed:
+            return ["pos_embed", "pos_embed_win"]
         return ["pos_embed"]
 
     # ------------------------------------------------------------------ masking
@@ -242,6 +271,11 @@ class Hiera(nn.Module, HubMixin):
         when that differs from the one the model was built for."""
         base = tuple(self.tokens_spatial_shape)
         grid = base if grid is None else tuple(grid)
+        if self.abs_win_pos_embed:
+            units = [g // m for g, m in zip(grid, self.mask_unit_size)]
+            win = self.pos_embed_win.tile([1, 1, *units])
+            glob = F.interpolate(self.pos_embed, size=grid, mode="bicubic", antialias=True)
+            return (glob + win).flatten(2).transpose(1, 2)
         if self.sep_pos_embed:
             spatial = resize_pos_embed(self.pos_embed_spatial, base[1:], grid[1:])
             temporal = resize_pos_embed(self.pos_embed_temporal, base[:1], grid[:1])

@@ -260,7 +260,9 @@ def _input_size(model_or_spec) -> Tuple[int, ...]:
         size = getattr(candidate, "input_size", None)
         if size is not None:
             return tuple(size)
-    raise TypeError(f"cannot tell the input size of {type(model_or_spec).__name__}; pass a Hiera model, a zoo name or spec")
+    raise TypeError(
+        f"cannot tell the input size of {type(model_or_spec).__name__}; pass a Hiera model, a zoo name or spec"
+    )
 
 
 def eval_transform(

@@ -183,20 +183,27 @@ def download_checkpoint(url: str, progress: bool = True) -> StateDict:
 
 def _fit_pos_embeds(model: nn.Module, state: StateDict, own: StateDict):
     """Resize position embeddings of a checkpoint made for another input size (bicubic)."""
-    from .pos_embed import adapt_pos_embed
+    from .pos_embed import adapt_pos_embed, resize_pos_embed
 
     def differs(key):
         return key in state and key in own and state[key].shape != own[key].shape
 
-    resized = []
+    keys = ("pos_embed", "pos_embed_spatial", "pos_embed_temporal")
+    resized = [k for k in keys + ("decoder_pos_embed",) if differs(k)]
+    if not resized:
+        return state, resized
+    state = dict(state)
+    if differs("pos_embed") and state["pos_embed"].ndim == 4:  # abswin: a global [1, C, h, w] grid
+        glob = state["pos_embed"]
+        state["pos_embed"] = resize_pos_embed(
+            glob.flatten(2).transpose(1, 2), glob.shape[2:], own["pos_embed"].shape[2:]
+        ).transpose(1, 2).reshape(own["pos_embed"].shape)
     grid = getattr(model, "tokens_spatial_shape", None)
-    if grid is not None and any(differs(k) for k in ("pos_embed", "pos_embed_spatial", "pos_embed_temporal")):
+    if grid is not None and any(differs(k) for k in keys):
         state = adapt_pos_embed(state, grid)
-        resized += [k for k in ("pos_embed", "pos_embed_spatial", "pos_embed_temporal") if k in state]
     final = getattr(model, "tokens_spatial_shape_final", None)
     if final is not None and differs("decoder_pos_embed"):
-        state = {**state, **{"decoder_pos_embed": adapt_pos_embed({"pos_embed": state["decoder_pos_embed"]}, final)["pos_embed"]}}
-        resized.append("decoder_pos_embed")
+        state["decoder_pos_embed"] = adapt_pos_embed({"pos_embed": state["decoder_pos_embed"]}, final)["pos_embed"]
     return state, resized
 
 

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from .mae import MaskedAutoencoderHiera
 from .model import Hiera
-from .weights import CheckpointError, download_checkpoint, load_weights, read_checkpoint
+from .weights import CheckpointError, download_checkpoint, load_weights
 
 CHECKPOINT_BASE_URL = "https://dl.fbaipublicfiles.com/hiera/"
 
@@ -89,6 +89,19 @@ def _specs() -> Dict[str, ModelSpec]:
                 {f"mae_{data}": f"{CHECKPOINT_BASE_URL}mae_{name}.pth"},
                 f"mae_{data}",
             )
+    # timm's abswin models ("Window Attention is Bugged"): layer scale, a global + per-window
+    # position embedding, and (small) no projection at stage transitions. Weights: timm's Hub repos.
+    abswin = dict(input_size=(256, 256), abs_win_pos_embed=True, init_values=1e-5)
+    small_tags = ("sbb2_e200_in12k_ft_in1k", "sbb2_pd_e200_in12k_ft_in1k", "sbb2_e200_in12k", "sbb2_pd_e200_in12k")
+    specs["hiera_small_abswin_256"] = ModelSpec(
+        "hiera_small_abswin_256", Hiera,
+        dict(embed_dim=96, num_heads=1, stages=(1, 2, 11, 2), global_pos_size=(16, 16), use_expand_proj=False, **abswin),
+        {tag: f"hf-hub:timm/hiera_small_abswin_256.{tag}" for tag in small_tags},
+        small_tags[0],
+    )
+    specs["hiera_base_abswin_256"] = ModelSpec(
+        "hiera_base_abswin_256", Hiera, dict(embed_dim=96, num_heads=1, stages=(2, 3, 16, 3), **abswin)
+    )  # timm lists no released weights for it
     return specs
 
 
@@ -113,7 +126,7 @@ def resolve_checkpoint(spec: ModelSpec, checkpoint: Optional[str]) -> str:
     checkpoint = checkpoint or spec.default
     if checkpoint in spec.checkpoints:
         return spec.checkpoints[checkpoint]
-    if checkpoint and (os.path.exists(checkpoint) or checkpoint.startswith(("http://", "https://"))):
+    if checkpoint and (os.path.exists(checkpoint) or checkpoint.startswith(("http://", "https://", "hf-hub:"))):
         return checkpoint
     raise CheckpointError(
         f"unknown checkpoint {checkpoint!r} for {spec.name}; choose one of {list(spec.checkpoints)}, "
@@ -122,9 +135,27 @@ def resolve_checkpoint(spec: ModelSpec, checkpoint: Optional[str]) -> str:
 
 
 def read_weights(location: str, progress: bool = True):
+    """A state dict in our layout from a URL (torch-hub cache), ``hf-hub:org/name`` (Hugging Face
+    Hub cache; timm-layout repos are converted) or a local file or directory in any format."""
+    from .resolve import read_any
+
     if location.startswith(("http://", "https://")):
         return download_checkpoint(location, progress=progress)
-    return read_checkpoint(location)
+    if location.startswith("hf-hub:"):
+        location = _hub_file(location[len("hf-hub:"):])
+    return read_any(location)[0]
+
+
+def _hub_file(repo_id: str) -> str:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(repo_id, "model.safetensors")
+    except Exception as e:
+        raise CheckpointError(
+            f"could not get {repo_id} from the Hugging Face Hub ({type(e).__name__}). Offline? Download it once "
+            "where the Hub is reachable (it is then cached under $HF_HOME), or pass a local weights file"
+        ) from e
 
 
 def create_model(

@@ -9,10 +9,11 @@ import torch
 import hiera
 from hiera import Hiera, MaskedAutoencoderHiera
 from hiera import formats as fmt
+from hubserver import hf_offline  # noqa: F401  (fixture)
 
-timm_hiera = pytest.importorskip("timm.models.hiera")
-transformers = pytest.importorskip("transformers")
-from transformers import HieraConfig, HieraForImageClassification, HieraForPreTraining, HieraModel  # noqa: E402
+import timm
+import timm.models.hiera as timm_hiera
+from transformers import HieraConfig, HieraForImageClassification, HieraForPreTraining, HieraModel
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -108,7 +109,8 @@ def test_official_model_to_timm_round_trip():
     again = fmt.timm_to_official(timm_net.state_dict())
     assert again.keys() == ours.state_dict().keys()
     assert all(torch.equal(again[k], v) for k, v in ours.state_dict().items())
-    assert fmt.timm_config_to_official(timm_net) == {k: v for k, v in ours.config.items() if k != "head_init_scale"}
+    kwargs = fmt.timm_config_to_official(timm_net)
+    assert kwargs == {k: ours.config[k] for k in kwargs}
 
 
 @pytest.mark.parametrize("size", ["tiny", "small", "base", "base_plus", "large", "huge"])
@@ -116,55 +118,70 @@ def test_timm_registry_configs_match_zoo(size):
     """timm's hiera_<size>_224 (built on the meta device) is our hiera_<size>_224."""
     kwargs = fmt.timm_config_to_official(f"hiera_{size}_224")
     zoo = {**fmt._official_defaults(False), **hiera.zoo.MODELS[f"hiera_{size}_224"].kwargs}
-    zoo.pop("head_init_scale")
-    assert kwargs == zoo
+    assert kwargs == {k: zoo[k] for k in kwargs}
+    assert {"embed_dim", "num_heads", "stages", "q_pool", "mask_unit_attn", "dim_mul", "head_mul", "patch_kernel",
+            "input_size", "num_classes", "sep_pos_embed", "mlp_ratio", "norm_layer"} <= set(kwargs)
     assert fmt.timm_config_to_official(f"hiera_{size}_224", num_classes=0)["num_classes"] == 0
 
 
-def test_timm_layer_scale_folds_exactly():
+def test_timm_layer_scale_loads_natively_or_folds_exactly():
     timm_net = timm_model(**TIMM_CASES["image"], init_values=0.5)
     state = timm_net.state_dict()
     assert "blocks.0.ls1.gamma" in state and state["blocks.0.ls1.gamma"].shape == (16,)
-    with pytest.raises(ValueError, match="layer scale.*fold_layer_scale"):
-        fmt.timm_to_official(state)
-    with pytest.raises(ValueError, match="layer scale"):
-        fmt.timm_config_to_official(timm_net)
-    ours = Hiera(**fmt.timm_config_to_official(timm_net, fold_layer_scale=True)).eval()
-    strict_load(ours, fmt.timm_to_official(state, fold_layer_scale=True))
     x = torch.randn(2, 3, 64, 64)
+    kwargs = fmt.timm_config_to_official(timm_net)
+    assert kwargs["init_values"] == 0.5
+    native = Hiera(**kwargs).eval()
+    strict_load(native, fmt.timm_to_official(state))
+    # Folded: plain official layout (loadable by the official package), same function.
+    folded = Hiera(**fmt.timm_config_to_official(timm_net, fold_layer_scale=True)).eval()
+    assert "init_values" not in folded.config
+    strict_load(folded, fmt.timm_to_official(state, fold_layer_scale=True))
     with torch.no_grad():
-        torch.testing.assert_close(ours(x, return_logits=True), timm_net(x), **TOL)
+        torch.testing.assert_close(native(x, return_logits=True), timm_net(x), **TOL)
+        torch.testing.assert_close(folded(x, return_logits=True), timm_net(x), **TOL)
+    back = fmt.official_to_timm(native.state_dict())
+    assert torch.equal(back["blocks.0.ls1.gamma"], state["blocks.0.ls1.gamma"])
 
 
-def test_timm_abswin_bakes_into_pos_embed():
+def test_timm_abswin_loads_natively_or_bakes_into_pos_embed():
     timm_net = timm_model(**TIMM_CASES["image"], abs_win_pos_embed=True, global_pos_size=(6, 6))
     state = timm_net.state_dict()
     assert state["pos_embed"].shape == (1, 16, 6, 6) and state["pos_embed_win"].shape == (1, 16, 8, 8)
-    with pytest.raises(ValueError, match="pos_embed_win.*abswin_input_size"):
-        fmt.timm_to_official(state)
-    with pytest.raises(ValueError, match="abswin"):
-        fmt.timm_config_to_official(timm_net)
+    x = torch.randn(2, 3, 64, 64)
+    kwargs = fmt.timm_config_to_official(timm_net)
+    assert kwargs["abs_win_pos_embed"] and kwargs["global_pos_size"] == (6, 6)
+    native = Hiera(**kwargs).eval()
+    strict_load(native, fmt.timm_to_official(state))
     kwargs = fmt.timm_config_to_official(timm_net, bake_abswin=True)
     converted = fmt.timm_to_official(state, abswin_input_size=kwargs["input_size"], patch_stride=kwargs["patch_stride"])
     assert converted["pos_embed"].shape == (1, 256, 16)
+    baked = Hiera(**kwargs).eval()
+    strict_load(baked, converted)
+    with torch.no_grad():
+        torch.testing.assert_close(native(x, return_logits=True), timm_net(x), **TOL)
+        torch.testing.assert_close(baked(x, return_logits=True), timm_net(x), **TOL)
+        # abswin is defined for any size: at 96x64 too.
+        native.dynamic_size = True
+        y = torch.randn(1, 3, 96, 64)
+        assert native(y, return_logits=True).shape == (1, kwargs["num_classes"])
+
+
+def test_timm_abswin_zoo_configs_run_like_timm():
+    """timm's hiera_small_abswin_256 (layer scale, abswin, no expand projection) at a small size."""
+    timm_net = timm.create_model("hiera_small_abswin_256", pretrained=False, num_classes=5, img_size=128).eval()
+    with torch.no_grad():
+        for p in timm_net.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    kwargs = fmt.timm_config_to_official(timm_net)
+    assert kwargs["use_expand_proj"] is False and kwargs["init_values"] == 1e-5
     ours = Hiera(**kwargs).eval()
-    strict_load(ours, converted)
-    x = torch.randn(2, 3, 64, 64)
+    strict_load(ours, fmt.timm_to_official(timm_net.state_dict()))
+    x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         torch.testing.assert_close(ours(x, return_logits=True), timm_net(x), **TOL)
-
-
-def test_timm_features_without_official_equivalent_raise():
-    timm_net = timm_model(**TIMM_CASES["image"], use_expand_proj=False)
     with pytest.raises(ValueError, match="use_expand_proj=False"):
-        fmt.timm_to_official(timm_net.state_dict())
-    with pytest.raises(ValueError, match="use_expand_proj=False"):
-        fmt.timm_config_to_official(timm_net)
-    with pytest.raises(ValueError, match="use_expand_proj=False"):
-        fmt.timm_config_to_official("hiera_small_abswin_256", fold_layer_scale=True, bake_abswin=True)
-    kw = fmt.timm_config_to_official("hiera_base_abswin_256", fold_layer_scale=True, bake_abswin=True)
-    assert kw["input_size"] == (256, 256) and kw["stages"] == (2, 3, 16, 3)
-
+        Hiera(embed_dim=96, dim_mul=3.0, use_expand_proj=False)
 
 def test_mae_checkpoint_to_timm_needs_explicit_drop():
     torch.manual_seed(0)
@@ -303,6 +320,13 @@ def test_timm_to_hf_through_convert():
     rebuilt = timm_hiera.Hiera(**timm_kwargs).eval()
     strict_load(rebuilt, back)
     assert all(torch.equal(back[k], v) for k, v in timm_net.state_dict().items())
+    # a transformers HieraModel (no classifier) -> timm: a num_classes=0 timm model
+    with pytest.warns(UserWarning, match=r"head\.projection\.weight"):
+        base, base_cfg = fmt.convert(timm_net.state_dict(), "hf", config=timm_net, architecture="HieraModel",
+                                     drop_unmapped=True)
+    base_timm, base_kwargs = fmt.convert(base, "timm", config=HieraConfig(**base_cfg))
+    assert base_kwargs["num_classes"] == 0
+    strict_load(timm_hiera.Hiera(**base_kwargs), base_timm)
     same, none = fmt.convert(state, "hf")
     assert none is None and same.keys() == state.keys()
 
@@ -316,6 +340,39 @@ def test_hf_configs_without_official_equivalent_raise():
         fmt.hf_config_to_official(hf_config(num_heads=[1, 3, 4, 8]))
     with pytest.raises(ValueError, match="2-D only"):
         fmt.official_config_to_hf(hiera.zoo.MODELS["hiera_base_16x224"].kwargs)
+
+
+# =============================================================================== full-size layouts
+# The configs of transformers' convert_hiera_to_hf.py (facebook/hiera-*-224-hf on the Hub).
+HF_HUB_CONFIGS = {
+    "tiny": dict(depths=[1, 2, 7, 2]),
+    "base_plus": dict(embed_dim=112, num_heads=[2, 4, 8, 16]),
+    "huge": dict(embed_dim=256, num_heads=[4, 8, 16, 32], depths=[2, 6, 36, 4]),
+}
+
+
+@pytest.mark.parametrize("size", list(HF_HUB_CONFIGS))
+def test_zoo_models_convert_to_full_size_layouts(size):
+    """Our zoo classifier / MAE state dicts have the key sets and shapes of the real timm and HF models
+    (all built on the meta device)."""
+    shapes = lambda sd: {k: tuple(v.shape) for k, v in sd.items()}  # noqa: E731
+    with torch.device("meta"):
+        ours, mae = hiera.create_model(f"hiera_{size}_224"), hiera.create_model(f"mae_hiera_{size}_224")
+        timm_net = timm_hiera.Hiera(**fmt.official_config_to_timm(ours.config))
+        hf_cls, cfg = fmt.official_to_hf(ours.state_dict(), ours.config)
+        hf_mae, cfg_mae = fmt.official_to_hf(mae.state_dict(), mae.config)
+        hf_cls_net = HieraForImageClassification(HieraConfig(**cfg))
+        hf_mae_net = HieraForPreTraining(HieraConfig(**cfg_mae))
+    assert shapes(fmt.official_to_timm(ours.state_dict())) == shapes(timm_net.state_dict())
+    assert shapes(hf_cls) == shapes(hf_cls_net.state_dict())
+    assert shapes(hf_mae) == shapes(hf_mae_net.state_dict())
+    hub = HieraConfig(**HF_HUB_CONFIGS[size], num_labels=1000)
+    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    fields = [k for k in cfg if k not in ("architectures", "model_type", "num_labels")]
+    assert {k: norm(cfg[k]) for k in fields} == {k: norm(getattr(hub, k)) for k in fields}
+    kwargs = fmt.hf_config_to_official(hub)
+    assert all(ours.config[k] == v for k, v in kwargs.items())
+    assert cfg_mae["num_query_pool"] == 2 and cfg_mae["decoder_hidden_size"] == 512
 
 
 # =============================================================================== errors, detection
@@ -353,3 +410,28 @@ def test_detect_format():
         fmt.detect_format({**official, "head.fc.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="not a Hiera state dict"):
         fmt.detect_format({"conv1.weight": torch.zeros(1)})
+
+
+def test_abswin_zoo_model_loads_timm_hub_checkpoint_offline(hf_offline):
+    """hiera_small_abswin_256's default checkpoint is a timm-layout Hub repo: fetched through the
+    Hugging Face cache, converted, and it computes what timm computes."""
+    from safetensors.torch import save as safetensors_bytes
+
+    from hubserver import prefill_hf_cache
+
+    torch.manual_seed(0)
+    timm_net = timm.create_model("hiera_small_abswin_256", pretrained=False).eval()
+    with torch.no_grad():
+        for p in timm_net.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    with torch.device("meta"):
+        shapes = hiera.hiera_small_abswin_256().state_dict()
+    converted = fmt.timm_to_official(timm_net.state_dict())
+    assert {k: tuple(v.shape) for k, v in shapes.items()} == {k: tuple(v.shape) for k, v in converted.items()}
+    prefill_hf_cache(hf_offline, "timm/hiera_small_abswin_256.sbb2_e200_in12k_ft_in1k",
+                     {"model.safetensors": safetensors_bytes({k: v.contiguous() for k, v in timm_net.state_dict().items()})})
+    ours = hiera.hiera_small_abswin_256(pretrained=True).eval()
+    assert ours.load_report.exact
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x, return_logits=True), timm_net(x), **TOL)

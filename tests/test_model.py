@@ -214,4 +214,5 @@ def test_zoo_constructors_match_the_official_list():
         fn = getattr(hiera, name)
         assert callable(fn) and fn.default in fn.checkpoints
         assert all(url.startswith("https://dl.fbaipublicfiles.com/hiera/") for url in fn.checkpoints.values())
-    assert sorted(names) == hiera.list_models()
+    assert set(names) <= set(hiera.list_models())
+    assert {"hiera_small_abswin_256", "hiera_base_abswin_256"} <= set(hiera.list_models())

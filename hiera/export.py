@@ -1,0 +1,339 @@
+"""ONNX export of Hiera classifiers, checked against onnxruntime; the ``export`` command.
+
+The exported graph maps ``input`` ``[B, C, *input_size]`` (float32, normalised as for the model)
+to ``logits`` ``[B, num_classes]`` (no softmax). ``B`` is a symbolic dimension with
+``dynamic_batch=True``.
+
+Exporters (torch 2.14): the default ``torch.export``-based exporter (``dynamo=True``) handles the
+model as it is: the precomputed token-order ``index_select`` buffers become constants (``Gather``),
+``scaled_dot_product_attention`` is decomposed into ``MatMul``/``Softmax``, ``amax`` becomes
+``ReduceMax``, and the Python-side input checks run at trace time only. The legacy TorchScript
+exporter also works (faster to run, but deprecated and it warns); ``exporter="auto"`` tries
+``torch.export`` first and falls back to TorchScript if that fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import sys
+import warnings
+from pathlib import Path
+from typing import NamedTuple, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+EXPORTERS = ("auto", "dynamo", "torchscript")
+TORCHSCRIPT_DEFAULT_OPSET = 17
+# Weights above this go to a side file (<name>.onnx.data): protobuf files cannot exceed 2 GiB.
+EXTERNAL_DATA_BYTES = 1536 * 2**20
+
+
+class LogitsModule(nn.Module):
+    """Wraps a :class:`hiera.Hiera` so that ``forward(x)`` returns logits ``[B, num_classes]``
+    (never softmax probabilities, whatever the mode)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, return_logits=True)
+
+
+class OnnxExport(NamedTuple):
+    """What :func:`export_onnx` wrote."""
+
+    path: Path
+    exporter: str  # "dynamo" or "torchscript": the one that produced the file
+    opset: Optional[int]  # the default-domain opset of the file (None if onnx cannot read it)
+    input_shape: tuple  # the example input's shape; dim 0 is symbolic when dynamic_batch
+    dynamic_batch: bool
+    external_data: bool  # weights in <path>.data beside the graph
+
+
+def _check_classifier(model: nn.Module) -> None:
+    from .model import Hiera
+
+    if hasattr(model, "forward_decoder"):
+        raise TypeError(
+            "this is an MAE model (encoder + decoder, no classification head): ONNX export writes "
+            "classifier logits; load the classifier (load_model(..., mae=False))"
+        )
+    if not isinstance(model, Hiera):
+        raise TypeError(f"export_onnx needs a hiera.Hiera classifier, got {type(model).__name__}")
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module, dynamic_size: Optional[bool] = None):
+    training, dyn = model.training, getattr(model, "dynamic_size", None)
+    model.eval()
+    if dynamic_size is not None:
+        model.dynamic_size = dynamic_size
+    try:
+        yield model
+    finally:
+        model.train(training)
+        if dyn is not None:
+            model.dynamic_size = dyn
+
+
+def _have(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _export_dynamo(wrapper, x, path, dynamic_batch, opset, external_data):
+    missing = [m for m in ("onnx", "onnxscript") if not _have(m)]
+    if missing:
+        raise ImportError(
+            f"the torch.export-based ONNX exporter needs {' and '.join(missing)}: pip install onnx onnxscript "
+            "(or use exporter='torchscript')"
+        )
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, (x,), str(path), dynamo=True, dynamic_shapes=dynamic_shapes,
+            input_names=["input"], output_names=["logits"], opset_version=opset,
+            external_data=external_data, verbose=False,
+        )
+
+
+def _export_torchscript(wrapper, x, path, dynamic_batch, opset):
+    axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notice, tracer warnings on the input checks
+        torch.onnx.export(
+            wrapper, (x,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
+            dynamic_axes=axes, opset_version=opset or TORCHSCRIPT_DEFAULT_OPSET, do_constant_folding=True,
+        )
+
+
+def _file_opset(path: Path) -> Optional[int]:
+    try:
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - only informative
+        return None
+    for entry in proto.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return None
+
+
+def export_onnx(
+    model: nn.Module,
+    path: Union[str, Path],
+    input_size: Optional[Sequence[int]] = None,
+    batch: int = 1,
+    dynamic_batch: bool = True,
+    opset: Optional[int] = None,
+    exporter: str = "auto",
+    external_data: Optional[bool] = None,
+) -> OnnxExport:
+    """Export a classifier's logits to ONNX.
+
+    Args:
+        model: a :class:`hiera.Hiera` classifier (image or video); exported in eval mode (its mode
+            is restored afterwards).
+        path: the ``.onnx`` file to write (parent folders are created).
+        input_size: spatial size ``(H, W)`` / ``(T, H, W)``; default the model's. Another size must
+            tile (``model.size_multiple``); the graph is then built for that size.
+        batch: batch size of the graph when ``dynamic_batch=False`` (and of the example input).
+        dynamic_batch: make the batch dimension symbolic, so any batch size runs.
+        opset: ONNX opset; default the exporter's own (20 for the torch.export exporter in
+            torch 2.14, 17 for TorchScript).
+        exporter: ``"auto"`` (torch.export, falling back to TorchScript on failure), ``"dynamo"``
+            or ``"torchscript"``.
+        external_data: store the weights in ``<path>.data``; default only when they exceed 1.5 GiB
+            (torch.export exporter only: TorchScript decides by itself).
+    Returns:
+        an :class:`OnnxExport` (path, exporter used, opset, input shape, ...).
+
+    The graph: ``input`` float32 ``[B, C, *input_size]`` -> ``logits`` float32 ``[B, num_classes]``.
+    """
+    _check_classifier(model)
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    if int(batch) < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    if opset is not None and not 7 <= int(opset) <= 30:
+        raise ValueError(f"opset must be an ONNX opset version (e.g. 17, 18, 20), got {opset}")
+    size = tuple(model.input_size) if input_size is None else tuple(int(s) for s in input_size)
+    if len(size) != len(model.input_size):
+        raise ValueError(f"input_size needs {len(model.input_size)} dims like the model's {tuple(model.input_size)}, got {size}")
+    other_size = size != tuple(model.input_size)
+    if other_size:
+        model.geometry(size)  # raises a clear error when the size does not tile
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    param = next(model.parameters())
+    if external_data is None:
+        nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        nbytes += sum(b.numel() * b.element_size() for b in model.buffers())
+        external_data = nbytes > EXTERNAL_DATA_BYTES
+    # torch.export specialises a dimension whose example value is 1: trace a batch of >= 2.
+    example_batch = max(int(batch), 2) if dynamic_batch else int(batch)
+    x = torch.randn(example_batch, model.in_chans, *size, device=param.device, dtype=param.dtype)
+
+    wrapper = LogitsModule(model).eval()
+    used = exporter
+    with _eval_mode(model, dynamic_size=True if other_size else None), torch.no_grad():
+        if exporter in ("auto", "dynamo"):
+            try:
+                _export_dynamo(wrapper, x, path, dynamic_batch, opset, external_data)
+                used = "dynamo"
+            except Exception as e:  # noqa: BLE001 - reported, then the fallback is tried
+                if exporter == "dynamo":
+                    raise
+                warnings.warn(
+                    f"torch.export-based ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                    "falling back to the TorchScript exporter",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                used = "torchscript"
+        if used == "torchscript":
+            _export_torchscript(wrapper, x, path, dynamic_batch, opset)
+    ext = Path(str(path) + ".data").exists() if used == "dynamo" else bool(external_data)
+    shape = ("batch" if dynamic_batch else int(batch), model.in_chans, *size)
+    return OnnxExport(path, used, _file_opset(path), shape, bool(dynamic_batch), ext)
+
+
+class OnnxRuntimeMissing(ImportError):
+    """onnxruntime is not installed."""
+
+
+ORT_MISSING = "onnxruntime is not installed, so the exported file was not checked (pip install onnxruntime)"
+
+
+def verify_onnx(path: Union[str, Path], model: nn.Module, x: torch.Tensor, missing_ok: bool = True) -> Optional[float]:
+    """Run the ONNX file with onnxruntime (CPU) and the model in eval mode on ``x``.
+
+    Args:
+        path: an ``.onnx`` file written by :func:`export_onnx`.
+        model: the classifier it was exported from.
+        x: input ``[B, C, *input_size]``.
+        missing_ok: without onnxruntime, warn and return None (False: raise
+            :class:`OnnxRuntimeMissing`).
+    Returns:
+        the largest absolute difference between the two sets of logits ``[B, num_classes]``
+        (None when onnxruntime is missing and ``missing_ok``).
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        if not missing_ok:
+            raise OnnxRuntimeMissing(ORT_MISSING) from None
+        warnings.warn(ORT_MISSING, RuntimeWarning, stacklevel=2)
+        return None
+    _check_classifier(model)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    want = session.get_inputs()[0]
+    static = [d for d in want.shape]
+    if len(static) != x.ndim or any(isinstance(d, int) and d != s for d, s in zip(static, x.shape)):
+        raise ValueError(f"{path} takes input of shape {static}, got {tuple(x.shape)}")
+    with _eval_mode(model, dynamic_size=True if tuple(x.shape[2:]) != tuple(model.input_size) else None), torch.no_grad():
+        ref = model(x, return_logits=True).float().cpu().numpy()
+    out = session.run(None, {want.name: x.detach().float().cpu().numpy()})[0]
+    if out.shape != ref.shape:
+        raise ValueError(f"onnxruntime returned shape {out.shape}, the model {ref.shape}")
+    return float(abs(out - ref).max())
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``export`` on an ``argparse`` sub-parsers object."""
+    p = subparsers.add_parser(
+        "export",
+        help="export a classifier to ONNX (logits), checked with onnxruntime",
+        description="Export a Hiera classifier's logits to ONNX and compare onnxruntime's output with PyTorch's.",
+    )
+    p.add_argument("--model", help="zoo name (e.g. hiera_base_224, or hiera_base_224.mae_in1k_ft_in1k) or Hub "
+                   "repo id; with --weights it names the architecture")
+    p.add_argument("--weights", help="weights file or save_pretrained directory")
+    p.add_argument("--out", help="the .onnx file to write (default: <model>.onnx)")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the graph / of the check (default 1)")
+    p.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True,
+                   help="symbolic batch dimension (default on; --no-dynamic-batch fixes it to --batch)")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="compare onnxruntime's logits with PyTorch's on random input (default on)")
+    p.add_argument("--atol", type=float, default=1e-3,
+                   help="largest absolute logit difference accepted by --verify (default 1e-3)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's, 20 with torch 2.14)")
+    p.add_argument("--exporter", choices=EXPORTERS, default="auto",
+                   help="auto: torch.export, falling back to TorchScript (default)")
+    p.add_argument("--input-size", type=int, nargs="+", default=None, metavar="N",
+                   help="spatial input size (H W, or T H W for video); default the model's")
+    p.set_defaults(func=_cmd_export)
+    return p
+
+
+def _error(msg: str, code: int) -> int:
+    print(f"hiera export: error: {msg}", file=sys.stderr)
+    return code
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .resolve import load_model
+    from .weights import CheckpointError
+
+    if args.model is None and args.weights is None:
+        return _error("say which model: --model NAME and/or --weights PATH", 2)
+    if args.batch < 1:
+        return _error(f"--batch must be >= 1, got {args.batch}", 2)
+    if args.opset is not None and not 7 <= args.opset <= 30:
+        return _error(f"--opset must be an ONNX opset version (e.g. 17, 18, 20), got {args.opset}", 2)
+    if not args.atol > 0:
+        return _error(f"--atol must be > 0, got {args.atol}", 2)
+    try:
+        model = load_model(args.model, args.weights, mae=False)
+    except (CheckpointError, ValueError, TypeError, OSError) as e:
+        return _error(f"could not load the model: {e}", 1)
+    if hasattr(model, "forward_decoder"):
+        return _error("this is an MAE model (no classification head); export needs a classifier", 2)
+    model = model.float().cpu().eval()
+    if args.input_size is not None and len(args.input_size) != len(model.input_size):
+        return _error(f"--input-size needs {len(model.input_size)} numbers for this model "
+                      f"(its size is {' '.join(map(str, model.input_size))})", 2)
+    if args.out:
+        out = Path(args.out)
+    else:
+        if args.model:
+            stem = args.model.replace("/", "_")
+        else:
+            stem = Path(args.weights).name
+            for suffix in (".safetensors", ".pth", ".pt", ".bin", ".ckpt"):
+                stem = stem[: -len(suffix)] if stem.endswith(suffix) else stem
+        out = Path(stem + ".onnx")
+    try:
+        info = export_onnx(model, out, input_size=args.input_size, batch=args.batch,
+                           dynamic_batch=args.dynamic_batch, opset=args.opset, exporter=args.exporter)
+    except (ValueError, TypeError, ImportError) as e:
+        return _error(str(e), 2 if isinstance(e, ValueError) else 1)
+    extra = f" + {info.path}.data" if info.external_data else ""
+    print(f"wrote {info.path}{extra} ({info.exporter} exporter, opset {info.opset}, input {list(info.input_shape)})")
+    if not args.verify:
+        return 0
+    size = tuple(args.input_size) if args.input_size else tuple(model.input_size)
+    batches = [args.batch] + ([args.batch + 1] if args.dynamic_batch else [])
+    worst = 0.0
+    for b in batches:
+        x = torch.randn(b, model.in_chans, *size)
+        try:
+            diff = verify_onnx(info.path, model, x, missing_ok=False)
+        except OnnxRuntimeMissing as e:
+            print(f"note: {e}", file=sys.stderr)
+            return 0
+        worst = max(worst, diff)
+        print(f"onnxruntime vs PyTorch, batch {b}: max |logit difference| = {diff:.3g}")
+    if worst > args.atol:
+        return _error(f"onnxruntime's logits differ from PyTorch's by {worst:.3g} > --atol {args.atol:g}", 1)
+    return 0

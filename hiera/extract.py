@@ -1,0 +1,275 @@
+"""Multi-scale feature maps of images and videos, written to disk: :func:`extract_features`, and the
+``hiera features`` sub-command.
+
+    from hiera.resolve import load_model
+    from hiera.extract import extract_features
+
+    model = load_model("hiera_base_224.mae_in1k")
+    extract_features(model, ["photos/"], "feats/", stages=(2, 3), size=(448, 640))
+    # feats/<name>.safetensors: {"stage2": [C2, H/16, W/16], "stage3": [C3, H/32, W/32]}
+
+One safetensors file per input (keys ``stage{i}``), or one ``.npy`` per input and stage. Output
+files mirror the inputs' paths below the folders given, so names never collide.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from .media import MediaList, Skipped, find_media
+from .predict import (
+    add_model_arguments,
+    cli_load_model,
+    error,
+    is_video_model,
+    load_batches,
+    make_loader,
+    report_skipped,
+    resolve_device,
+    unwrap_model,
+)
+
+
+def _output_stems(files: MediaList) -> Dict[Path, Path]:
+    """Relative output path (no suffix) per input: its path below the folder it was found in, without
+    the extension; the extension is kept where two inputs would otherwise share a name
+    (``a.jpg`` / ``a.png``), and a counter added where even that collides (same name, two folders)."""
+    rel = {f: files.relative_name(f) for f in files}
+    stems = {f: r.with_suffix("") for f, r in rel.items()}
+    counts: Dict[Path, int] = {}
+    for s in stems.values():
+        counts[s] = counts.get(s, 0) + 1
+    stems = {f: (rel[f] if counts[s] > 1 else s) for f, s in stems.items()}
+    used: Dict[Path, int] = {}
+    out = {}
+    for f, s in stems.items():
+        n = used.get(s, 0)
+        used[s] = n + 1
+        out[f] = s if n == 0 else s.with_name(f"{s.name}-{n}")
+    return out
+
+
+def check_size(model: nn.Module, size: Sequence[int]) -> tuple:
+    """The full input size for ``size`` (``(H, W)``, or ``(T, H, W)`` / ``(H, W)`` for video), after
+    checking that it tiles into the model's mask units; raises ValueError saying which sizes do."""
+    hiera = unwrap_model(model)
+    size = tuple(int(s) for s in size)
+    if len(hiera.input_size) == 3 and len(size) == 2:
+        size = (hiera.input_size[0],) + size
+    if len(size) != len(hiera.input_size):
+        raise ValueError(f"size {size} has {len(size)} dims but the model takes {len(hiera.input_size)}-D inputs")
+    hiera.geometry(size)  # raises ValueError naming the multiple every dim must have
+    return size
+
+
+@torch.inference_mode()
+def extract_features(
+    model: nn.Module,
+    inputs: Union[str, Path, Sequence[Union[str, Path]]],
+    out_dir: Union[str, Path],
+    stages: Sequence[int] = (0, 1, 2, 3),
+    output_fmt: str = "NCHW",
+    pooled: bool = False,
+    fmt: str = "safetensors",
+    size: Optional[Sequence[int]] = None,
+    fit: str = "stretch",
+    batch_size: int = 8,
+    device: Optional[Union[str, torch.device]] = None,
+    transform=None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> MediaList:
+    """Write the feature maps of the given ``stages`` of every image (or video) in ``inputs``.
+
+    Args:
+        model: a :class:`hiera.Hiera` (classifier or MAE) or a ``HieraFeatures`` backbone.
+        inputs: files and folders (searched recursively).
+        out_dir: where the files go (created); inputs found in a folder keep their sub-path.
+        stages: stage indices (0 = stride 4 ... 3 = stride 32 for the zoo models; negative from the end).
+        output_fmt: ``"NCHW"``: maps ``[C, H', W']`` (video ``[C, T', H', W']``), or ``"NHWC"``:
+            channels last ``[H', W', C]``.
+        pooled: average each map over its spatial (and temporal) positions: ``[C]`` per stage.
+        fmt: ``"safetensors"`` (one file per input, keys ``stage{i}``, metadata naming the source
+            and sizes) or ``"npy"`` (``<name>.stage{i}.npy`` per input and stage).
+        size: input size to run at instead of the model's: ``(H, W)`` (video: ``(T, H, W)`` or
+            ``(H, W)``); turns on ``model.dynamic_size``. Must tile (a multiple of
+            ``model.size_multiple``).
+        fit: with ``size``: ``"stretch"`` resizes inputs to exactly that size (the whole image,
+            aspect ratio not kept); ``"crop"`` resizes keeping the aspect ratio and crops the centre.
+            Without ``size`` the model's evaluation transform is used (resize, centre crop 224/256).
+        batch_size, device, num_workers, progress: as for :func:`hiera.predict.predict`.
+        transform: replaces the transform (PIL -> ``[3, H, W]``; for video ``.load(path)``).
+    Returns:
+        a :class:`hiera.media.MediaList` of ``{"path": input, "files": [written paths],
+        "shapes": {"stage{i}": shape}}``; ``.skipped`` lists inputs left out, with the reason.
+    """
+    from tqdm.auto import tqdm
+
+    from .transforms import eval_transform
+
+    if output_fmt not in ("NCHW", "NHWC"):
+        raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+    if fmt not in ("safetensors", "npy"):
+        raise ValueError(f"fmt must be 'safetensors' or 'npy', got {fmt!r}")
+    hiera = unwrap_model(model)
+    num_stages = len(hiera.stage_ends)
+    try:
+        stages = [s % num_stages if -num_stages <= s < num_stages else None for s in stages]
+    except TypeError:
+        raise TypeError(f"stages must be integers, got {stages!r}") from None
+    if not stages or None in stages:
+        raise ValueError(f"stages must be between {-num_stages} and {num_stages - 1} (the model has {num_stages})")
+    if size is not None:
+        size = check_size(hiera, size)
+        hiera.dynamic_size = True
+    if transform is None:
+        transform = eval_transform(hiera, "single", input_size=size, fit=fit if size is not None else "crop")
+    run_size = tuple(size) if size is not None else tuple(hiera.input_size)
+
+    device = resolve_device(device)
+    hiera = hiera.to(device).eval()
+    video = is_video_model(hiera)
+    files = find_media(inputs, kinds=("video",) if video else ("image",))
+    results = MediaList(skipped=files.skipped)
+    stems = _output_stems(files)
+    out_dir = Path(out_dir)
+    load = make_loader(hiera, transform)
+
+    # Channels-first maps put the spatial dims after C; channels-last before it.
+    def spatial_dims(m: torch.Tensor) -> tuple:
+        return tuple(range(2, m.ndim)) if output_fmt == "NCHW" else tuple(range(1, m.ndim - 1))
+
+    with tqdm(total=len(files), unit="video" if video else "image", disable=not progress, dynamic_ncols=True) as bar:
+        for indices, x, failures in load_batches(files, load, batch_size, num_workers):
+            for i, reason in failures:
+                results.skipped.append(Skipped(str(files[i]), reason))
+            if x is not None:
+                x = x[:, 0].to(device)  # single view: [B, 3, ...]
+                maps = hiera.forward_intermediates(x, indices=stages, output_fmt=output_fmt)
+                if pooled:
+                    maps = [m.mean(dim=spatial_dims(m)) for m in maps]
+                maps = [m.float().cpu() for m in maps]
+                for b, i in enumerate(indices):
+                    tensors = {f"stage{s}": m[b].contiguous() for s, m in zip(stages, maps)}
+                    try:
+                        written = _write(tensors, out_dir / stems[files[i]], fmt, {
+                            "source": str(files[i]), "input_size": "x".join(map(str, run_size)),
+                            "output_fmt": output_fmt, "pooled": str(pooled),
+                        })
+                    except OSError as e:  # disk full, permissions: this input fails, the run goes on
+                        results.skipped.append(Skipped(str(files[i]), f"cannot write features: {e}"))
+                        continue
+                    results.append({"path": str(files[i]), "files": written,
+                                    "shapes": {k: tuple(v.shape) for k, v in tensors.items()}})
+            bar.update(len(indices) + len(failures))
+    return results
+
+
+def _write(tensors: Dict[str, torch.Tensor], stem: Path, fmt: str, metadata: Dict[str, str]) -> List[str]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        path = stem.with_name(stem.name + ".safetensors")
+        save_file(tensors, str(path), metadata=metadata)
+        return [str(path)]
+    import numpy as np
+
+    written = []
+    for key, t in tensors.items():
+        path = stem.with_name(f"{stem.name}.{key}.npy")
+        np.save(path, t.numpy())
+        written.append(str(path))
+    return written
+
+
+# ------------------------------------------------------------------------------------------ CLI
+EPILOG = """\
+examples:
+  hiera features --model hiera_base_224.mae_in1k photos/ --out feats/
+      feats/<name>.safetensors per image with stage0..stage3 maps [C, H/s, W/s] (s = 4, 8, 16, 32)
+  hiera features --model hiera_base_224 img.jpg --stages 3 --pooled --format npy --out feats/
+      one pooled [768] vector per image, as feats/img.stage3.npy
+  hiera features --weights ckpt.pth photos/ --size 448 640 --stages 2 3 --out feats/
+      run at 448x640 (each side a multiple of 32); images are resized to exactly that size
+      (add --fit crop to keep the aspect ratio and crop the centre instead)
+
+Read a file back with safetensors.torch.load_file(path) (a dict stage{i} -> tensor; the metadata
+records the source, input size and layout) or numpy.load. Without --size, inputs get the model's
+evaluation transform (resize, centre crop).
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the ``features`` sub-command on ``subparsers`` (from ``add_subparsers()``)."""
+    p = subparsers.add_parser(
+        "features",
+        help="write multi-scale feature maps of images or videos to files",
+        description="Run a Hiera trunk on images (or videos) and save the feature maps of chosen stages, "
+                    "one file per input.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, or folders to search recursively")
+    add_model_arguments(p)
+    p.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2, 3], metavar="I",
+                   help="stages to save (0..3 for the zoo models: strides 4, 8, 16, 32; -1 = last) (default: all)")
+    p.add_argument("--out", "-o", default="features", metavar="DIR", help="output folder (default: ./features)")
+    p.add_argument("--format", "-f", choices=("safetensors", "npy"), default="safetensors",
+                   help="safetensors: one file per input; npy: one file per input and stage (default: safetensors)")
+    p.add_argument("--size", type=int, nargs="+", metavar="N",
+                   help="run at this input size: H W (video: T H W, or H W to keep T); each a multiple of "
+                        "the model's size multiple (32 for the zoo image models)")
+    p.add_argument("--fit", choices=("stretch", "crop"), default="stretch",
+                   help="with --size: stretch = resize to exactly that size; crop = keep the aspect ratio, "
+                        "crop the centre (default: stretch)")
+    p.add_argument("--output-fmt", choices=("NCHW", "NHWC"), default="NCHW",
+                   help="layout of the maps: channels first or last (default: NCHW)")
+    p.add_argument("--pooled", action="store_true", help="save one averaged vector [C] per stage instead of maps")
+    p.add_argument("--batch-size", "-b", type=int, default=8, help="inputs per forward pass (default: 8)")
+    p.add_argument("--num-workers", type=int, default=0, help="processes decoding inputs (default: 0)")
+    p.add_argument("--strict", action="store_true", help="exit with 1 if any input was skipped")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_features)
+    return p
+
+
+def run_features(args: argparse.Namespace) -> int:
+    """The ``hiera features`` command; returns the exit code."""
+    prog = "hiera features"
+    if args.batch_size < 1 or args.num_workers < 0:
+        return error(prog, "--batch-size must be >= 1, --num-workers >= 0")
+    if args.size is not None and len(args.size) not in (2, 3):
+        return error(prog, f"--size takes H W (or T H W for video), got {len(args.size)} numbers")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        return error(prog, str(e))
+    model, code = cli_load_model(args, prog)
+    if model is None:
+        return code
+    if args.size is not None:
+        try:
+            check_size(model, args.size)
+        except ValueError as e:
+            return error(prog, f"--size {' '.join(map(str, args.size))}: {e}")
+    try:
+        results = extract_features(
+            model, args.inputs, args.out, stages=args.stages, output_fmt=args.output_fmt, pooled=args.pooled,
+            fmt=args.format, size=args.size, fit=args.fit, batch_size=args.batch_size, device=device,
+            num_workers=args.num_workers, progress=not args.no_progress,
+        )
+    except (ValueError, TypeError, OSError) as e:  # bad --stages, unwritable --out
+        return error(prog, str(e))
+    report_skipped(results.skipped, len(results), "written")
+    if not results:
+        return error(prog, "no input could be processed")
+    files = sum(len(r["files"]) for r in results)
+    shapes = ", ".join(f"{k} {list(v)}" for k, v in results[0]["shapes"].items())
+    print(f"wrote {files} files for {len(results)} inputs to {args.out} ({shapes})")
+    return 1 if args.strict and results.skipped else 0

@@ -1,0 +1,461 @@
+"""What an MAE sees and what it paints back: reconstructions as images, and the ``mae-viz`` command.
+
+The MAE decoder predicts *per-token normalised* pixels (each prediction token's pixels with their
+mean removed and divided by their standard deviation, the target the checkpoints were trained on).
+To look at a prediction, each predicted token is un-normalised with the mean and standard deviation
+of the ground-truth pixels of the same token (what the official model card says to do), then the
+dataset normalisation (ImageNet / Kinetics mean and std) is undone to get ``[0, 1]`` images.
+
+Token layouts (as :meth:`MaskedAutoencoderHiera.get_pixel_label_2d` / ``_3d`` build the targets):
+
+* images: one token per ``s x s`` pixel patch (``s = model.pred_stride``, 16 for the zoo models),
+  its pixels channel-major ``(C, y, x)``;
+* video: one token per ``s x s`` patch of the *first frame of each temporal patch* (frames 0, 2, 4,
+  ... for 2-frame tubelets: the loss only covers those), pixel-major ``(y, x, C)``.
+
+Library::
+
+    out = mae_reconstruction(model, x)          # x normalised [B, 3, H, W] or [B, 3, T, H, W]
+    save_grid(out, "viz/", names=["cat"])       # viz/cat.png: original | masked | recon | recon+visible
+
+Command line: ``hiera mae-viz IMAGES_OR_VIDEOS... --model mae_hiera_base_224 --out viz``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from pathlib import Path
+from typing import List, NamedTuple, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+KINETICS_MEAN = (0.45, 0.45, 0.45)
+KINETICS_STD = (0.225, 0.225, 0.225)
+
+DEFAULT_MASK_RATIO_IMAGE = 0.6
+DEFAULT_MASK_RATIO_VIDEO = 0.9
+COLUMN_TITLES = ("original", "masked", "reconstruction", "recon + visible")
+HEADER_HEIGHT = 14  # pixels of the title row of save_grid (titles=True)
+
+
+class MAEReconstruction(NamedTuple):
+    """The output of :func:`mae_reconstruction`. Images are float in ``[0, 1]``, channels first.
+
+    For images every picture is ``[B, C, H, W]``; for video ``[B, C, T', H, W]`` where the ``T'``
+    frames are the ones the MAE loss covers (``frames`` gives their index in the input clip).
+    """
+
+    original: torch.Tensor  # the input, un-normalised
+    masked: torch.Tensor  # the input with the masked patches filled with grey
+    reconstruction: torch.Tensor  # the prediction for every patch, un-normalised per token
+    pasted: torch.Tensor  # the prediction in masked patches, the input in visible ones
+    visible: torch.Tensor  # bool [B, 1, H, W] / [B, 1, T', H, W], True = seen by the encoder
+    mask: torch.Tensor  # bool [B, #mask units], True = kept (the model's convention)
+    loss: torch.Tensor  # scalar: the MAE loss (MSE of normalised pixels over the masked tokens)
+    mask_ratio: float  # fraction of mask units hidden
+    frames: Optional[List[int]] = None  # video: clip frame index of each of the T' frames
+
+    @property
+    def is_video(self) -> bool:
+        return self.original.ndim == 5
+
+
+def _is_mae(model) -> bool:
+    return all(hasattr(model, a) for a in ("forward_encoder", "forward_decoder", "pred_stride"))
+
+
+def _decode(model, latent: torch.Tensor, mask: torch.Tensor, spatial):
+    """``forward_decoder`` with the input size when the model's signature takes it."""
+    params = inspect.signature(model.forward_decoder).parameters
+    if "input_size" in params:
+        return model.forward_decoder(latent, mask, input_size=tuple(spatial))
+    return model.forward_decoder(latent, mask)
+
+
+def _stats(tokens: torch.Tensor):
+    """Per-token mean and std as the MAE target normalisation computes them (unbiased variance, +1e-6)."""
+    mean = tokens.mean(dim=-1, keepdim=True)
+    std = (tokens.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5
+    return mean, std
+
+
+def pixel_tokens(model, x: torch.Tensor) -> torch.Tensor:
+    """Un-normalised ground-truth pixels of every prediction token, in the target layout.
+
+    ``[B, C, H, W]`` -> ``[B, N, C*s*s]`` (channel-major); ``[B, C, T, H, W]`` ->
+    ``[B, N, s*s*C]`` (first frame of each temporal patch, pixel-major); ``N`` in raster order.
+    """
+    every = torch.ones(x.shape[0], _num_pred_tokens(model, x), dtype=torch.bool, device=x.device)
+    if x.ndim == 4:
+        tokens = model.get_pixel_label_2d(x, every, norm=False)
+    else:
+        tokens = model.get_pixel_label_3d(x, every, norm=False)
+    return tokens.reshape(x.shape[0], every.shape[1], -1)
+
+
+def _num_pred_tokens(model, x: torch.Tensor) -> int:
+    s = model.pred_stride
+    if x.ndim == 4:
+        return (x.shape[2] // s) * (x.shape[3] // s)
+    frames = len(range(0, x.shape[2], model.patch_stride[0]))
+    return frames * (x.shape[3] // s) * (x.shape[4] // s)
+
+
+def unnormalise_tokens(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Undo the per-token target normalisation: ``pred * std(target) + mean(target)`` per token.
+
+    ``pred``, ``target``: ``[..., P]`` (``P`` pixels per token); returns ``[..., P]``.
+    """
+    mean, std = _stats(target)
+    return pred * std + mean
+
+
+def tokens_to_image(tokens: torch.Tensor, channels: int, grid: Sequence[int], s: int) -> torch.Tensor:
+    """Channel-major image tokens ``[B, gh*gw, C*s*s]`` -> ``[B, C, gh*s, gw*s]``."""
+    b = tokens.shape[0]
+    gh, gw = grid
+    x = tokens.reshape(b, gh, gw, channels, s, s).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, channels, gh * s, gw * s)
+
+
+def tokens_to_video(tokens: torch.Tensor, channels: int, grid: Sequence[int], s: int) -> torch.Tensor:
+    """Pixel-major video tokens ``[B, t*gh*gw, s*s*C]`` -> ``[B, C, t, gh*s, gw*s]``."""
+    b = tokens.shape[0]
+    t, gh, gw = grid
+    x = tokens.reshape(b, t, gh, gw, s, s, channels).permute(0, 6, 1, 2, 4, 3, 5)
+    return x.reshape(b, channels, t, gh * s, gw * s)
+
+
+def _display(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Undo the dataset normalisation of ``[B, C, ...]`` and clamp to ``[0, 1]``."""
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(shape)
+    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(shape)
+    return (x * std_t + mean_t).clamp(0.0, 1.0)
+
+
+def mae_reconstruction(
+    model,
+    x: torch.Tensor,
+    mask_ratio: Optional[float] = None,
+    mask: Optional[torch.Tensor] = None,
+    seed: Optional[int] = 0,
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    fill: float = 0.5,
+) -> MAEReconstruction:
+    """Mask, encode, decode, and turn the predictions back into pictures.
+
+    Args:
+        model: a :class:`hiera.MaskedAutoencoderHiera` (image or video).
+        x: normalised input, ``[B, C, H, W]`` (ImageNet mean/std) or ``[B, C, T, H, W]`` (Kinetics
+            mean 0.45 / std 0.225), at the model's input size (or any tiling size with
+            ``model.dynamic_size = True``).
+        mask_ratio: fraction of mask units to hide; default 0.6 for images, 0.9 for video.
+        mask: bool ``[B, #mask units]``, True = keep; overrides ``mask_ratio``/``seed``.
+        seed: seeds the random mask (the global RNG state is left untouched); None: unseeded.
+        mean, std: the normalisation of ``x`` (defaults: ImageNet for images, Kinetics for video).
+        fill: grey level of the hidden patches in the ``masked`` picture.
+    Returns:
+        a :class:`MAEReconstruction`; pictures ``[B, C, H, W]`` or, for video, ``[B, C, T', H, W]``
+        with one frame per temporal patch (the frames the loss covers, e.g. 8 of 16).
+    """
+    if not _is_mae(model):
+        raise TypeError(
+            f"mae_reconstruction needs a hiera.MaskedAutoencoderHiera (encoder + decoder), got "
+            f"{type(model).__name__}; load one with load_model(..., mae=True)"
+        )
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    ndim = len(model.input_size)
+    if ndim not in (2, 3):
+        raise ValueError(f"MAE visualisation covers images and videos, not {ndim}-D inputs")
+    video = ndim == 3
+    if mask is None:
+        mask_ratio = (DEFAULT_MASK_RATIO_VIDEO if video else DEFAULT_MASK_RATIO_IMAGE) if mask_ratio is None else mask_ratio
+        if not 0.0 <= float(mask_ratio) < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+    mean = tuple(mean) if mean is not None else (KINETICS_MEAN if video else IMAGENET_MEAN)
+    std = tuple(std) if std is not None else (KINETICS_STD if video else IMAGENET_STD)
+    if x.ndim >= 2 and (len(mean) != x.shape[1] or len(std) != x.shape[1]):
+        raise ValueError(f"mean/std need one value per input channel ({x.shape[1]}), got {mean} / {std}")
+    model._check_input(x, mask)  # shape, channels, size and mask errors in the model's words
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if mask is None:
+                devices = [x.device] if x.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=devices):
+                    if seed is not None:
+                        torch.manual_seed(seed)
+                    mask = model.get_random_mask(x, mask_ratio)
+            latent, mask = model.forward_encoder(x, mask_ratio if mask_ratio is not None else 0.0, mask=mask)
+            pred, pred_visible = _decode(model, latent, mask, x.shape[2:])
+    finally:
+        model.train(was_training)
+
+    x = x.detach().float()
+    pred = pred.detach().float()
+    s = model.pred_stride
+    channels = x.shape[1]
+    target = pixel_tokens(model, x)  # [B, N, P]
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"decoder predictions {tuple(pred.shape)} do not match the pixel targets {tuple(target.shape)} "
+            f"(pred_stride={s}); this model's layout is not the one MAE visualisation knows"
+        )
+    tmean, tstd = _stats(target)
+    loss = (((pred - (target - tmean) / tstd) ** 2).mean(-1))[~pred_visible]
+    loss = loss.mean() if loss.numel() else pred.new_zeros(())
+    recon_tokens = pred * tstd + tmean
+
+    if video:
+        frame_ids = list(range(0, x.shape[2], model.patch_stride[0]))
+        grid = (len(frame_ids), x.shape[3] // s, x.shape[4] // s)
+        original = x[:, :, frame_ids]
+        recon = tokens_to_video(recon_tokens, channels, grid, s)
+    else:
+        frame_ids = None
+        grid = (x.shape[2] // s, x.shape[3] // s)
+        original = x
+        recon = tokens_to_image(recon_tokens, channels, grid, s)
+    # Visibility per prediction token -> per pixel.
+    vis = pred_visible.reshape(x.shape[0], 1, *grid)
+    for d in range(len(grid) - 2, len(grid)):
+        vis = vis.repeat_interleave(s, dim=2 + d)
+
+    original_img = _display(original, mean, std)
+    recon_img = _display(recon, mean, std)
+    masked_img = torch.where(vis, original_img, torch.full_like(original_img, float(fill)))
+    pasted_img = torch.where(vis, original_img, recon_img)
+    hidden = 1.0 - mask.float().mean().item()
+    return MAEReconstruction(original_img, masked_img, recon_img, pasted_img, vis, mask, loss, hidden, frame_ids)
+
+
+# ----------------------------------------------------------------------------------------- grids
+def _to_uint8(img: torch.Tensor) -> np.ndarray:
+    """``[C, H, W]`` in [0, 1] -> ``[H, W, 3]`` uint8."""
+    if img.shape[0] == 1:
+        img = img.expand(3, -1, -1)
+    elif img.shape[0] != 3:
+        raise ValueError(f"can only draw 1- or 3-channel images, got {img.shape[0]} channels")
+    return (img.detach().float().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def _pick_frames(total: int, frames: Optional[int]) -> List[int]:
+    if frames is None or frames >= total:
+        return list(range(total))
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    return sorted({round(i * (total - 1) / max(frames - 1, 1)) for i in range(frames)})
+
+
+def grid_size(height: int, width: int, rows: int = 1, titles: bool = True, pad: int = 2, scale: int = 1):
+    """``(width, height)`` in pixels of a :func:`save_grid` picture of ``height x width`` inputs."""
+    return (4 * width * scale + 5 * pad, (HEADER_HEIGHT if titles else 0) + rows * height * scale + (rows + 1) * pad)
+
+
+def render_grid(
+    result: MAEReconstruction,
+    index: int = 0,
+    frames: Optional[int] = None,
+    titles: bool = True,
+    pad: int = 2,
+    scale: int = 1,
+    background: int = 255,
+):
+    """One input's grid as a ``PIL.Image``: columns original | masked input | reconstruction |
+    reconstruction + visible; one row for an image, one row per shown frame for video
+    (``frames``: how many of the ``T'`` reconstructed frames, evenly spaced; default all).
+    The size is :func:`grid_size`."""
+    from PIL import Image, ImageDraw
+
+    if scale < 1 or pad < 0:
+        raise ValueError(f"scale must be >= 1 and pad >= 0, got {scale} and {pad}")
+    pictures = (result.original, result.masked, result.reconstruction, result.pasted)
+    if result.is_video:
+        shown = _pick_frames(result.original.shape[2], frames)
+        rows = [[p[index, :, t] for p in pictures] for t in shown]
+    else:
+        rows = [[p[index] for p in pictures]]
+    h, w = rows[0][0].shape[-2:]
+    th, tw = h * scale, w * scale
+    width, height = grid_size(h, w, len(rows), titles, pad, scale)
+    canvas = Image.new("RGB", (width, height), (background,) * 3)
+    top = HEADER_HEIGHT if titles else 0
+    if titles:
+        for c, title in enumerate(COLUMN_TITLES):
+            cell = Image.new("RGB", (tw, HEADER_HEIGHT), (background,) * 3)
+            ImageDraw.Draw(cell).text((2, 1), title, fill=(0, 0, 0))  # clipped to its column
+            canvas.paste(cell, (pad + c * (tw + pad), 0))
+    for r, row in enumerate(rows):
+        for c, img in enumerate(row):
+            tile = Image.fromarray(_to_uint8(img))
+            if scale != 1:
+                tile = tile.resize((tw, th), Image.NEAREST)
+            canvas.paste(tile, (pad + c * (tw + pad), top + pad + r * (th + pad)))
+    return canvas
+
+
+def save_grid(
+    result: MAEReconstruction,
+    out_dir: Union[str, Path],
+    names: Optional[Sequence[str]] = None,
+    frames: Optional[int] = None,
+    titles: bool = True,
+    pad: int = 2,
+    scale: int = 1,
+) -> List[Path]:
+    """Write one PNG per input of ``result`` into ``out_dir`` (created if needed).
+
+    Columns: original | masked input | reconstruction | reconstruction + visible. Images give one
+    row, videos one row per shown frame (``frames`` of them, default all ``T'``). Each file is
+    :func:`grid_size` pixels. ``names``: file names (``.png`` added when missing), default
+    ``mae_0.png``, ``mae_1.png``, ...  Returns the paths written.
+    """
+    batch = result.original.shape[0]
+    if names is None:
+        names = [f"mae_{i}" for i in range(batch)]
+    if len(names) != batch:
+        raise ValueError(f"got {len(names)} names for {batch} inputs")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, name in enumerate(names):
+        name = str(name)
+        path = out_dir / (name if name.lower().endswith(".png") else name + ".png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        render_grid(result, i, frames=frames, titles=titles, pad=pad, scale=scale).save(path)
+        paths.append(path)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------- inputs
+def load_image_input(path, input_size: Sequence[int], mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """Read an image, resize its shorter side to the model's size and centre-crop: ``[3, H, W]``,
+    normalised with ``mean``/``std``."""
+    from .media import load_image
+    from .transforms import ImageEvalTransform
+
+    return ImageEvalTransform(tuple(input_size), crop_pct=1.0, mean=mean, std=std)(load_image(path))
+
+
+def load_video_input(
+    path, input_size: Sequence[int], stride: float = 4, mean=KINETICS_MEAN, std=KINETICS_STD
+) -> torch.Tensor:
+    """Read the centre clip of a video (``input_size[0]`` frames ``stride`` apart at 30 fps),
+    shorter side resized to the model's size and centre-cropped: ``[3, T, H, W]``, normalised."""
+    from .transforms import VideoEvalTransform
+
+    transform = VideoEvalTransform(tuple(input_size), views="single", stride=stride, crop_pct=1.0, mean=mean, std=std)
+    return transform.load(path)[0]
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``mae-viz`` on an ``argparse`` sub-parsers object."""
+    p = subparsers.add_parser(
+        "mae-viz",
+        help="show MAE reconstructions of images or videos",
+        description=(
+            "Mask inputs, let an MAE model reconstruct them, and write one PNG per input with the "
+            "columns original | masked input | reconstruction | reconstruction + visible patches "
+            "(video: one row per reconstructed frame, i.e. the first frame of every 2-frame tubelet)."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", help="image / video files or folders (searched recursively)")
+    p.add_argument("--model", help="zoo name (mae_ prefix optional, e.g. hiera_base_224) or Hub repo id; "
+                   "with --weights it names the architecture")
+    p.add_argument("--weights", help="weights file or save_pretrained directory")
+    p.add_argument("--mask-ratio", type=float, default=None,
+                   help="fraction of mask units hidden (default 0.6 for images, 0.9 for video)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random mask (default 0)")
+    p.add_argument("--out", default="mae_viz", help="output folder (default ./mae_viz)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="video: how many reconstructed frames to show, evenly spaced (default all: 8 for 16-frame models)")
+    p.add_argument("--frame-stride", type=float, default=4,
+                   help="video: frames between clip samples, at 30 fps (default 4)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--scale", type=int, default=1, help="enlarge each picture this many times (default 1)")
+    p.add_argument("--no-titles", action="store_true", help="leave out the column titles")
+    p.set_defaults(func=_cmd_mae_viz)
+    return p
+
+
+def _error(msg: str, code: int) -> int:
+    print(f"hiera mae-viz: error: {msg}", file=sys.stderr)
+    return code
+
+
+def _cmd_mae_viz(args: argparse.Namespace) -> int:
+    from .media import MediaError, find_media
+    from .resolve import load_model
+    from .weights import CheckpointError
+
+    if args.mask_ratio is not None and not 0.0 <= args.mask_ratio < 1.0:
+        return _error(f"--mask-ratio must be in [0, 1), got {args.mask_ratio}", 2)
+    if args.frames is not None and args.frames < 1:
+        return _error(f"--frames must be >= 1, got {args.frames}", 2)
+    if not args.frame_stride > 0:
+        return _error(f"--frame-stride must be > 0, got {args.frame_stride}", 2)
+    if args.scale < 1:
+        return _error(f"--scale must be >= 1, got {args.scale}", 2)
+    if args.model is None and args.weights is None:
+        return _error("say which model: --model NAME (zoo name or Hub repo id) and/or --weights PATH", 2)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        return _error(f"bad --device {args.device!r}: {e}", 2)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return _error("--device cuda, but CUDA is not available", 2)
+
+    try:
+        model = load_model(args.model, args.weights, mae=True)
+    except (CheckpointError, ValueError, TypeError, OSError) as e:
+        return _error(f"could not load the model: {e}", 1)
+    if not _is_mae(model):
+        return _error(f"{type(model).__name__} is not an MAE model (it has no decoder)", 1)
+    model = model.to(device).eval()
+    video = len(model.input_size) == 3
+    kind = "video" if video else "image"
+    files = find_media(args.inputs, kinds=(kind,))
+    for skipped in files.skipped:
+        print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+    if not files:
+        return _error(f"no {kind} inputs found for this {kind} model", 2)
+
+    out_dir = Path(args.out)
+    used = set()
+    failures = 0
+    for path in files:
+        try:
+            if video:
+                x = load_video_input(path, model.input_size, stride=args.frame_stride)
+            else:
+                x = load_image_input(path, model.input_size)
+        except (MediaError, OSError, ValueError) as e:
+            print(f"skipped {path}: {e}", file=sys.stderr)
+            failures += 1
+            continue
+        result = mae_reconstruction(model, x.unsqueeze(0).to(device), mask_ratio=args.mask_ratio, seed=args.seed)
+        rel = files.relative_name(path)
+        name = str(rel.with_suffix("")).replace("/", "_").replace("\\", "_")
+        if name in used:
+            k = 1
+            while f"{name}_{k}" in used:
+                k += 1
+            name = f"{name}_{k}"
+        used.add(name)
+        (written,) = save_grid(result, out_dir, [name], frames=args.frames, titles=not args.no_titles, scale=args.scale)
+        print(f"{path} -> {written}  (mask ratio {result.mask_ratio:.2f}, loss {result.loss.item():.4f})")
+    if failures:
+        print(f"{failures} of {len(files)} inputs could not be read", file=sys.stderr)
+        return 1
+    return 0
