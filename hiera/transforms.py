@@ -239,6 +239,19 @@ class VideoEvalTransform:
                 f"fit={self.fit}, mean={self.mean}, std={self.std})")
 
 
+def _crop_pct(model_or_spec) -> float:
+    """The zoo's evaluation crop for this model (timm's abswin weights use 0.95), else 224/256."""
+    from .zoo import MODELS, ModelSpec
+
+    spec = model_or_spec
+    if isinstance(spec, str):
+        spec = MODELS.get(spec)
+    elif not isinstance(spec, ModelSpec):
+        inner = getattr(spec, "model", spec)  # HieraFeatures wraps the model
+        spec = MODELS.get(getattr(inner, "zoo_name", None) or "")
+    return spec.crop_pct if isinstance(spec, ModelSpec) and spec.crop_pct else CROP_PCT
+
+
 def _input_size(model_or_spec) -> Tuple[int, ...]:
     """The input size of a model, a HieraFeatures backbone, a zoo spec or name, or a config dict."""
     from .zoo import MODELS, ModelSpec
@@ -290,7 +303,7 @@ def eval_transform(
         input_size = tuple(int(s) for s in input_size)
         size = input_size if len(input_size) == len(size) or len(size) == 2 else size[:1] + input_size
     if len(size) == 2:
-        return ImageEvalTransform(size, crop_pct=CROP_PCT if fit == "crop" else None)
+        return ImageEvalTransform(size, crop_pct=_crop_pct(model_or_spec) if fit == "crop" else None)
     if len(size) == 3:
         return VideoEvalTransform(size, views=views, fit=fit)
     raise ValueError(f"no evaluation transform for {len(size)}-D inputs {size} (only images and videos)")

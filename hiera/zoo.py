@@ -61,6 +61,7 @@ class ModelSpec:
     kwargs: dict
     checkpoints: Dict[str, str] = field(default_factory=dict)  # checkpoint name -> URL
     default: Optional[str] = None
+    crop_pct: Optional[float] = None  # evaluation crop / resize ratio, when not the usual 224/256
 
     @property
     def video(self) -> bool:
@@ -98,6 +99,7 @@ def _specs() -> Dict[str, ModelSpec]:
         dict(embed_dim=96, num_heads=1, stages=(1, 2, 11, 2), global_pos_size=(16, 16), use_expand_proj=False, **abswin),
         {tag: f"hf-hub:timm/hiera_small_abswin_256.{tag}" for tag in small_tags},
         small_tags[0],
+        crop_pct=0.95,  # timm's evaluation setting for these weights
     )
     specs["hiera_base_abswin_256"] = ModelSpec(
         "hiera_base_abswin_256", Hiera, dict(embed_dim=96, num_heads=1, stages=(2, 3, 16, 3), **abswin)
@@ -194,6 +196,7 @@ def create_model(
     if pretrained:
         model.load_report = load_weights(model, state, strict=strict, source=f"{spec.name}:{checkpoint or spec.default}")
     model.dynamic_size = dynamic_size
+    model.zoo_name = spec.name  # lets tools find the zoo facts (e.g. the evaluation crop)
     if features_only:
         from .backbone import HieraFeatures
 
