@@ -60,10 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("zoo", help="list models, checkpoints, sizes and reported accuracy")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_zoo)
-    from . import extract, predict
+    from . import convert, extract, predict
 
     predict.add_parser(sub)
     extract.add_parser(sub)
+    convert.add_parser(sub)
     return parser
 
 

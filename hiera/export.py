@@ -181,9 +181,9 @@ def export_onnx(
     example_batch = max(int(batch), 2) if dynamic_batch else int(batch)
     x = torch.randn(example_batch, model.in_chans, *size, device=param.device, dtype=param.dtype)
 
-    wrapper = LogitsModule(model).eval()
     used = exporter
     with _eval_mode(model, dynamic_size=True if other_size else None), torch.no_grad():
+        wrapper = LogitsModule(model).eval()
         if exporter in ("auto", "dynamo"):
             try:
                 _export_dynamo(wrapper, x, path, dynamic_batch, opset, external_data)

@@ -36,6 +36,13 @@ def read_any(path) -> tuple:
         state = unwrap_state_dict(obj, source=str(path))
         return _to_official(state, config, cls_name)
     state = read_checkpoint(path)
+    if path.suffix == ".safetensors" and config is None:  # `hiera convert --to safetensors` keeps it here
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if "config" in meta:
+            config = json.loads(meta["config"])
     return _to_official(state, config, cls_name)
 
 
