@@ -363,7 +363,7 @@ def benchmark(
         "compile": compile if isinstance(compile, str) else bool(compile),
         "warmup": int(warmup),
         "iters": count,
-        "total_s": round(total, 6),
+        "total_s": total,
         "throughput": int(batch_size) * count / total,
         "latency_ms_median": statistics.median(latencies),
         "latency_ms_p90": _percentile(latencies, 90),

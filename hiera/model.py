@@ -446,6 +446,20 @@ class Hiera(nn.Module, HubMixin):
         x = self.norm(x.mean(dim=1))
         return x if pre_logits else self.head(x, logits=True)
 
+    def reset_classifier(self, num_classes: int, head_dropout: Optional[float] = None) -> None:
+        """Replace the head by a fresh ``num_classes``-way one (initialised as at construction)."""
+        dropout = self.config.get("head_dropout", 0.0) if head_dropout is None else head_dropout
+        ref = self.head.projection.weight
+        self.head = Head(self.num_features, num_classes, dropout_rate=dropout, act_func=self.head.act_func)
+        self.head.to(device=ref.device, dtype=ref.dtype)
+        self._init_weights(self.head.projection)
+        scale = self.config.get("head_init_scale", 0.001)
+        with torch.no_grad():
+            self.head.projection.weight.mul_(scale)
+            self.head.projection.bias.mul_(scale)
+        self.config["num_classes"] = num_classes
+        self.config["head_dropout"] = dropout
+
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, num_classes]`` in any mode."""
         return self.forward(x, return_logits=True)

@@ -216,3 +216,14 @@ def test_zoo_constructors_match_the_official_list():
         assert all(url.startswith("https://dl.fbaipublicfiles.com/hiera/") for url in fn.checkpoints.values())
     assert set(names) <= set(hiera.list_models())
     assert {"hiera_small_abswin_256", "hiera_base_abswin_256"} <= set(hiera.list_models())
+
+
+def test_reset_classifier_gives_a_fresh_head_and_updates_config():
+    model = small_image()
+    trunk = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("head.")}
+    model.reset_classifier(3)
+    assert model.head.projection.weight.shape == (3, 128) and model.config["num_classes"] == 3
+    assert model.head.projection.weight.abs().max() < 0.01  # head_init_scale applied
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in trunk.items())
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+    assert Hiera(config=model.config).head.projection.out_features == 3
