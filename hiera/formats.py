@@ -66,6 +66,19 @@ __all__ = [
 FORMATS = ("official", "timm", "hf")
 HF_ARCHITECTURES = ("HieraModel", "HieraForImageClassification", "HieraForPreTraining")
 
+# transformers HieraForPreTraining -> ours, for the parts outside the blocks.
+_HF_MAE_KEYS = {
+    "encoder_norm.weight": "encoder_norm.weight",
+    "encoder_norm.bias": "encoder_norm.bias",
+    "decoder.decoder_embeddings.weight": "decoder_embed.weight",
+    "decoder.decoder_embeddings.bias": "decoder_embed.bias",
+    "decoder.mask_token": "mask_token",
+    "decoder.decoder_position_embeddings": "decoder_pos_embed",
+    "decoder.decoder_norm.weight": "decoder_norm.weight",
+    "decoder.decoder_norm.bias": "decoder_norm.bias",
+    "decoder.decoder_pred.weight": "decoder_pred.weight",
+    "decoder.decoder_pred.bias": "decoder_pred.bias",
+}
 _TRUNK_KEYS = (
     "patch_embed.proj.weight", "patch_embed.proj.bias", "pos_embed", "pos_embed_spatial", "pos_embed_temporal",
     "pos_embed_win",
@@ -784,20 +797,7 @@ def hf_to_official(
         "pooler.layernorm.weight": "norm.weight",
         "pooler.layernorm.bias": "norm.bias",
     }
-    top = {
-        "classifier.weight": "head.projection.weight",
-        "classifier.bias": "head.projection.bias",
-        "encoder_norm.weight": "encoder_norm.weight",
-        "encoder_norm.bias": "encoder_norm.bias",
-        "decoder.decoder_embeddings.weight": "decoder_embed.weight",
-        "decoder.decoder_embeddings.bias": "decoder_embed.bias",
-        "decoder.mask_token": "mask_token",
-        "decoder.decoder_position_embeddings": "decoder_pos_embed",
-        "decoder.decoder_norm.weight": "decoder_norm.weight",
-        "decoder.decoder_norm.bias": "decoder_norm.bias",
-        "decoder.decoder_pred.weight": "decoder_pred.weight",
-        "decoder.decoder_pred.bias": "decoder_pred.bias",
-    }
+    top = {"classifier.weight": "head.projection.weight", "classifier.bias": "head.projection.bias", **_HF_MAE_KEYS}
 
     def rule(key: str, value: torch.Tensor) -> Optional[str]:
         if key in top:
@@ -878,18 +878,7 @@ def official_to_hf(
     if architecture == "HieraForImageClassification":
         fixed.update({"head.projection.weight": "classifier.weight", "head.projection.bias": "classifier.bias"})
     if mae:
-        fixed.update({
-            "encoder_norm.weight": "encoder_norm.weight",
-            "encoder_norm.bias": "encoder_norm.bias",
-            "decoder_embed.weight": "decoder.decoder_embeddings.weight",
-            "decoder_embed.bias": "decoder.decoder_embeddings.bias",
-            "mask_token": "decoder.mask_token",
-            "decoder_pos_embed": "decoder.decoder_position_embeddings",
-            "decoder_norm.weight": "decoder.decoder_norm.weight",
-            "decoder_norm.bias": "decoder.decoder_norm.bias",
-            "decoder_pred.weight": "decoder.decoder_pred.weight",
-            "decoder_pred.bias": "decoder.decoder_pred.bias",
-        })
+        fixed.update({ours: hf for hf, ours in _HF_MAE_KEYS.items()})
 
     def rule(key: str, value: torch.Tensor) -> Optional[str]:
         if key in fixed:
