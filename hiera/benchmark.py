@@ -392,6 +392,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", help="zoo name (e.g. hiera_base_224, mae_hiera_base_16x224); with --weights it "
                    "names the architecture (optional if the weights carry a config)")
     p.add_argument("--weights", help="weights file or save_pretrained directory (optional)")
+    p.add_argument("--mae", action="store_true",
+                   help="time the MAE model (encoder + decoder, timed on its loss) of --weights / a zoo name")
     p.add_argument("--batch-size", type=int, nargs="+", default=[1], metavar="N", help="one or more (default 1)")
     p.add_argument("--dtype", nargs="+", default=["fp32"], choices=list(DTYPES), help="one or more (default fp32)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -423,13 +425,15 @@ def _load(args) -> nn.Module:
 
     if args.weights is None:
         name = args.model.split(".", 1)[0]
+        if args.mae and not name.startswith("mae_"):
+            name = "mae_" + name
         if name not in MODELS:
             raise LookupError(
                 f"unknown zoo model {args.model!r}: without --weights the benchmark builds zoo architectures "
                 "with random weights (see `hiera zoo`); pass --weights for anything else"
             )
         return create_model(name)
-    return load_model(args.model, args.weights)
+    return load_model(args.model, args.weights, mae=args.mae)
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
@@ -476,6 +480,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
             return _error(str(e), 2)
 
     name = args.model or str(args.weights)
+    if args.weights is None and args.model and "." in args.model:
+        log(f"note: {args.model.split('.', 1)[1]!r} ignored: without --weights the weights are random")
     video = len(size) == 3
     unit = "clips/s" if video else "img/s"
     params_m = sum(p.numel() for p in model.parameters()) / 1e6

@@ -54,17 +54,20 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hiera",
-        description="Hiera vision transformers: inspect the model zoo, and more sub-commands below.",
+        description="Hiera vision transformers: classify, extract features, visualise MAE, convert, export and benchmark.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("zoo", help="list models, checkpoints, sizes and reported accuracy")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_zoo)
-    from . import convert, extract, predict
+    from . import benchmark, convert, export, extract, predict, viz
 
     predict.add_parser(sub)
     extract.add_parser(sub)
+    viz.add_parser(sub)
     convert.add_parser(sub)
+    export.add_parser(sub)
+    benchmark.add_parser(sub)
     return parser
 
 

@@ -105,12 +105,18 @@ def _export_dynamo(wrapper, x, path, dynamic_batch, opset, external_data):
 
 def _export_torchscript(wrapper, x, path, dynamic_batch, opset):
     axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's deprecation notice, tracer warnings on the input checks
-        torch.onnx.export(
-            wrapper, (x,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
-            dynamic_axes=axes, opset_version=opset or TORCHSCRIPT_DEFAULT_OPSET, do_constant_folding=True,
-        )
+    # Quiet: the exporter's deprecation notice, tracer warnings on the input checks, and the whole
+    # graph it prints to stdout when an operator is not supported.
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                wrapper, (x,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
+                dynamic_axes=axes, opset_version=opset or TORCHSCRIPT_DEFAULT_OPSET, do_constant_folding=True,
+            )
+        except Exception as e:  # noqa: BLE001 - re-raised with the first line only
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise RuntimeError(f"the TorchScript ONNX exporter failed: {first}") from e
 
 
 def _file_opset(path: Path) -> Optional[int]:
@@ -172,6 +178,9 @@ def export_onnx(
         model.geometry(size)  # raises a clear error when the size does not tile
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    stale = Path(str(path) + ".data")  # the weights of an earlier export to the same path
+    if stale.is_file():
+        stale.unlink()
     param = next(model.parameters())
     if external_data is None:
         nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -316,8 +325,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     try:
         info = export_onnx(model, out, input_size=args.input_size, batch=args.batch,
                            dynamic_batch=args.dynamic_batch, opset=args.opset, exporter=args.exporter)
-    except (ValueError, TypeError, ImportError) as e:
-        return _error(str(e), 2 if isinstance(e, ValueError) else 1)
+    except (ValueError, TypeError) as e:
+        return _error(str(e), 2)
+    except Exception as e:  # noqa: BLE001 - exporter failures: missing packages, unsupported operators
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        return _error(f"export failed: {type(e).__name__}: " + "\n  ".join(lines[:3]), 1)
     extra = f" + {info.path}.data" if info.external_data else ""
     print(f"wrote {info.path}{extra} ({info.exporter} exporter, opset {info.opset}, input {list(info.input_shape)})")
     if not args.verify:
