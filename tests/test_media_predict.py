@@ -388,3 +388,21 @@ def test_extract_features_library_nhwc_and_video(models, media, tmp_path):
     res = extract_mod.extract_features(models["video_model"], [media["videos"] / "clip.mp4"], tmp_path / "v",
                                        stages=(0,), progress=False)
     assert res[0]["shapes"] == {"stage0": (8, 4, 16, 16)}  # [C, T/2, H/4, W/4]
+
+
+def test_zoo_name_offline_and_uncached_fails_fast_with_instructions(tmp_path, monkeypatch, capsys):
+    """No weights in the torch-hub cache and no way to download: a one-line error saying what to do."""
+    import time
+
+    from PIL import Image
+
+    from hiera.cli import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HIERA_WEIGHTS_MIRROR", "http://127.0.0.1:9")  # nothing listens there
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    start = time.monotonic()
+    assert main(["predict", str(tmp_path / "a.png"), "--model", "hiera_tiny_224"]) != 0
+    assert time.monotonic() - start < 30
+    err = capsys.readouterr().err
+    assert "Put the file at" in err and "hiera_tiny_224.pth" in err and "Traceback" not in err
