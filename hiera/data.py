@@ -1,0 +1,262 @@
+"""Training data: image folders and file lists, deterministic per-sample randomness, resumable order.
+
+Three rules make runs repeatable, resumable and independent of the number of processes:
+
+* the sample order is a permutation drawn from ``(seed, epoch)``; each optimizer step takes the
+  next ``batch_size`` samples of it, split into equal contiguous shards per process and
+  micro-batch (:class:`StepSampler`), so resuming at step ``s`` means starting at sample
+  ``s * batch_size``;
+* every random choice made for a sample (augmentation, the MAE mask) is seeded by
+  ``(seed, epoch, index)``, so it does not depend on which worker or process loads it;
+* unreadable files do not stop a run: the sample comes back as ``None``, :func:`collate` drops it
+  and counts it, and the trainer logs the count (a run of only bad files stops with an error).
+
+The dataset takes a ``key = (epoch, index)`` rather than an index; a video dataset only has to
+implement the same ``load(index) -> (media, label)`` to reuse the rest.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from .media import IMAGE_EXTENSIONS, MediaError, load_image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one sample of one epoch (a fixed mix, the same in every process)."""
+    h = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) & (2**64 - 1)
+    h ^= h >> 31
+    return h & (2**63 - 1)
+
+
+class _SeededRandomness:
+    """Seed python, numpy and torch for one sample, restoring the caller's state afterwards (in
+    the main process the trainer's own random state must not be disturbed)."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def __enter__(self):
+        self.saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        random.seed(self.seed)
+        np.random.seed(self.seed % 2**32)
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc):
+        random.setstate(self.saved[0])
+        np.random.set_state(self.saved[1])
+        torch.set_rng_state(self.saved[2])
+
+
+def random_unit_mask(num_units: int, mask_ratio: float, generator: torch.Generator) -> torch.Tensor:
+    """MAE mask over mask units, ``[num_units]`` bool, True = keep: the same rule as
+    ``Hiera.get_random_mask`` (keep the units with the smallest noise), seeded per sample."""
+    keep = int(num_units * (1 - mask_ratio))
+    noise = torch.rand(num_units, generator=generator)
+    mask = torch.zeros(num_units, dtype=torch.bool)
+    mask[torch.argsort(noise)[:keep]] = True
+    return mask
+
+
+class ImageFiles(Dataset):
+    """Images with optional integer labels.
+
+    Build with :meth:`from_folder` (one sub-folder per class, or a flat folder of unlabelled
+    images) or :meth:`from_list` (a text/CSV file of ``path[,label]`` lines). Items are loaded by
+    ``key = (epoch, index)`` and returned as ``{"image", "label", "index"}`` (plus ``"mask"`` when
+    ``mask_units`` is set, for MAE), or ``None`` when the file cannot be read.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Tuple[Path, int]],
+        classes: Optional[List[str]] = None,
+        transform: Optional[Callable] = None,
+        seed: int = 0,
+        mask_units: int = 0,
+        mask_ratio: float = 0.6,
+    ):
+        if not items:
+            raise ValueError("no images: the dataset is empty")
+        self.items = list(items)
+        self.classes = classes
+        self.transform = transform
+        self.seed = seed
+        self.mask_units = mask_units
+        self.mask_ratio = mask_ratio
+
+    @classmethod
+    def from_folder(cls, root, labelled: Optional[bool] = None, **kwargs) -> "ImageFiles":
+        """``root/<class>/*.png`` (labelled) or ``root/*.png`` (unlabelled, label -1).
+
+        ``labelled=None`` decides from the layout: class sub-folders holding images mean labelled.
+        """
+        root = Path(root)
+        if not root.is_dir():
+            raise ValueError(f"image folder not found: {root}")
+        class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if labelled is None:
+            labelled = any(_images_in(d) for d in class_dirs)
+        if labelled:
+            classes = [d.name for d in class_dirs if _images_in(d)]
+            items = [(p, i) for i, name in enumerate(classes) for p in _images_in(root / name)]
+            return cls(items, classes=classes, **kwargs)
+        files = _images_in(root, recursive=True)
+        return cls([(p, -1) for p in files], classes=None, **kwargs)
+
+    @classmethod
+    def from_list(cls, list_file, root=None, classes: Optional[List[str]] = None, **kwargs) -> "ImageFiles":
+        """Lines ``path`` or ``path,label`` (label: an index or a class name); relative paths are
+        taken from ``root`` (default: the list file's folder). Blank lines and ``#`` comments skip."""
+        list_file = Path(list_file)
+        root = Path(root) if root is not None else list_file.parent
+        rows = []
+        with open(list_file, newline="") as f:
+            for n, row in enumerate(csv.reader(f), 1):
+                if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
+                    continue
+                if len(row) > 2:
+                    raise ValueError(f"{list_file}:{n}: expected 'path' or 'path,label', got {row}")
+                rows.append((row[0].strip(), row[1].strip() if len(row) == 2 else None))
+        names = sorted({lab for _, lab in rows if lab is not None and not lab.lstrip("-").isdigit()})
+        classes = classes or (names or None)
+        items = []
+        for path, lab in rows:
+            if lab is None:
+                label = -1
+            elif lab.lstrip("-").isdigit():
+                label = int(lab)
+            else:
+                label = classes.index(lab)
+            items.append((root / path, label))
+        return cls(items, classes=classes, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def labels(self) -> List[int]:
+        return [label for _, label in self.items]
+
+    def load(self, index: int):
+        """The raw media and label of item ``index``; raises :class:`MediaError` if unreadable."""
+        path, label = self.items[index]
+        return load_image(path), label
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        try:
+            media, label = self.load(index)
+        except (MediaError, OSError, ValueError):
+            return None
+        seed = sample_seed(self.seed, epoch, index)
+        with _SeededRandomness(seed):
+            image = self.transform(media) if self.transform is not None else media
+        sample = {"image": image, "label": label, "index": index}
+        if self.mask_units:
+            sample["mask"] = random_unit_mask(
+                self.mask_units, self.mask_ratio, torch.Generator().manual_seed(seed ^ 0x5EED)
+            )
+        return sample
+
+
+def _images_in(folder: Path, recursive: bool = False) -> List[Path]:
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def collate(samples: List[Optional[dict]]) -> dict:
+    """Stack the readable samples; ``"n_bad"`` counts the ones that were not."""
+    good = [s for s in samples if s is not None]
+    batch = {"n_bad": len(samples) - len(good), "n": len(good)}
+    if good:
+        for key in good[0]:
+            values = [s[key] for s in good]
+            batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.tensor(values)
+    return batch
+
+
+class StepSampler(Sampler):
+    """Yields this process's micro-batches of ``(epoch, index)`` keys, step after step.
+
+    Each optimizer step consumes ``batch_size`` consecutive samples of the epoch's permutation:
+    process ``rank`` of ``world`` takes shard ``rank`` of them, cut into ``accum`` micro-batches.
+    Steps that do not fill a whole batch at the end of an epoch are dropped.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
+                 accum: int = 1, start_step: int = 0, total_steps: Optional[int] = None, shuffle: bool = True):
+        if batch_size % (world * accum):
+            raise ValueError(
+                f"batch size {batch_size} must be divisible by processes x accumulation steps = {world} x {accum}"
+            )
+        if num_samples < batch_size:
+            raise ValueError(f"{num_samples} samples are fewer than one batch of {batch_size}")
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.rank, self.world, self.accum, self.shuffle = rank, world, accum, shuffle
+        self.steps_per_epoch = num_samples // batch_size
+        self.start_step = start_step
+        self.total_steps = total_steps if total_steps is not None else self.steps_per_epoch
+
+    def order(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.num_samples)
+        return torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed * 1000003 + epoch))
+
+    def __iter__(self) -> Iterator[List[tuple]]:
+        shard = self.batch_size // self.world
+        micro = shard // self.accum
+        step = self.start_step
+        while step < self.total_steps:
+            epoch, in_epoch = divmod(step, self.steps_per_epoch)
+            order = self.order(epoch)
+            for s in range(in_epoch, self.steps_per_epoch):
+                if step >= self.total_steps:
+                    return
+                start = s * self.batch_size + self.rank * shard
+                for a in range(self.accum):
+                    idx = order[start + a * micro: start + (a + 1) * micro].tolist()
+                    yield [(epoch, i) for i in idx]
+                step += 1
+
+    def __len__(self) -> int:
+        return (self.total_steps - self.start_step) * self.accum
+
+
+def pretrain_transform(input_size: Sequence[int], scale=(0.2, 1.0), mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """MAE pretraining augmentation: random-resized crop (bicubic) and horizontal flip."""
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.RandomResizedCrop(tuple(input_size), scale=scale, interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+
+
+def finetune_transform(input_size: Sequence[int], auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1",
+                       re_prob: float = 0.25, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """Fine-tuning augmentation through timm's transform factory: random-resized crop (bicubic),
+    flip, RandAugment, normalisation and random erasing (the recipe of the MAE/Hiera papers)."""
+    from timm.data import create_transform
+
+    return create_transform(
+        tuple(input_size), is_training=True, auto_augment=auto_augment, interpolation="bicubic",
+        re_prob=re_prob, re_mode="pixel", re_count=1, mean=mean, std=std,
+    )
+
+
+def steps_per_epoch(num_samples: int, batch_size: int) -> int:
+    return max(1, math.floor(num_samples / batch_size))
