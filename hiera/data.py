@@ -18,7 +18,6 @@ implement the same ``load(index) -> (media, label)`` to reuse the rest.
 from __future__ import annotations
 
 import csv
-import math
 import random
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
@@ -246,17 +245,32 @@ def pretrain_transform(input_size: Sequence[int], scale=(0.2, 1.0), mean=IMAGENE
     ])
 
 
+def _allow_zero_bit_posterize() -> None:
+    """timm's strongest "PosterizeIncreasing" keeps 0 bits (a black image), which Pillow >= 13
+    refuses (bits must be 1-8). Give timm's op table a posterize that keeps that meaning."""
+    from PIL import Image, ImageOps
+    from timm.data import auto_augment
+
+    def posterize(img, bits_to_keep, **_):
+        if bits_to_keep >= 8:
+            return img
+        if bits_to_keep <= 0:
+            return Image.new(img.mode, img.size, 0)
+        return ImageOps.posterize(img, bits_to_keep)
+
+    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+        auto_augment.NAME_TO_OP[name] = posterize
+
+
 def finetune_transform(input_size: Sequence[int], auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1",
-                       re_prob: float = 0.25, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                       re_prob: float = 0.25, re_mode: str = "pixel", scale=(0.08, 1.0), hflip: float = 0.5,
+                       mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """Fine-tuning augmentation through timm's transform factory: random-resized crop (bicubic),
     flip, RandAugment, normalisation and random erasing (the recipe of the MAE/Hiera papers)."""
     from timm.data import create_transform
 
+    _allow_zero_bit_posterize()
     return create_transform(
         tuple(input_size), is_training=True, auto_augment=auto_augment, interpolation="bicubic",
-        re_prob=re_prob, re_mode="pixel", re_count=1, mean=mean, std=std,
+        re_prob=re_prob, re_mode=re_mode, re_count=1, scale=scale, hflip=hflip, mean=mean, std=std,
     )
-
-
-def steps_per_epoch(num_samples: int, batch_size: int) -> int:
-    return max(1, math.floor(num_samples / batch_size))

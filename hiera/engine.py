@@ -180,6 +180,7 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(train_set)} training samples are fewer than one batch of {cfg.batch_size}")
         self.step = 0
+        self.last_eval: dict = {}
         self.metrics_path = self.out / "metrics.jsonl"
         self.last_path = self.out / "last.pt"
 
@@ -357,6 +358,7 @@ class Trainer:
         model.eval()
         result = self.task.evaluate(self, model)
         model.train(was_training)
+        self.last_eval = result
         if result:
             self.log({"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), "split": "val", **result})
         return result
@@ -443,15 +445,14 @@ class ClassifyTask:
 
     name = "finetune"
 
-    def __init__(self, num_classes: int, mixup: float = 0.0, cutmix: float = 0.0, label_smoothing: float = 0.0):
+    def __init__(self, num_classes: int, mixup_args: Optional[dict] = None, label_smoothing: float = 0.0):
         from timm.data import Mixup
         from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
         self.num_classes = num_classes
         self.mixup = None
-        if mixup > 0 or cutmix > 0:
-            self.mixup = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing,
-                               num_classes=num_classes)
+        if mixup_args and (mixup_args.get("mixup_alpha", 0) > 0 or mixup_args.get("cutmix_alpha", 0) > 0):
+            self.mixup = Mixup(**mixup_args)  # applies the label smoothing itself
             self.criterion = SoftTargetCrossEntropy()
         elif label_smoothing > 0:
             self.criterion = LabelSmoothingCrossEntropy(smoothing=label_smoothing)

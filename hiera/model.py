@@ -246,6 +246,16 @@ class Hiera(nn.Module, HubMixin):
             return ["pos_embed", "pos_embed_win"]
         return ["pos_embed"]
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups by depth, in timm's convention (used by its layer-wise lr decay): the
+        stem (patch embedding, position embeddings) is layer 0, block i is layer i + 1, and the
+        final norm and head come last."""
+        return dict(
+            stem=r"^(?:pos_embed|pos_embed_spatial|pos_embed_temporal|pos_embed_win|patch_embed)",
+            blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+        )
+
     # ------------------------------------------------------------------ masking
     @property
     def num_mask_units(self) -> int:

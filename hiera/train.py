@@ -1,0 +1,376 @@
+"""``hiera pretrain``, ``hiera finetune`` and ``hiera evaluate``: the paper's recipes on your images.
+
+Each command is a thin layer over :func:`pretrain`, :func:`finetune` and :func:`evaluate`, which
+tests and notebooks call directly. Several processes: ``torchrun --nproc_per_node N -m hiera.cli
+pretrain ...`` (or ``torchrun ... $(which hiera) pretrain ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from .weights import CheckpointError
+
+
+# ---------------------------------------------------------------------------------- models
+def _build(name: str, mae: bool, overrides: dict):
+    """A zoo model (``hiera_tiny_224``; ``mae_`` added or removed to fit) with ``overrides``, or a
+    custom one when ``name`` is ``custom`` (``overrides`` then is the whole config)."""
+    from .mae import MaskedAutoencoderHiera
+    from .model import Hiera
+    from .zoo import create_model
+
+    if name == "custom":
+        return (MaskedAutoencoderHiera if mae else Hiera)(**overrides)
+    base = name.split(".", 1)[0]
+    base = base[len("mae_"):] if base.startswith("mae_") else base
+    return create_model(("mae_" + base) if mae else base, **overrides)
+
+
+def _init_weights(model, init: Optional[str], strict=None):
+    """Load ``init`` (a weights path in any layout, or a zoo ``name.checkpoint``) into ``model``."""
+    if not init:
+        return None
+    from .resolve import read_any
+    from .weights import load_weights
+    from .zoo import MODELS, read_weights, resolve_checkpoint
+
+    name, _, ckpt = init.partition(".")
+    if name in MODELS and not Path(init).exists():
+        state = read_weights(resolve_checkpoint(MODELS[name], ckpt or None))
+    else:
+        state = read_any(init)[0]
+    return load_weights(model, state, strict=strict, source=init)
+
+
+def _schedule(recipe, steps_per_epoch: int, batch_size: int, lr: Optional[float]):
+    from .recipes import lr_schedule
+
+    total, warmup = recipe.schedule_steps(steps_per_epoch)
+    peak = lr if lr is not None else recipe.lr(batch_size)
+    return total, warmup, peak, (lambda step: lr_schedule(step, total, warmup, peak, recipe.min_lr))
+
+
+def _finish(trainer, model, out: Path, classes=None) -> None:
+    """Final artefacts on the main process: the model as a Hub-style folder, and the curves."""
+    if not trainer.is_main:
+        return
+    from .engine import _unwrap
+    from .plots import plot_curves
+
+    final = _unwrap(model)
+    final.save_pretrained(out / "model")
+    if classes:
+        (out / "model" / "classes.txt").write_text("\n".join(classes) + "\n")
+    keys = ("loss", "lr") if trainer.task.name == "pretrain" else ("loss", "acc1", "lr")
+    try:
+        plot_curves(out / "metrics.jsonl", out / "curves.png", keys=keys)
+    except ValueError:  # e.g. a run too short to have logged a value for every key
+        plot_curves(out / "metrics.jsonl", out / "curves.png", keys=("loss",))
+
+
+# ---------------------------------------------------------------------------------- commands
+def pretrain(
+    data,
+    out,
+    model: str = "hiera_base_224",
+    epochs: Optional[float] = None,
+    batch_size: int = 64,
+    accum: int = 1,
+    lr: Optional[float] = None,
+    mask_ratio: Optional[float] = None,
+    init: Optional[str] = None,
+    resume: bool = False,
+    val=None,
+    config: Optional[dict] = None,
+    **run,
+) -> dict:
+    """MAE pretraining on an image folder (labels, if any, are ignored) with the paper's recipe
+    for the model's size, shrunk to ``epochs`` and ``batch_size``. ``init`` continues from
+    existing weights; ``resume`` continues an interrupted run in ``out``. ``run``: fields of
+    :class:`hiera.engine.RunConfig` (precision, clip_grad, compile, save_every, seed, ...)."""
+    from .data import ImageFiles, pretrain_transform
+    from .engine import MAETask, RunConfig, Trainer
+    from .recipes import build_optimizer, pretrain_recipe
+
+    recipe = pretrain_recipe("base" if model == "custom" else model)
+    recipe = recipe.scaled(epochs=epochs, batch_size=batch_size)
+    overrides = dict(config or {})
+    if model != "custom":
+        overrides.setdefault("drop_path_rate", recipe.drop_path_rate)
+    net = _build(model, mae=True, overrides=overrides)
+    report = _init_weights(net, init, strict=False)
+    ratio = recipe.mask_ratio if mask_ratio is None else mask_ratio
+    size = tuple(net.input_size)
+    seed = run.get("seed", 0)
+    make = lambda root: ImageFiles.from_folder(  # noqa: E731
+        root, transform=pretrain_transform(size, scale=recipe.crop_scale), seed=seed,
+        mask_units=net.num_mask_units, mask_ratio=ratio)
+    train_set = make(data)
+    val_set = make(val) if val else None
+    steps_per_epoch = len(train_set) // batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_set)} images are fewer than one batch of {batch_size}")
+    total, warmup, peak, lr_at = _schedule(recipe, steps_per_epoch, batch_size, lr)
+    cfg = RunConfig(out_dir=str(out), total_steps=total, batch_size=batch_size, accum=accum,
+                    extra={"recipe": recipe.to_dict(), "peak_lr": peak, "warmup_steps": warmup,
+                           "mask_ratio": ratio, "data": str(data), "init": init}, **run)
+    trainer = Trainer(net, MAETask(), train_set, val_set,
+                      lambda m: build_optimizer(m, recipe, batch_size), lr_at, cfg)
+    if trainer.is_main and report is not None:
+        print(f"init: {report}")
+    if resume:
+        trainer.resume()
+    last = trainer.fit()
+    _finish(trainer, net, Path(out))
+    return last
+
+
+def finetune(
+    data,
+    out,
+    val=None,
+    model: str = "hiera_base_224",
+    init: Optional[str] = None,
+    epochs: Optional[float] = None,
+    batch_size: int = 64,
+    accum: int = 1,
+    lr: Optional[float] = None,
+    linear_probe: bool = False,
+    ema: Optional[bool] = None,
+    resume: bool = False,
+    config: Optional[dict] = None,
+    mixup: Optional[bool] = None,
+    **run,
+) -> dict:
+    """Supervised fine-tuning on an image folder with one sub-folder per class, from ``init`` (an
+    MAE checkpoint of ours, an official one such as ``mae_hiera_base_224.mae_in1k``, or any
+    weights), with the paper's fine-tuning recipe for the model's size. ``linear_probe`` freezes
+    the trunk and trains the head only (no mixup, no layer decay)."""
+    from .data import ImageFiles, finetune_transform
+    from .engine import ClassifyTask, RunConfig, Trainer
+    from .recipes import build_optimizer, finetune_recipe
+    from .transforms import ImageEvalTransform
+
+    recipe = finetune_recipe("base" if model == "custom" else model).scaled(epochs=epochs, batch_size=batch_size)
+    seed = run.get("seed", 0)
+    train_set = ImageFiles.from_folder(data, labelled=True, seed=seed)
+    if not train_set.classes:
+        raise ValueError(f"{data} has no class sub-folders: fine-tuning needs labelled images")
+    overrides = dict(config or {}, num_classes=len(train_set.classes))
+    if model != "custom":
+        overrides.setdefault("drop_path_rate", 0.0 if linear_probe else recipe.drop_path_rate)
+    net = _build(model, mae=False, overrides=overrides)
+    report = _init_weights(net, init, strict=False)
+    size = tuple(net.input_size)
+    if linear_probe:
+        import dataclasses
+
+        recipe = dataclasses.replace(recipe, layer_decay=None, mixup=0.0, cutmix=0.0, rand_augment=None, reprob=0.0)
+        for name, p in net.named_parameters():
+            p.requires_grad = name.startswith(("head.", "norm."))
+    train_set.transform = finetune_transform(size, auto_augment=recipe.rand_augment, re_prob=recipe.reprob,
+                                             re_mode=recipe.remode, scale=recipe.crop_scale, hflip=recipe.hflip)
+    val_set = None
+    if val:
+        val_set = ImageFiles.from_folder(val, labelled=True, seed=seed,
+                                         transform=ImageEvalTransform(size, crop_pct=recipe.eval_crop_pct))
+        if val_set.classes != train_set.classes:
+            raise ValueError(f"validation classes {val_set.classes} differ from training classes {train_set.classes}")
+    steps_per_epoch = len(train_set) // batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_set)} images are fewer than one batch of {batch_size}")
+    total, warmup, peak, lr_at = _schedule(recipe, steps_per_epoch, batch_size, lr)
+    use_mixup = (recipe.mixup > 0 or recipe.cutmix > 0) if mixup is None else mixup
+    task = ClassifyTask(len(train_set.classes), mixup_args=recipe.mixup_args(len(train_set.classes)) if use_mixup else None,
+                        label_smoothing=recipe.label_smoothing)
+    use_ema = recipe.ema if ema is None else ema
+    cfg = RunConfig(out_dir=str(out), total_steps=total, batch_size=batch_size, accum=accum,
+                    ema_decay=recipe.ema_decay if use_ema else None,
+                    extra={"recipe": recipe.to_dict(), "peak_lr": peak, "warmup_steps": warmup,
+                           "classes": train_set.classes, "data": str(data), "init": init,
+                           "linear_probe": linear_probe}, **run)
+
+    def make_optimizer(m):
+        return build_optimizer(m, recipe, batch_size) if not linear_probe else torch.optim.AdamW(
+            [p for p in m.parameters() if p.requires_grad], lr=peak, betas=recipe.betas, weight_decay=0.0)
+
+    trainer = Trainer(net, task, train_set, val_set, make_optimizer, lr_at, cfg)
+    if trainer.is_main and report is not None:
+        print(f"init: {report}")
+    if resume:
+        trainer.resume()
+    last = trainer.fit()
+    result = trainer.last_eval
+    _finish(trainer, trainer.ema.module if trainer.ema else net, Path(out), classes=train_set.classes)
+    return {**last, **{f"val_{k}": v for k, v in result.items()}}
+
+
+def evaluate(data, model: Optional[str] = None, weights=None, batch_size: int = 64, device: str = "auto") -> dict:
+    """Top-1 / top-5 accuracy, per-class accuracy and the most confused pairs on an image folder
+    with one sub-folder per class (the classes must be the model's, in sorted order)."""
+    from .data import ImageFiles, collate
+    from .engine import evaluate_classifier
+    from .resolve import load_model
+    from .transforms import eval_transform
+
+    net = load_model(model, weights)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    net.to(dev).eval()
+    dataset = ImageFiles.from_folder(data, labelled=True, transform=eval_transform(net))
+    num_classes = net.head.projection.out_features
+    if len(dataset.classes) > num_classes:
+        raise ValueError(f"{data} has {len(dataset.classes)} classes, the model only {num_classes}")
+
+    def batches():
+        for start in range(0, len(dataset), batch_size):
+            batch = collate([dataset[(0, i)] for i in range(start, min(start + batch_size, len(dataset)))])
+            if batch["n"]:
+                yield {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    stats = evaluate_classifier(net, batches(), num_classes, dev)
+    confusion = stats.pop("confusion")[: len(dataset.classes), : len(dataset.classes)]
+    per_class = (confusion.diag() / confusion.sum(1).clamp(min=1) * 100).tolist()
+    off = confusion.clone()
+    off.fill_diagonal_(0)
+    pairs = []
+    for flat in off.flatten().argsort(descending=True)[:5].tolist():
+        t, p = divmod(flat, off.shape[1])
+        if off[t, p] > 0:
+            pairs.append({"true": dataset.classes[t], "predicted": dataset.classes[p], "count": int(off[t, p])})
+    return {**stats, "classes": dataset.classes, "per_class_acc1": dict(zip(dataset.classes, per_class)),
+            "confused": pairs, "confusion": confusion.long().tolist()}
+
+
+# ---------------------------------------------------------------------------------- CLI
+def _run_args(p):
+    g = p.add_argument_group("running")
+    g.add_argument("--out", "-o", required=True, help="run folder: checkpoints, metrics.jsonl, curves.png, model/")
+    g.add_argument("--epochs", type=float, help="epochs (default: the recipe's; 1600 pretrain, 50-300 finetune)")
+    g.add_argument("--batch-size", type=int, default=64, help="samples per optimizer step over all processes")
+    g.add_argument("--accum", type=int, default=1, help="gradient accumulation: micro-batches per step")
+    g.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's, scaled with the batch)")
+    g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    g.add_argument("--clip-grad", type=float, help="clip the gradient norm to this")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--grad-checkpointing", action="store_true", help="recompute blocks in backward (less memory)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--save-every", type=int, default=0, help="steps between checkpoints (also at epoch ends)")
+    g.add_argument("--eval-every", type=int, default=0, help="steps between evaluations (default: epoch ends)")
+    g.add_argument("--log-every", type=int, default=10)
+    g.add_argument("--workers", type=int, default=2, help="data loading processes")
+    g.add_argument("--device", default="auto")
+    g.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    g.add_argument("--config", type=json.loads, help='constructor overrides as JSON, e.g. \'{"input_size": [256, 256]}\'')
+    g.add_argument("--no-progress", action="store_true")
+
+
+def _run_kwargs(args) -> dict:
+    return dict(precision=args.precision, clip_grad=args.clip_grad, compile=args.compile,
+                grad_checkpointing=args.grad_checkpointing, seed=args.seed, save_every=args.save_every,
+                eval_every=args.eval_every, log_every=args.log_every, num_workers=args.workers,
+                device=args.device, progress=not args.no_progress)
+
+
+def add_parser(subparsers) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser(
+        "pretrain", help="MAE-pretrain a Hiera on a folder of images", formatter_class=fmt,
+        description="MAE pretraining with the paper's recipe for the model size (AdamW 0.9/0.95, lr 8e-4 per "
+                    "4096 images, warmup then cosine, mask ratio 0.6, random-resized crop 0.2-1 and flip).",
+        epilog="""examples:
+  hiera pretrain --data photos/ --model hiera_small_224 --epochs 400 --batch-size 256 --out runs/mae
+  hiera pretrain --data photos/ --model hiera_base_224 --init mae_hiera_base_224.mae_in1k --epochs 100 --out runs/more
+  torchrun --nproc_per_node 8 $(which hiera) pretrain --data photos/ --batch-size 4096 --precision bf16 --out runs/mae
+  hiera pretrain --data photos/ --out runs/mae --resume          # after an interruption""")
+    p.add_argument("--data", required=True, help="image folder (class sub-folders or flat)")
+    p.add_argument("--val", help="image folder for the validation loss and reconstructions")
+    p.add_argument("--model", "-m", default="hiera_base_224", help="zoo model (its mae_ version is used) or 'custom'")
+    p.add_argument("--init", help="start from these weights (path, or zoo name.checkpoint)")
+    p.add_argument("--mask-ratio", type=float, help="fraction of mask units dropped (default 0.6)")
+    _run_args(p)
+    p.set_defaults(func=_cmd_pretrain)
+
+    p = subparsers.add_parser(
+        "finetune", help="fine-tune a (pretrained) Hiera classifier on labelled images", formatter_class=fmt,
+        description="Fine-tuning with the paper's recipe for the model size (AdamW, layer-wise lr decay, "
+                    "RandAugment, random erasing, mixup/cutmix, label smoothing, drop path).",
+        epilog="""examples:
+  hiera finetune --data train/ --val val/ --model hiera_small_224 --init runs/mae/last.pt --epochs 50 --out runs/ft
+  hiera finetune --data train/ --val val/ --init mae_hiera_base_224.mae_in1k --epochs 100 --out runs/ft
+  hiera finetune --data train/ --val val/ --init runs/mae/last.pt --linear-probe --out runs/probe""")
+    p.add_argument("--data", required=True, help="training images, one sub-folder per class")
+    p.add_argument("--val", help="validation images, the same class sub-folders")
+    p.add_argument("--model", "-m", default="hiera_base_224", help="zoo model or 'custom' (with --config)")
+    p.add_argument("--init", help="start from these weights: our MAE checkpoint, or zoo name.checkpoint")
+    p.add_argument("--linear-probe", action="store_true", help="train the head only")
+    p.add_argument("--ema", action="store_true", default=None, help="keep an EMA of the weights and evaluate it")
+    p.add_argument("--no-mixup", action="store_true", help="turn mixup/cutmix off")
+    _run_args(p)
+    p.set_defaults(func=_cmd_finetune)
+
+    p = subparsers.add_parser("evaluate", help="top-1/top-5 accuracy and confusions on labelled images",
+                              description="Evaluate a classifier on a folder with one sub-folder per class.")
+    p.add_argument("--data", required=True)
+    p.add_argument("--model", "-m", help="zoo name or Hub repo")
+    p.add_argument("--weights", "-w", help="weights file or folder (any layout)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="also write the full result (confusion matrix included) here")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _guard(fn):
+    try:
+        return fn()
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"hiera: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _cmd_pretrain(args) -> int:
+    def go():
+        last = pretrain(args.data, args.out, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+                        accum=args.accum, lr=args.lr, mask_ratio=args.mask_ratio, init=args.init, resume=args.resume,
+                        val=args.val, config=args.config, **_run_kwargs(args))
+        print(json.dumps(last))
+        return 0
+    return _guard(go)
+
+
+def _cmd_finetune(args) -> int:
+    def go():
+        last = finetune(args.data, args.out, val=args.val, model=args.model, init=args.init, epochs=args.epochs,
+                        batch_size=args.batch_size, accum=args.accum, lr=args.lr, linear_probe=args.linear_probe,
+                        ema=args.ema, resume=args.resume, config=args.config,
+                        mixup=False if args.no_mixup else None, **_run_kwargs(args))
+        print(json.dumps(last))
+        return 0
+    return _guard(go)
+
+
+def _cmd_evaluate(args) -> int:
+    def go():
+        result = evaluate(args.data, model=args.model, weights=args.weights, batch_size=args.batch_size,
+                          device=args.device)
+        print(f"top-1 {result['acc1']:.2f}%  top-5 {result['acc5']:.2f}%  ({result['n']} images)")
+        for name, acc in result["per_class_acc1"].items():
+            print(f"  {name:<24} {acc:6.2f}%")
+        for pair in result["confused"]:
+            print(f"  confused: {pair['true']} -> {pair['predicted']} ({pair['count']})")
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return 0
+    return _guard(go)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:  # for `python -m hiera.train`
+    from .cli import main as cli_main
+
+    return cli_main(argv)
