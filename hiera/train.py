@@ -104,6 +104,7 @@ def pretrain(
     overrides = dict(config or {})
     if model != "custom":
         overrides.setdefault("drop_path_rate", recipe.drop_path_rate)
+    torch.manual_seed(run.get("seed", 0))  # the same initial weights in every process and every rerun
     net = _build(model, mae=True, overrides=overrides)
     report = _init_weights(net, init, strict=False)
     ratio = recipe.mask_ratio if mask_ratio is None else mask_ratio
@@ -166,6 +167,7 @@ def finetune(
     overrides = dict(config or {}, num_classes=len(train_set.classes))
     if model != "custom":
         overrides.setdefault("drop_path_rate", 0.0 if linear_probe else recipe.drop_path_rate)
+    torch.manual_seed(seed)
     net = _build(model, mae=False, overrides=overrides)
     report = _init_weights(net, init, strict=False)
     size = tuple(net.input_size)

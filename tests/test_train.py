@@ -1,0 +1,92 @@
+"""pretrain -> finetune -> evaluate end to end on generated images, and several processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hiera.cli import main
+from hiera.synthetic import make_dataset
+from hiera.train import evaluate, finetune, pretrain
+
+TINY = dict(input_size=(64, 64), embed_dim=32, num_heads=1, stages=(1, 2, 2), q_pool=2, mask_unit_size=(4, 4),
+            mask_unit_attn=(True, False, False))
+DECODER = dict(decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=2)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("synthetic"), 24, 8, size=64, seed=0)
+
+
+def losses(run_dir, split="train"):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["split"] == split]
+
+
+def test_pretrain_then_finetune_then_evaluate(data, tmp_path):
+    mae_dir, ft_dir = tmp_path / "mae", tmp_path / "ft"
+    pretrain(data.train_dir, mae_dir, model="custom", config=dict(TINY, **DECODER), epochs=6, batch_size=32,
+             lr=2e-3, progress=False, log_every=1, num_workers=0, val=data.val_dir)
+    train = [r["loss"] for r in losses(mae_dir)]
+    assert len(train) == 6 * (8 * 24 // 32) and min(train[-3:]) < train[0]
+    assert (mae_dir / "curves.png").exists() and list((mae_dir / "reconstructions").glob("*.png"))
+    assert losses(mae_dir, "val")
+
+    result = finetune(data.train_dir, ft_dir, val=data.val_dir, model="custom", config=TINY,
+                      init=str(mae_dir / "last.pt"), epochs=2, batch_size=32, lr=1e-3, progress=False,
+                      num_workers=0, mixup=False)
+    assert "val_acc1" in result and 0 <= result["val_acc1"] <= 100
+    assert (ft_dir / "model" / "classes.txt").read_text().split() == list(data.classes)
+    state = torch.load(ft_dir / "last.pt", weights_only=True)
+    assert state["extra"]["init"] == str(mae_dir / "last.pt") and state["class"] == "Hiera"
+
+    report = evaluate(data.val_dir, weights=ft_dir / "model")
+    assert report["n"] == len(data.classes) * 8 and report["acc1"] == pytest.approx(result["val_acc1"], abs=1e-6)
+    assert set(report["per_class_acc1"]) == set(data.classes)
+    # The fine-tuned model goes straight into `hiera predict`.
+    image = next(Path(data.val_dir, data.classes[0]).glob("*.png"))
+    assert main(["predict", str(image), "--weights", str(ft_dir / "model"), "--classes",
+                 str(ft_dir / "model" / "classes.txt"), "--format", "json", "--no-progress"]) == 0
+
+
+def test_mask_ratio_reaches_the_model(data, tmp_path):
+    from hiera.data import ImageFiles
+
+    pretrain(data.train_dir, tmp_path / "r", model="custom", config=dict(TINY, **DECODER), epochs=1,
+             batch_size=64, mask_ratio=0.75, progress=False, num_workers=0)
+    state = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    assert state["extra"]["mask_ratio"] == 0.75
+    # The masks the data pipeline hands the model keep exactly 25% of the 16 mask units.
+    ds = ImageFiles.from_folder(data.train_dir, mask_units=16, mask_ratio=0.75)
+    assert int(ds[(0, 0)]["mask"].sum()) == 4
+
+
+def test_two_processes_match_one_with_the_same_global_batch(data, tmp_path):
+    """torchrun with 2 gloo processes (16 samples each) == 1 process (32 samples)."""
+    args = ["pretrain", "--data", str(data.train_dir), "--model", "custom", "--config",
+            json.dumps(dict(TINY, **DECODER)), "--epochs", "1", "--batch-size", "32", "--lr", "1e-3",
+            "--log-every", "1", "--workers", "0", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "hiera.cli", *args, "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29533", "-m", "hiera.cli", *args, "--out", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = [r["loss"] for r in losses(tmp_path / "one")]
+    b = [r["loss"] for r in losses(tmp_path / "two")]
+    assert len(a) == len(b) == 8 * 24 // 32
+    assert b == pytest.approx(a, rel=1e-4)
+    state = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
+    assert state["world"] == 2 and len(state["rng"]) == 2
+
+
+def test_training_commands_reject_bad_input(tmp_path, capsys):
+    assert main(["finetune", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+    assert "image folder not found" in capsys.readouterr().err
