@@ -60,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("zoo", help="list models, checkpoints, sizes and reported accuracy")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_zoo)
-    from . import benchmark, convert, export, extract, predict, train, viz
+    from . import benchmark, convert, export, extract, predict, quickstart, train, viz
 
+    quickstart.add_parser(sub)
     train.add_parser(sub)
 
     predict.add_parser(sub)

@@ -415,7 +415,8 @@ class MAETask:
     def on_checkpoint(self, trainer: Trainer) -> None:
         """A reconstruction grid of a fixed validation batch (the same images and masks each time)."""
         source = trainer.val_set or trainer.train_set
-        samples = [s for s in (source[(0, i)] for i in range(min(self.viz_batch, len(source)))) if s is not None]
+        picks = range(0, len(source), max(1, len(source) // self.viz_batch))[: self.viz_batch]  # spread out
+        samples = [s for s in (source[(0, i)] for i in picks) if s is not None]
         if not samples:
             return
         from PIL import Image

@@ -148,6 +148,7 @@ def finetune(
     resume: bool = False,
     config: Optional[dict] = None,
     mixup: Optional[bool] = None,
+    recipe_overrides: Optional[dict] = None,
     **run,
 ) -> dict:
     """Supervised fine-tuning on an image folder with one sub-folder per class, from ``init`` (an
@@ -160,6 +161,10 @@ def finetune(
     from .transforms import ImageEvalTransform
 
     recipe = finetune_recipe("base" if model == "custom" else model).scaled(epochs=epochs, batch_size=batch_size)
+    if recipe_overrides:  # e.g. {"rand_augment": None, "reprob": 0.0} for a lighter recipe
+        import dataclasses
+
+        recipe = dataclasses.replace(recipe, **recipe_overrides)
     seed = run.get("seed", 0)
     train_set = ImageFiles.from_folder(data, labelled=True, seed=seed)
     if not train_set.classes:

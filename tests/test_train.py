@@ -90,3 +90,17 @@ def test_two_processes_match_one_with_the_same_global_batch(data, tmp_path):
 def test_training_commands_reject_bad_input(tmp_path, capsys):
     assert main(["finetune", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--no-progress"]) == 1
     assert "image folder not found" in capsys.readouterr().err
+
+
+def test_quickstart_writes_its_report(tmp_path):
+    from hiera.quickstart import quickstart
+
+    report = quickstart(tmp_path / "qs", per_class=8, val_per_class=4, pretrain_epochs=1, finetune_epochs=1,
+                        batch_size=16, workers=0, progress=False)
+    out = tmp_path / "qs"
+    for name in ("report.md", "report.json", "finetune_curves.png", "pretrain/curves.png", "finetune/model/config.json"):
+        assert (out / name).exists(), name
+    assert report["files"]["reconstructions"] and (out / report["files"]["reconstructions"]).exists()
+    assert len(report["predictions"]) == len(report["classes"]) == 8
+    assert 0 <= report["mae_pretrained"]["acc1"] <= 100 and 0 <= report["from_scratch"]["acc1"] <= 100
+    assert "| MAE pretraining" in (out / "report.md").read_text()
