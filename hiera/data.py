@@ -170,6 +170,17 @@ class ImageFiles(Dataset):
         return sample
 
 
+def open_images(source, labelled: Optional[bool] = None, **kwargs) -> ImageFiles:
+    """An :class:`ImageFiles` from a folder or from a list file (``.txt`` / ``.csv``)."""
+    source = Path(source)
+    if source.is_file():
+        dataset = ImageFiles.from_list(source, **kwargs)
+        if labelled and any(label < 0 for label in dataset.labels):
+            raise ValueError(f"{source} has lines without a label; fine-tuning needs 'path,label' lines")
+        return dataset
+    return ImageFiles.from_folder(source, labelled=labelled, **kwargs)
+
+
 def _images_in(folder: Path, recursive: bool = False) -> List[Path]:
     pattern = "**/*" if recursive else "*"
     return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)

@@ -95,7 +95,7 @@ def pretrain(
     for the model's size, shrunk to ``epochs`` and ``batch_size``. ``init`` continues from
     existing weights; ``resume`` continues an interrupted run in ``out``. ``run``: fields of
     :class:`hiera.engine.RunConfig` (precision, clip_grad, compile, save_every, seed, ...)."""
-    from .data import ImageFiles, pretrain_transform
+    from .data import open_images, pretrain_transform
     from .engine import MAETask, RunConfig, Trainer
     from .recipes import build_optimizer, pretrain_recipe
 
@@ -110,7 +110,7 @@ def pretrain(
     ratio = recipe.mask_ratio if mask_ratio is None else mask_ratio
     size = tuple(net.input_size)
     seed = run.get("seed", 0)
-    make = lambda root: ImageFiles.from_folder(  # noqa: E731
+    make = lambda root: open_images(  # noqa: E731
         root, transform=pretrain_transform(size, scale=recipe.crop_scale), seed=seed,
         mask_units=net.num_mask_units, mask_ratio=ratio)
     train_set = make(data)
@@ -155,7 +155,7 @@ def finetune(
     MAE checkpoint of ours, an official one such as ``mae_hiera_base_224.mae_in1k``, or any
     weights), with the paper's fine-tuning recipe for the model's size. ``linear_probe`` freezes
     the trunk and trains the head only (no mixup, no layer decay)."""
-    from .data import ImageFiles, finetune_transform
+    from .data import finetune_transform, open_images
     from .engine import ClassifyTask, RunConfig, Trainer
     from .recipes import build_optimizer, finetune_recipe
     from .transforms import ImageEvalTransform
@@ -166,7 +166,7 @@ def finetune(
 
         recipe = dataclasses.replace(recipe, **recipe_overrides)
     seed = run.get("seed", 0)
-    train_set = ImageFiles.from_folder(data, labelled=True, seed=seed)
+    train_set = open_images(data, labelled=True, seed=seed)
     if not train_set.classes:
         raise ValueError(f"{data} has no class sub-folders: fine-tuning needs labelled images")
     overrides = dict(config or {}, num_classes=len(train_set.classes))
@@ -186,8 +186,8 @@ def finetune(
                                              re_mode=recipe.remode, scale=recipe.crop_scale, hflip=recipe.hflip)
     val_set = None
     if val:
-        val_set = ImageFiles.from_folder(val, labelled=True, seed=seed,
-                                         transform=ImageEvalTransform(size, crop_pct=recipe.eval_crop_pct))
+        val_set = open_images(val, labelled=True, seed=seed,
+                              transform=ImageEvalTransform(size, crop_pct=recipe.eval_crop_pct))
         if val_set.classes != train_set.classes:
             raise ValueError(f"validation classes {val_set.classes} differ from training classes {train_set.classes}")
     steps_per_epoch = len(train_set) // batch_size
@@ -222,7 +222,7 @@ def finetune(
 def evaluate(data, model: Optional[str] = None, weights=None, batch_size: int = 64, device: str = "auto") -> dict:
     """Top-1 / top-5 accuracy, per-class accuracy and the most confused pairs on an image folder
     with one sub-folder per class (the classes must be the model's, in sorted order)."""
-    from .data import ImageFiles, collate
+    from .data import collate, open_images
     from .engine import evaluate_classifier
     from .resolve import load_model
     from .transforms import eval_transform
@@ -230,7 +230,7 @@ def evaluate(data, model: Optional[str] = None, weights=None, batch_size: int = 
     net = load_model(model, weights)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     net.to(dev).eval()
-    dataset = ImageFiles.from_folder(data, labelled=True, transform=eval_transform(net))
+    dataset = open_images(data, labelled=True, transform=eval_transform(net))
     num_classes = net.head.projection.out_features
     if len(dataset.classes) > num_classes:
         raise ValueError(f"{data} has {len(dataset.classes)} classes, the model only {num_classes}")
@@ -296,7 +296,7 @@ def add_parser(subparsers) -> None:
   hiera pretrain --data photos/ --model hiera_base_224 --init mae_hiera_base_224.mae_in1k --epochs 100 --out runs/more
   torchrun --nproc_per_node 8 $(which hiera) pretrain --data photos/ --batch-size 4096 --precision bf16 --out runs/mae
   hiera pretrain --data photos/ --out runs/mae --resume          # after an interruption""")
-    p.add_argument("--data", required=True, help="image folder (class sub-folders or flat)")
+    p.add_argument("--data", required=True, help="image folder (class sub-folders or flat) or a list file of paths")
     p.add_argument("--val", help="image folder for the validation loss and reconstructions")
     p.add_argument("--model", "-m", default="hiera_base_224", help="zoo model (its mae_ version is used) or 'custom'")
     p.add_argument("--init", help="start from these weights (path, or zoo name.checkpoint)")
@@ -312,7 +312,7 @@ def add_parser(subparsers) -> None:
   hiera finetune --data train/ --val val/ --model hiera_small_224 --init runs/mae/last.pt --epochs 50 --out runs/ft
   hiera finetune --data train/ --val val/ --init mae_hiera_base_224.mae_in1k --epochs 100 --out runs/ft
   hiera finetune --data train/ --val val/ --init runs/mae/last.pt --linear-probe --out runs/probe""")
-    p.add_argument("--data", required=True, help="training images, one sub-folder per class")
+    p.add_argument("--data", required=True, help="training images: one sub-folder per class, or a 'path,label' list")
     p.add_argument("--val", help="validation images, the same class sub-folders")
     p.add_argument("--model", "-m", default="hiera_base_224", help="zoo model or 'custom' (with --config)")
     p.add_argument("--init", help="start from these weights: our MAE checkpoint, or zoo name.checkpoint")

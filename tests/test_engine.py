@@ -108,3 +108,19 @@ def test_divergence_stops_with_the_last_checkpoint_intact(image_folder, tmp_path
     with pytest.raises(TrainingDiverged, match=r"loss is (nan|inf) at step .*last good checkpoint"):
         run_mae(image_folder, tmp_path / "run", steps=6, resume=True, lr=1e30)
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
+def test_list_files_with_labels_by_index_or_name(image_folder, tmp_path):
+    from hiera.data import open_images
+
+    names = sorted(image_folder.glob("*.png"))[:4]
+    (tmp_path / "list.csv").write_text(f"# a comment\n{names[0]},cat\n{names[1]},dog\n\n{names[2]},cat\n")
+    data = open_images(tmp_path / "list.csv", labelled=True)
+    assert data.classes == ["cat", "dog"] and data.labels == [0, 1, 0]
+    (tmp_path / "plain.txt").write_text(f"{names[0]}\n{names[3]}\n")
+    assert open_images(tmp_path / "plain.txt").labels == [-1, -1]
+    with pytest.raises(ValueError, match="without a label"):
+        open_images(tmp_path / "plain.txt", labelled=True)
+    (tmp_path / "bad.csv").write_text(f"{names[0]},1,extra\n")
+    with pytest.raises(ValueError, match=r"bad.csv:1: expected 'path' or 'path,label'"):
+        open_images(tmp_path / "bad.csv")

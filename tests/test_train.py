@@ -104,3 +104,21 @@ def test_quickstart_writes_its_report(tmp_path):
     assert len(report["predictions"]) == len(report["classes"]) == 8
     assert 0 <= report["mae_pretrained"]["acc1"] <= 100 and 0 <= report["from_scratch"]["acc1"] <= 100
     assert "| MAE pretraining" in (out / "report.md").read_text()
+
+
+def test_linear_probe_trains_the_head_only_and_ema_bf16_run(data, tmp_path):
+    mae_dir = tmp_path / "mae"
+    pretrain(data.train_dir, mae_dir, model="custom", config=dict(TINY, **DECODER), epochs=1, batch_size=32,
+             progress=False, num_workers=0)
+    init = torch.load(mae_dir / "last.pt", weights_only=True)["model"]
+    finetune(data.train_dir, tmp_path / "probe", model="custom", config=TINY, init=str(mae_dir / "last.pt"),
+             epochs=1, batch_size=32, linear_probe=True, progress=False, num_workers=0)
+    probe = torch.load(tmp_path / "probe" / "last.pt", weights_only=True)["model"]
+    assert torch.equal(probe["blocks.0.attn.qkv.weight"], init["blocks.0.attn.qkv.weight"])  # frozen trunk
+    assert probe["head.projection.weight"].shape[0] == len(data.classes)
+
+    result = finetune(data.train_dir, tmp_path / "ema", val=data.val_dir, model="custom", config=TINY, epochs=1,
+                      batch_size=32, ema=True, precision="bf16", progress=False, num_workers=0)
+    state = torch.load(tmp_path / "ema" / "last.pt", weights_only=True)
+    assert state["ema"] is not None and state["run"]["precision"] == "bf16" and "val_acc1" in result
+    assert not torch.equal(state["ema"]["head.projection.weight"], state["model"]["head.projection.weight"])
