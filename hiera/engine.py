@@ -20,7 +20,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ class RunConfig:
     accum: int = 1  # micro-batches per process per step
     precision: str = "fp32"  # fp32 | bf16 | fp16
     clip_grad: Optional[float] = None
-    compile: bool = False
+    compile: Union[bool, str] = False  # True, or a torch.compile backend name
     grad_checkpointing: bool = False
     seed: int = 0
     save_every: int = 0  # steps between checkpoints (0: only at epoch ends and the end)
@@ -173,7 +173,7 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         if cfg.compile:
-            self.net = torch.compile(self.net)
+            self.net = torch.compile(self.net, **({"backend": cfg.compile} if isinstance(cfg.compile, str) else {}))
 
         self.train_set, self.val_set = train_set, val_set
         self.steps_per_epoch = len(train_set) // cfg.batch_size

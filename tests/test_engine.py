@@ -124,3 +124,15 @@ def test_list_files_with_labels_by_index_or_name(image_folder, tmp_path):
     (tmp_path / "bad.csv").write_text(f"{names[0]},1,extra\n")
     with pytest.raises(ValueError, match=r"bad.csv:1: expected 'path' or 'path,label'"):
         open_images(tmp_path / "bad.csv")
+
+
+def test_compiled_training_matches_eager(image_folder, tmp_path):
+    def run(out, compile):
+        model = tiny_mae()
+        data = ImageFiles.from_folder(image_folder, transform=pretrain_transform((64, 64)), mask_units=model.num_mask_units)
+        cfg = RunConfig(out_dir=str(out), total_steps=2, batch_size=8, log_every=1, progress=False, compile=compile)
+        Trainer(model, MAETask(), data, None, lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3),
+                lambda s: 1e-3, cfg).fit()
+        return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    assert run(tmp_path / "compiled", "aot_eager") == pytest.approx(run(tmp_path / "eager", False), rel=1e-4)
