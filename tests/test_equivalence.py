@@ -188,3 +188,39 @@ torch.save({{"out": out, "config": dict(model.config)}}, sys.argv[3])
     assert {k: saved[k] for k in ("embed_dim", "stages", "input_size")} == {
         k: json.loads(json.dumps(model.config[k])) for k in ("embed_dim", "stages", "input_size")
     }
+
+
+# ---------------------------------------------------------------- gradients (training)
+@pytest.mark.parametrize("name", ["mae_tiny_image", "mae_tiny_video", "tiny_image"])
+def test_gradients_match_official(name, official_python, tmp_path):
+    """One backward pass on the same weights, inputs and mask: every parameter's gradient agrees,
+    so training our model is training the official one."""
+    model = build_like_official(name)
+    x = torch.randn(2, *GEN.CASES[name][3], generator=torch.Generator().manual_seed(7))
+    torch.manual_seed(8)
+    mask = model.get_random_mask(x, 0.6)
+    torch.save({"x": x, "mask": mask, "state": model.state_dict()}, tmp_path / "in.pt")
+    code = f"""
+import sys, torch, hiera
+sys.path.insert(0, {str(conftest._REFERENCE_SRC)!r})
+import generate as gen
+data = torch.load(sys.argv[1], weights_only=True)
+model = gen.build_case_model({name!r})
+model.load_state_dict(data["state"])
+model.train()
+out = model(data["x"], mask=data["mask"]) if type(model).__name__ != "Hiera" else model(data["x"])
+loss = out[0] if isinstance(out, tuple) else out.square().mean()
+loss.backward()
+torch.save({{n: p.grad for n, p in model.named_parameters() if p.grad is not None}}, sys.argv[2])
+"""
+    conftest.official_env.run_official_code(official_python, code, str(tmp_path / "in.pt"), str(tmp_path / "out.pt"),
+                                            timeout=300)
+    theirs = torch.load(tmp_path / "out.pt", weights_only=True)
+    model.train()
+    out = model(x, mask=mask) if type(model).__name__ != "Hiera" else model(x)
+    loss = out[0] if isinstance(out, tuple) else out.square().mean()
+    loss.backward()
+    ours = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert set(ours) == set(theirs)
+    for n, g in theirs.items():
+        assert_close(ours[n], g, f"gradient of {n}")
