@@ -122,3 +122,32 @@ def test_linear_probe_trains_the_head_only_and_ema_bf16_run(data, tmp_path):
     state = torch.load(tmp_path / "ema" / "last.pt", weights_only=True)
     assert state["ema"] is not None and state["run"]["precision"] == "bf16" and "val_acc1" in result
     assert not torch.equal(state["ema"]["head.projection.weight"], state["model"]["head.projection.weight"])
+
+
+def test_killed_run_resumes_to_the_same_losses(data, tmp_path):
+    """SIGKILL a real `hiera pretrain` process mid-run, resume it, compare with an uninterrupted run."""
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "hiera.cli", "pretrain", "--data", str(data.train_dir), "--model", "custom",
+            "--config", json.dumps(dict(TINY, **DECODER)), "--epochs", "3", "--batch-size", "16", "--lr", "1e-3",
+            "--log-every", "1", "--save-every", "2", "--workers", "0", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full = subprocess.run([*args, "--out", str(tmp_path / "full")], env=env, capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen([*args, "--out", str(run_dir)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if (run_dir / "metrics.jsonl").exists() and len(losses(run_dir)) >= 7:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(losses(run_dir)) < 3 * (8 * 24 // 16)  # it really was cut short
+    assert torch.load(run_dir / "last.pt", weights_only=True)["step"] % 2 == 0
+    resumed = subprocess.run([*args, "--out", str(run_dir), "--resume"], env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [r["loss"] for r in losses(run_dir)] == [r["loss"] for r in losses(tmp_path / "full")]
