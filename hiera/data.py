@@ -71,6 +71,10 @@ def random_unit_mask(num_units: int, mask_ratio: float, generator: torch.Generat
 class ImageFiles(Dataset):
     """Images with optional integer labels.
 
+    Written here rather than using torchvision's ``ImageFolder``: that one stops the run at the first
+    unreadable file, takes an index rather than ``(epoch, index)``, and cannot seed each sample's
+    augmentation; the folder layout and class order (sorted sub-folder names) are the same.
+
     Build with :meth:`from_folder` (one sub-folder per class, or a flat folder of unlabelled
     images) or :meth:`from_list` (a text/CSV file of ``path[,label]`` lines). Items are loaded by
     ``key = (epoch, index)`` and returned as ``{"image", "label", "index"}`` (plus ``"mask"`` when
