@@ -8,6 +8,7 @@ import json
 import sys
 
 import numpy as np
+import onnxruntime  # noqa: F401  (a [dev] dependency: the export checks must run)
 import pytest
 import torch
 from PIL import Image
@@ -295,8 +296,6 @@ def test_mae_viz_cli_errors(tmp_path, saved, capsys):
 
 # ----------------------------------------------------------------------------------------- export
 def test_export_onnx_dynamic_batch_matches_onnxruntime(tmp_path):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
     model = tiny_classifier()
     model.train()
     info = onnx_export.export_onnx(model, tmp_path / "m.onnx", batch=1, dynamic_batch=True, exporter="dynamo")
@@ -312,7 +311,6 @@ def test_export_onnx_dynamic_batch_matches_onnxruntime(tmp_path):
 
 
 def test_export_onnx_torchscript_static_batch(tmp_path):
-    pytest.importorskip("onnxruntime")
     model = tiny_classifier()
     info = onnx_export.export_onnx(model, tmp_path / "static.onnx", batch=2, dynamic_batch=False,
                                    exporter="torchscript", opset=17)
@@ -343,7 +341,6 @@ def test_export_errors(tmp_path, monkeypatch):
 
 
 def test_export_cli(tmp_path, saved, capsys):
-    pytest.importorskip("onnxruntime")
     out = tmp_path / "cls.onnx"
     code = run_cli(onnx_export.add_parser, ["export", "--weights", str(saved["cls"]), "--out", str(out),
                                             "--batch", "2", "--exporter", "torchscript"])
