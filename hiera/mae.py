@@ -209,12 +209,16 @@ class MaskedAutoencoderHiera(Hiera):
         ``input_size`` is needed only for inputs of another size than the model's."""
         grid = self.final_grid(input_size)
         x = self.decoder_embed(x)
-        # Scatter the visible units among mask tokens: [B, #units, *mu_final, C].
+        # Place the visible units among mask tokens: [B, #units, *mu_final, C]. Visible units come in
+        # ascending order, so unit u takes kept entry (#visible units before u): a gather and a where
+        # with static shapes (no boolean indexing), which torch.compile traces as one graph.
+        batch, units = mask.shape
         unit_shape = x.shape[2:-1]
-        x_dec = self.mask_token.to(x.dtype).expand(*mask.shape, *unit_shape, x.shape[-1]).clone()
-        x_dec[mask] = x.reshape(-1, *x.shape[2:])
+        slot = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        slot = slot.view(batch, units, *([1] * (x.ndim - 2))).expand(batch, units, *x.shape[2:])
+        unit_mask = mask.view(batch, units, *([1] * len(unit_shape)), 1).expand(batch, units, *unit_shape, 1)
+        x_dec = torch.where(unit_mask, torch.gather(x, 1, slot), self.mask_token.to(x.dtype))
         x = undo_windowing(x_dec, grid, self.mask_unit_spatial_shape_final)
-        unit_mask = mask.view(*mask.shape, *([1] * len(unit_shape)), 1).expand(*mask.shape, *unit_shape, 1)
         mask = undo_windowing(unit_mask, grid, self.mask_unit_spatial_shape_final)
 
         pos = resize_pos_embed(self.decoder_pos_embed, self.tokens_spatial_shape_final, grid)
