@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+
+from .cli import fail
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -415,8 +417,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _error(msg: str, code: int) -> int:
-    print(f"hiera benchmark: error: {msg}", file=sys.stderr)
-    return code
+    return fail("benchmark", msg, code)
 
 
 def _load(args) -> nn.Module:

@@ -11,6 +11,12 @@ import sys
 from typing import List, Optional
 
 
+def fail(command: str, message, code: int = 1) -> int:
+    """Report a user error as one line, ``hiera COMMAND: error: MESSAGE``, and return the exit code."""
+    print(f"hiera {command}: error: {message}", file=sys.stderr)
+    return code
+
+
 def zoo_table() -> List[dict]:
     """One row per zoo model: name, class, input, parameters, checkpoints, reported top-1."""
     import torch

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from .cli import fail
 from .weights import CheckpointError
 
 TARGETS = ("official", "safetensors", "timm", "hf")
@@ -112,7 +112,6 @@ def _run(args) -> int:
     try:
         out = convert_checkpoint(args.input, args.out, args.to, model=args.model)
     except (CheckpointError, ValueError, OSError) as e:
-        print(f"hiera convert: error: {e}", file=sys.stderr)
-        return 1
+        return fail("convert", e)
     print(f"wrote {out} ({args.to} layout)")
     return 0

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
+
+from .cli import fail
 import torch.nn as nn
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -286,8 +288,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _error(msg: str, code: int) -> int:
-    print(f"hiera export: error: {msg}", file=sys.stderr)
-    return code
+    return fail("export", msg, code)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

@@ -278,8 +278,9 @@ def report_skipped(skipped: Sequence[Skipped], done: int, what: str, stream=None
 
 def error(prog: str, message: str) -> int:
     """Print ``prog: error: message`` on stderr and return the exit code 1."""
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    return 1
+    from .cli import fail
+
+    return fail(prog.removeprefix("hiera "), message)
 
 
 def cli_load_model(args: argparse.Namespace, prog: str):

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
+from .cli import fail
 from .weights import CheckpointError
 
 
@@ -333,12 +333,11 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=_cmd_evaluate)
 
 
-def _guard(fn):
+def _guard(command: str, fn):
     try:
         return fn()
     except (CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"hiera: error: {e}", file=sys.stderr)
-        return 1
+        return fail(command, e)
 
 
 def _cmd_pretrain(args) -> int:
@@ -348,7 +347,7 @@ def _cmd_pretrain(args) -> int:
                         val=args.val, config=args.config, **_run_kwargs(args))
         print(json.dumps(last))
         return 0
-    return _guard(go)
+    return _guard("pretrain", go)
 
 
 def _cmd_finetune(args) -> int:
@@ -359,7 +358,7 @@ def _cmd_finetune(args) -> int:
                         mixup=False if args.no_mixup else None, **_run_kwargs(args))
         print(json.dumps(last))
         return 0
-    return _guard(go)
+    return _guard("finetune", go)
 
 
 def _cmd_evaluate(args) -> int:
@@ -374,7 +373,7 @@ def _cmd_evaluate(args) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2))
         return 0
-    return _guard(go)
+    return _guard("evaluate", go)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:  # for `python -m hiera.train`

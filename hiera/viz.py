@@ -32,6 +32,8 @@ from typing import List, NamedTuple, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .cli import fail
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 KINETICS_MEAN = (0.45, 0.45, 0.45)
@@ -390,8 +392,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _error(msg: str, code: int) -> int:
-    print(f"hiera mae-viz: error: {msg}", file=sys.stderr)
-    return code
+    return fail("mae-viz", msg, code)
 
 
 def _cmd_mae_viz(args: argparse.Namespace) -> int:
