@@ -41,6 +41,8 @@ def records_config(init: Callable) -> Callable:
             )
         init(self, **passed)
         self.config = {**defaults, **passed}
-        self._finalize_config()
+        finalize = getattr(self, "_finalize_config", None)
+        if finalize is not None:
+            finalize()
 
     return wrapper

@@ -211,3 +211,26 @@ def test_hubconf_exposes_every_constructor():
     assert "mae_hiera_large_16x224" in entries  # missing from upstream's hubconf
     model = torch.hub.load(str(REPO_ROOT), "hiera_tiny_224", source="local", num_classes=5)
     assert isinstance(model, Hiera) and model.head.projection.out_features == 5
+
+
+def test_official_module_paths_and_decorator(tmp_path):
+    """Code importing the official package's submodules keeps working, its decorator included."""
+    from hiera.hfhub import has_config  # noqa: F401
+    from hiera.hiera import Hiera as H, hiera_tiny_224  # noqa: F401
+    from hiera.hiera_mae import MaskedAutoencoderHiera as M, mae_hiera_base_16x224  # noqa: F401
+    from hiera.hiera_utils import Reroll, Unroll, pretrained_model, undo_windowing  # noqa: F401
+
+    small = _small(num_classes=4)
+    torch.save({"model_state": small.state_dict()}, tmp_path / "small.pth")
+
+    @pretrained_model({"mine": str(tmp_path / "small.pth")}, default="mine")
+    def my_hiera(**kw):
+        return Hiera(**{**small.config, **kw})
+
+    assert my_hiera.checkpoints == {"mine": str(tmp_path / "small.pth")} and my_hiera.default == "mine"
+    loaded = my_hiera(pretrained=True)
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(loaded.eval()(x), small(x))
+    assert my_hiera(pretrained=True, num_classes=9).head.projection.out_features == 9
+    with pytest.raises(RuntimeError, match="unknown checkpoint 'other'"):
+        my_hiera(pretrained=True, checkpoint="other")
