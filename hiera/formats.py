@@ -103,6 +103,14 @@ _HF_LAYER_SUB = {  # HF sub-key of a HieraLayer -> official sub-key of a HieraBl
 _OFF_BLOCK_SUB = {v: k for k, v in _HF_LAYER_SUB.items()}
 
 
+def _rename_param(sub: str, table: Mapping[str, str]) -> Optional[str]:
+    """``prefix.weight`` / ``prefix.bias`` renamed by ``table`` (prefix -> prefix), else None."""
+    for src, dst in table.items():
+        if sub.startswith(src) and sub[len(src):] in ("weight", "bias"):
+            return dst + sub[len(src):]
+    return None
+
+
 # ====================================================================================== helpers
 def _state(state_dict: Mapping[str, torch.Tensor], what: str = "state dict") -> StateDict:
     """Unwrap ``{"model_state": ...}``/``{"state_dict": ...}``/``module.`` prefixes into a plain dict."""
@@ -784,12 +792,6 @@ def hf_to_official(
     if num_classes is None:  # no classifier: leave the head size to the caller (the trunk is what converts)
         kwargs.pop("num_classes", None)
 
-    def layer(sub: str) -> Optional[str]:
-        for src, dst in _HF_LAYER_SUB.items():
-            if sub.startswith(src) and sub[len(src):] in ("weight", "bias"):
-                return dst + sub[len(src):]
-        return None
-
     fixed = {
         "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
         "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
@@ -807,7 +809,7 @@ def hf_to_official(
             return f"multi_scale_fusion_heads.{m.group(1)}.{m.group(2)}"
         m = re.fullmatch(r"decoder\.decoder_block\.layers\.(\d+)\.(.+)", key)
         if m:
-            sub = layer(m.group(2))
+            sub = _rename_param(m.group(2), _HF_LAYER_SUB)
             return f"decoder_blocks.{m.group(1)}.{sub}" if sub else None
         k = key[len("hiera."):] if key.startswith("hiera.") else key
         if k in fixed:
@@ -815,7 +817,7 @@ def hf_to_official(
         m = re.fullmatch(r"encoder\.stages\.(\d+)\.layers\.(\d+)\.(.+)", k)
         if m:
             s, j = int(m.group(1)), int(m.group(2))
-            sub = layer(m.group(3))
+            sub = _rename_param(m.group(3), _HF_LAYER_SUB)
             if s >= len(offsets) or j >= c["depths"][s] or sub is None:
                 return None
             return f"blocks.{offsets[s] + j}.{sub}"
@@ -862,12 +864,6 @@ def official_to_hf(
     p = "" if architecture == "HieraModel" else "hiera."
     mae = architecture == "HieraForPreTraining"
 
-    def block(sub: str) -> Optional[str]:
-        for src, dst in _OFF_BLOCK_SUB.items():
-            if sub.startswith(src) and sub[len(src):] in ("weight", "bias"):
-                return dst + sub[len(src):]
-        return None
-
     fixed = {
         "patch_embed.proj.weight": p + "embeddings.patch_embeddings.projection.weight",
         "patch_embed.proj.bias": p + "embeddings.patch_embeddings.projection.bias",
@@ -885,7 +881,7 @@ def official_to_hf(
             return fixed[key]
         m = re.fullmatch(r"blocks\.(\d+)\.(.+)", key)
         if m:
-            i, sub = int(m.group(1)), block(m.group(2))
+            i, sub = int(m.group(1)), _rename_param(m.group(2), _OFF_BLOCK_SUB)
             if i >= len(block_stage) or sub is None:
                 return None
             s, j = block_stage[i]
@@ -896,7 +892,7 @@ def official_to_hf(
                 return f"multiscale_fusion.multi_scale_fusion_heads.{m.group(1)}.{m.group(2)}"
             m = re.fullmatch(r"decoder_blocks\.(\d+)\.(.+)", key)
             if m:
-                sub = block(m.group(2))
+                sub = _rename_param(m.group(2), _OFF_BLOCK_SUB)
                 return f"decoder.decoder_block.layers.{m.group(1)}.{sub}" if sub else None
         return None
 
