@@ -13,6 +13,9 @@ Memory: on GPU ``torch.cuda.max_memory_allocated`` over the timed iterations; on
 resident set size of the process (Linux: ``VmHWM``, reset before the timed iterations through
 ``/proc/self/clear_refs``; elsewhere ``resource.getrusage``'s lifetime peak, said in ``memory_kind``).
 Both include the model's weights.
+
+``hiera benchmark --compare`` (:mod:`hiera.compare`) times this package against the official one,
+timm and Hugging Face transformers instead, each in its own process, interleaved.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from . import compare
 from .cli import fail
 import torch.nn as nn
 import torch.nn.functional as F
@@ -184,14 +188,7 @@ def _loss(kind: str, out, targets: Optional[torch.Tensor]) -> torch.Tensor:
     return sum(o.float().mean() for o in outs if isinstance(o, torch.Tensor))
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    pos = (len(ordered) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+_percentile = compare.percentile
 
 
 def benchmark(
@@ -396,22 +393,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--weights", help="weights file or save_pretrained directory (optional)")
     p.add_argument("--mae", action="store_true",
                    help="time the MAE model (encoder + decoder, timed on its loss) of --weights / a zoo name")
-    p.add_argument("--batch-size", type=int, nargs="+", default=[1], metavar="N", help="one or more (default 1)")
-    p.add_argument("--dtype", nargs="+", default=["fp32"], choices=list(DTYPES), help="one or more (default fp32)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, nargs="+", default=None, metavar="N",
+                   help="one or more (default 1; with --compare 1 8 32)")
+    p.add_argument("--dtype", nargs="+", default=None, choices=list(DTYPES),
+                   help="one or more (default fp32; with --compare fp32 bf16)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available; with --compare cpu)")
     p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="torch.compile the model (optionally naming the backend; default inductor)")
-    p.add_argument("--mode", choices=MODES, default="inference", help="inference (default) or train steps")
+    p.add_argument("--mode", nargs="+", choices=MODES, default=None,
+                   help="inference (default) or train steps; with --compare one or both (default both)")
     p.add_argument("--input-size", type=int, nargs="+", default=None, metavar="N",
                    help="spatial input size (H W, or T H W for video); default the model's")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3; with --compare 2)")
     stop = p.add_mutually_exclusive_group()
-    stop.add_argument("--iters", type=int, default=None, help="timed steps")
+    stop.add_argument("--iters", type=int, default=None, help="timed steps (with --compare: per round)")
     stop.add_argument("--min-time", type=float, default=None,
-                      help=f"time steps for at least this many seconds (default {DEFAULT_MIN_TIME})")
+                      help=f"time steps for at least this many seconds (default {DEFAULT_MIN_TIME}; with --compare "
+                           "per round, default 2)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", metavar="FILE", help="write a record: machine, versions, date and every measurement")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    compare.add_arguments(p)
     p.set_defaults(func=_cmd_benchmark)
     return p
 
@@ -440,6 +442,18 @@ def _load(args) -> nn.Module:
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from .weights import CheckpointError
 
+    if args.compare:
+        return compare.cmd_compare(args)
+    option = compare.check_not_compare(args)
+    if option:
+        return _error(f"{option} needs --compare", 2)
+    if args.mode is not None and len(args.mode) > 1:
+        return _error("one --mode at a time (several only with --compare)", 2)
+    # The defaults of one model's run (--compare has its own).
+    args.mode = args.mode[0] if args.mode else "inference"
+    args.batch_size = args.batch_size or [1]
+    args.dtype = args.dtype or ["fp32"]
+    args.warmup = 3 if args.warmup is None else args.warmup
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     if args.model is None and args.weights is None:
         return _error("say which model: --model NAME (zoo name) and/or --weights PATH", 2)

@@ -1,0 +1,382 @@
+"""One implementation of Hiera, timed on request: the worker process of ``hiera benchmark --compare``.
+
+Run by :mod:`hiera.compare` as ``PYTHON -P bench_worker.py --impl IMPL`` (``-I`` for the official
+package's own environment). It imports only the standard library and torch at start, then the one
+implementation it was started for:
+
+    ours      this package (``import hiera``)
+    official  the official ``hiera-transformer`` package (also ``import hiera``: its own environment)
+    timm      ``timm.models.hiera``
+    hf        Hugging Face ``transformers`` (``HieraForImageClassification`` / ``HieraForPreTraining``)
+
+This file must never import anything from the package it sits in: in the official environment
+``hiera`` is the official package. That is also why it is started with ``-P`` / ``-I``: the script's
+own folder (our ``hiera/``) must not go on ``sys.path``, where our modules would shadow top-level
+names.
+
+Protocol: one JSON object per line on stdin, one JSON answer per line on stdout, always with
+``"ok"``; a failure answers ``{"ok": false, "error": ..., "traceback": ...}`` and the worker keeps
+reading. Everything else the process prints (library warnings, compiler logs) goes to stderr:
+file descriptor 1 is pointed at stderr at start, and answers go to a private copy of the original.
+
+    {"op": "hello"}               -> implementation, versions, file, RSS after the imports
+    {"op": "build", "case": {...}} -> builds the model and a step, runs the warm-up steps
+    {"op": "run", "iters": N}      -> times N steps (or "min_time": S, at least "min_iters")
+    {"op": "quit"}                 -> exits
+
+A case (see :class:`hiera.compare.Case`) names the task (``classify`` / ``mae``), the mode
+(``inference`` / ``train``), the zoo constructor and/or class with its keyword arguments, the input
+size, batch, dtype (autocast), torch.compile backend, device, threads and warm-up steps.
+"""
+
+import contextlib
+import gc
+import json
+import os
+import sys
+import time
+import traceback
+
+IMPLS = ("ours", "official", "timm", "hf")
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+# ----------------------------------------------------------------------------------------- memory
+def rss_mb(field="VmRSS"):
+    """This process's resident set (``VmRSS``) or its peak (``VmHWM``) in MB; None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def reset_rss_peak():
+    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0), so a peak covers only what follows."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def lifetime_peak_mb():
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0  # bytes on macOS, KiB on Linux
+
+
+def release_memory():
+    """Give freed heap back to the system, so the next case's peak does not start high."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+# ----------------------------------------------------------------------------------------- impls
+def import_impl(impl):
+    """Import the implementation; return facts about it for the record."""
+    import importlib.metadata as md
+
+    if impl in ("ours", "official"):
+        import hiera
+
+        path = os.path.abspath(hiera.__file__)
+        if impl == "official":
+            # The file must belong to the hiera-transformer distribution, not to any other `hiera`.
+            try:
+                dist = md.distribution("hiera-transformer")
+            except md.PackageNotFoundError:
+                raise RuntimeError(f"hiera-transformer is not installed here ({sys.executable}); "
+                                   f"`import hiera` found {path}") from None
+            owned = os.path.abspath(str(dist.locate_file("hiera/__init__.py")))
+            if owned != path:
+                raise RuntimeError(f"`import hiera` found {path}, not the official package ({owned})")
+            return {"version": dist.version, "file": path}
+        if not hasattr(hiera, "load_model"):  # the official package has no load_model
+            raise RuntimeError(f"`import hiera` found {path}, which is not this toolkit")
+        return {"version": getattr(hiera, "__version__", None), "file": path}
+    if impl == "timm":
+        import timm
+        import timm.models.hiera  # noqa: F401
+
+        return {"version": timm.__version__, "file": os.path.abspath(timm.__file__)}
+    if impl == "hf":
+        import transformers
+
+        return {"version": transformers.__version__, "file": os.path.abspath(transformers.__file__)}
+    raise ValueError(f"unknown implementation {impl!r}; choose one of {IMPLS}")
+
+
+def hf_config(arch, task):
+    """A ``transformers.HieraConfig`` for the constructor keyword arguments ``arch`` of the
+    official/our ``Hiera`` (``MaskedAutoencoderHiera`` for ``task == "mae"``)."""
+    from transformers import HieraConfig
+
+    arch = dict(arch)
+    size = tuple(arch.pop("input_size", (224, 224)))
+    if len(size) != 2 or arch.pop("sep_pos_embed", False):
+        raise ValueError("transformers' Hiera takes images only (no video)")
+    stages = tuple(arch.pop("stages", (2, 3, 16, 3)))
+    heads = arch.pop("num_heads", 1)
+    head_mul = arch.pop("head_mul", 2.0)
+    names = {  # ours / official -> transformers
+        "embed_dim": "embed_dim", "q_pool": "num_query_pool", "q_stride": "query_stride",
+        "mask_unit_size": "masked_unit_size", "mask_unit_attn": "masked_unit_attention",
+        "dim_mul": "embed_dim_multiplier", "patch_kernel": "patch_size", "patch_stride": "patch_stride",
+        "patch_padding": "patch_padding", "mlp_ratio": "mlp_ratio", "drop_path_rate": "drop_path_rate",
+        "in_chans": "num_channels", "num_classes": "num_labels", "decoder_embed_dim": "decoder_hidden_size",
+        "decoder_depth": "decoder_depth", "decoder_num_heads": "decoder_num_heads",
+    }
+    unknown = sorted(set(arch) - set(names))
+    if unknown:
+        raise ValueError(f"no transformers HieraConfig equivalent for {', '.join(unknown)}")
+    kwargs = {names[k]: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in arch.items()}
+    kwargs.setdefault("num_labels", 1000)  # the official default; transformers' is 2
+    if task == "mae":  # the official MAE decoder's defaults; transformers has none
+        kwargs.setdefault("decoder_hidden_size", 512)
+        kwargs.setdefault("decoder_depth", 8)
+        kwargs.setdefault("decoder_num_heads", 16)
+    return HieraConfig(image_size=list(size), depths=list(stages),
+                       num_heads=[int(heads * head_mul**i) for i in range(len(stages))], **kwargs)
+
+
+def timm_kwargs(arch):
+    """timm's ``Hiera`` spells ``input_size`` as ``img_size``; the rest match."""
+    arch = dict(arch)
+    if "input_size" in arch:
+        arch["img_size"] = tuple(arch.pop("input_size"))
+    return arch
+
+
+def build_model(impl, case):
+    """The model of ``case`` for ``impl``. With no keyword overrides a zoo name is built through
+    the implementation's own constructor (the user's path); otherwise its class is built from the
+    full keyword arguments ``case["arch"]``."""
+    task, name, arch, plain = case["task"], case["model"], case["arch"], not case.get("overrides")
+    if impl in ("ours", "official"):
+        import hiera
+
+        if plain and hasattr(hiera, name):
+            return getattr(hiera, name)()
+        cls = hiera.MaskedAutoencoderHiera if task == "mae" else hiera.Hiera
+        return cls(**arch)
+    if impl == "timm":
+        if task == "mae":
+            raise ValueError("timm has no Hiera MAE")
+        import timm
+        from timm.models.hiera import Hiera
+
+        if plain and name in timm.list_models("hiera*"):
+            return timm.create_model(name, pretrained=False)
+        return Hiera(**timm_kwargs(arch))
+    if impl == "hf":
+        from transformers import HieraForImageClassification, HieraForPreTraining
+
+        config = hf_config(arch, task)
+        return HieraForPreTraining(config) if task == "mae" else HieraForImageClassification(config)
+    raise ValueError(f"unknown implementation {impl!r}")
+
+
+def forward_fn(impl, task, fn, mask_ratio):
+    """The call that a user makes: logits/probabilities for ``classify``, the loss for ``mae``."""
+    if impl == "hf":
+        if task == "mae":
+            return lambda x: fn(pixel_values=x).loss  # the mask ratio is in the config
+        return lambda x: fn(pixel_values=x).logits
+    if task == "mae":
+        return lambda x: fn(x, mask_ratio=mask_ratio)[0]  # (loss, predictions, labels, mask)
+    return fn
+
+
+# ----------------------------------------------------------------------------------------- worker
+class Bench:
+    """The state of one worker: its implementation and the case it holds."""
+
+    def __init__(self, impl):
+        if impl not in IMPLS:
+            raise SystemExit(f"bench_worker: unknown implementation {impl!r}; choose one of {IMPLS}")
+        self.impl = impl
+        self.info = None
+        self.step = None
+        self.sync = lambda: None
+        self.cuda = None
+
+    def hello(self, msg):
+        import torch
+
+        if self.info is None:
+            self.info = import_impl(self.impl)
+        # torch.optim and torch.compile import torch._dynamo on first use (~150 MB of RSS), timm (so
+        # also the official package) imports it at once. Importing it here in every worker gives all
+        # implementations the same baseline: peak RSS then compares models, not import order.
+        import torch._dynamo  # noqa: F401
+
+        return {"impl": self.impl, **self.info, "torch": torch.__version__, "python": sys.executable,
+                "pid": os.getpid(), "threads": torch.get_num_threads(), "idle_rss_mb": rss_mb()}
+
+    def build(self, msg):
+        import torch
+        import torch.nn.functional as F
+
+        case = msg["case"]
+        self.step = None
+        release_memory()
+        if self.info is None:
+            self.info = import_impl(self.impl)
+        if case.get("threads"):
+            torch.set_num_threads(int(case["threads"]))
+        dtype = case.get("dtype", "fp32")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        device = torch.device(case.get("device", "cpu"))
+        self.cuda = device if device.type == "cuda" else None
+        mode, task = case.get("mode", "inference"), case.get("task", "classify")
+        torch.manual_seed(int(case.get("seed", 0)))
+
+        t0 = time.perf_counter()
+        model = build_model(self.impl, case).to(device)
+        model.train(mode == "train")
+        build_s = time.perf_counter() - t0
+        fn = model
+        if case.get("compile"):
+            fn = torch.compile(model, backend=case["compile"])
+        forward = forward_fn(self.impl, task, fn, float(case.get("mask_ratio", 0.6)))
+        size = tuple(case["input_size"])
+        x = torch.randn(int(case["batch"]), int(case["arch"].get("in_chans", 3)), *size, device=device)
+        classes = int(case["arch"].get("num_classes", 1000))
+        y = torch.randint(0, classes, (int(case["batch"]),), device=device)
+        if dtype == "fp32":
+            autocast = contextlib.nullcontext
+        else:
+            tdtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+            autocast = lambda: torch.autocast(device.type, dtype=tdtype)  # noqa: E731
+
+        if mode == "inference":
+            def step():
+                with torch.inference_mode(), autocast():
+                    forward(x)
+        elif mode == "train":
+            params = [p for p in model.parameters() if p.requires_grad]
+            name = case.get("optimizer", "adamw")
+            if name == "adamw":
+                optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
+            elif name == "sgd":
+                optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+            else:
+                raise ValueError(f"optimizer must be adamw or sgd, got {name!r}")
+            scaler = torch.amp.GradScaler(device.type) if dtype == "fp16" else None
+
+            def step():
+                with autocast():
+                    out = forward(x)
+                    loss = out if task == "mae" else F.cross_entropy(out.float(), y)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        else:
+            raise ValueError(f"mode must be inference or train, got {mode!r}")
+
+        self.sync = (lambda: torch.cuda.synchronize(device)) if self.cuda is not None else (lambda: None)
+        model_rss = rss_mb()
+        # Compiled: the first step compiles, the second shows any recompilation (e.g. once the
+        # optimizer has state); neither may be timed.
+        warmup = max(int(case.get("warmup", 2)), 2 if case.get("compile") else 0)
+        first_step_s, t0 = None, time.perf_counter()
+        for i in range(warmup):
+            t1 = time.perf_counter()
+            step()
+            self.sync()
+            if i == 0:
+                first_step_s = time.perf_counter() - t1
+        self.step = step
+        self.model = model  # kept alive with the step
+        return {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "build_s": build_s,
+                "model_rss_mb": model_rss, "first_step_s": first_step_s,
+                "warmup_s": time.perf_counter() - t0, "warmup": warmup, "threads": torch.get_num_threads()}
+
+    def run(self, msg):
+        import torch
+
+        if self.step is None:
+            raise RuntimeError("no case built: send build first")
+        iters, min_time = msg.get("iters"), msg.get("min_time")
+        min_iters = int(msg.get("min_iters", 1))
+        if self.cuda is not None:
+            torch.cuda.reset_peak_memory_stats(self.cuda)
+            memory_kind = "cuda_max_allocated"
+        else:
+            memory_kind = "cpu_rss_peak" if reset_rss_peak() else "cpu_rss_peak_process_lifetime"
+        latencies = []
+        start = time.perf_counter()
+        while True:
+            t0 = time.perf_counter()
+            self.step()
+            self.sync()
+            latencies.append((time.perf_counter() - t0) * 1000.0)
+            if iters is not None:
+                if len(latencies) >= int(iters):
+                    break
+            elif len(latencies) >= min_iters and time.perf_counter() - start >= float(min_time or 0):
+                break
+        total = time.perf_counter() - start
+        if self.cuda is not None:
+            peak = torch.cuda.max_memory_allocated(self.cuda) / 2**20
+        else:
+            peak = rss_mb("VmHWM") if memory_kind == "cpu_rss_peak" else None
+            peak = peak if peak is not None else lifetime_peak_mb()
+        return {"latencies_ms": latencies, "total_s": total, "peak_mb": peak, "memory_kind": memory_kind,
+                "rss_mb": rss_mb()}
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(description="hiera benchmark --compare worker (JSON lines on stdin/stdout)")
+    parser.add_argument("--impl", required=True, choices=IMPLS)
+    args = parser.parse_args(argv)
+
+    # Answers go to a private copy of stdout; fd 1 (print, C libraries) now writes to stderr.
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    bench = Bench(args.impl)
+    ops = {"hello": bench.hello, "build": bench.build, "run": bench.run}
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            msg = json.loads(line)
+            op = msg.get("op")
+            if op == "quit":
+                answers.write(json.dumps({"ok": True}) + "\n")
+                break
+            if op not in ops:
+                raise ValueError(f"unknown op {op!r}; one of {sorted(ops) + ['quit']}")
+            reply = {"ok": True, **ops[op](msg)}
+        except Exception as e:  # noqa: BLE001 - every failure is an answer, the worker lives on
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            reply = {"ok": False, "error": f"{type(e).__name__}: {first}"[:2000],
+                     "traceback": traceback.format_exc()[-6000:]}
+        answers.write(json.dumps(reply) + "\n")
+        answers.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""``hiera benchmark --compare`` (hiera.compare and its worker, hiera.bench_worker).
+
+Tiny random models only. The pure parts (plan, schedule, ratios, report) run on made-up
+measurements; the worker protocol and one end-to-end run use real worker processes; crashing and
+hanging workers are shell scripts standing in for a python. The comparison with the official
+package runs only where its environment already exists (nothing is built or installed here).
+"""
+
+import argparse
+import json
+import os
+import statistics
+
+import pytest
+
+from hiera import benchmark as bench
+from hiera import compare
+from hiera.compare import Case, CompareError, Launcher, Settings, Variant, Worker, WorkerError
+
+TINY = {"embed_dim": 8, "num_heads": 1, "stages": [1, 1, 1, 1], "input_size": [64, 64], "num_classes": 10,
+        "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 1}
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def run_cli(argv):
+    parser = argparse.ArgumentParser(prog="hiera")
+    bench.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def fake_python(tmp_path, name, body):
+    """A shell script that stands in for a python interpreter (its arguments are ignored)."""
+    path = tmp_path / name
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+class FakeWorker:
+    """Answers like a worker; every request is appended to ``log`` as (label, op)."""
+
+    def __init__(self, case, log, step_ms=10.0, fail_at=None):
+        self.case, self.log, self.step_ms, self.fail_at = case, log, step_ms, fail_at
+        self.runs = 0
+
+    def request(self, msg, timeout):
+        self.log.append((self.case.label, msg["op"]))
+        if msg["op"] == "hello":
+            return {"ok": True, "version": "0", "file": "x", "idle_rss_mb": 100.0}
+        if msg["op"] == "build":
+            return {"ok": True, "params_m": 1.0, "first_step_s": 0.1}
+        self.runs += 1
+        if self.runs == self.fail_at:
+            raise WorkerError("the worker exited (code 3) during 'run'", "boom")
+        n = msg.get("iters") or 2
+        return {"ok": True, "latencies_ms": [self.step_ms * self.runs] * n, "total_s": n * self.step_ms * self.runs / 1e3,
+                "peak_mb": 150.0 + self.runs, "memory_kind": "cpu_rss_peak"}
+
+    def kill(self):
+        self.log.append((self.case.label, "kill"))
+
+    def close(self):
+        self.log.append((self.case.label, "close"))
+
+
+def result(impl, batch, thr, dtype="fp32", compile=None, section="inference", task="classify", peak=200.0,
+           idle=100.0):
+    """A made-up measured result, as summarize() returns it."""
+    v = Variant(impl, dtype, compile)
+    mode = "train" if section == "train" else "inference"
+    return {"section": section, "group": f"{section} {batch}", "label": v.label, "impl": impl, "dtype": dtype,
+            "compile": compile, "task": task, "mode": mode, "model": "hiera_small_224", "overrides": {},
+            "input_size": [224, 224], "batch": batch, "unit": "img/s", "throughput": thr,
+            "throughput_rounds": [thr], "spread": 0.0, "rounds": 1, "iters": 1, "latency_ms_median": 1e3 * batch / thr,
+            "latency_ms_p90": 1e3 * batch / thr, "latency_ms_min": 1e3 * batch / thr, "peak_rss_mb": peak,
+            "idle_rss_mb": idle, "peak_above_idle_mb": peak - idle, "memory_kind": "cpu_rss_peak"}
+
+
+# ----------------------------------------------------------------------------------------- plan
+def test_parse_variants():
+    assert compare.parse_variant("official:bf16:compile") == Variant("official", "bf16", "inductor")
+    assert compare.parse_variant("ours") == Variant("ours", "fp32", None)
+    assert compare.parse_variant("ours:fp32:compile=eager") == Variant("ours", "fp32", "eager")
+    assert compare.parse_variant("hf:bf16").label == "HF transformers bf16"
+    assert compare.parse_variants(["ours:fp32", "ours:fp32", "timm:fp32"]) == [Variant("ours"), Variant("timm")]
+    for bad in ("mine:fp32", "ours:int8", "ours:fp32:jit", "a:b:c:d", ""):
+        with pytest.raises(CompareError, match="bad variant"):
+            compare.parse_variant(bad)
+    assert compare.cross_variants(["ours", "official"], ["fp32"], "inductor") == [
+        Variant("ours"), Variant("official"), Variant("ours", "fp32", "inductor"), Variant("official", "fp32", "inductor")]
+
+
+def test_schedule_rotates_the_order():
+    rounds = compare.schedule(3, 4)
+    assert rounds == [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]]
+    for position in range(3):  # over a full cycle every case takes every position once
+        assert sorted(r[position] for r in rounds[:3]) == [0, 1, 2]
+    assert compare.schedule(0, 3) == [] and compare.schedule(2, 1) == [[0, 1]]
+
+
+def test_plan_groups_and_skips():
+    variants = compare.parse_variants(["ours:fp32", "official:fp32", "timm:fp32", "hf:bf16"])
+    cases = compare.plan(["inference", "train", "scaling"], "hiera_small_224", variants, batches=[1, 8],
+                         train_batch=4, overrides={"decoder_depth": 1}, scaling_sizes=[224, 384], scaling_batch=2,
+                         scaling_frames=[8], scaling_batches=[1, 2], scaling_variants=[Variant("ours")])
+    groups = list(dict.fromkeys(c.group for c in cases))
+    assert groups == ["inference batch 1", "inference batch 8", "train classify", "train mae", "scaling size",
+                      "scaling video", "scaling batch"]
+    mae = [c for c in cases if c.task == "mae"]
+    assert {c.model for c in mae} == {"mae_hiera_small_224"} and all(c.batch == 4 for c in mae)
+    assert [c.skip for c in mae if c.impl == "timm"] == ["timm has no Hiera MAE"]
+    assert all(c.arch["decoder_depth"] == 1 for c in mae)  # decoder arguments reach MAE models only
+    assert not any("decoder_depth" in c.arch for c in cases if c.task == "classify")
+    classify = [c for c in cases if c.group == "inference batch 8"]
+    assert [c.impl for c in classify] == ["ours", "official", "timm", "hf"] and classify[0].overrides == {}
+    assert classify[0].arch["stages"] == [1, 2, 11, 2] and classify[0].input_size == (224, 224)
+    sizes = [c for c in cases if c.group == "scaling size"]
+    assert [c.input_size for c in sizes] == [(224, 224), (384, 384)] and all(c.impl == "ours" for c in sizes)
+    video = [c for c in cases if c.group == "scaling video"]
+    assert video[0].model == "hiera_base_16x224" and video[0].input_size == (8, 224, 224) and video[0].unit == "clips/s"
+    with pytest.raises(CompareError, match="no zoo model"):
+        compare.plan(["inference"], "hiera_gigantic_224", variants)
+    with pytest.raises(CompareError, match="no MAE zoo model"):
+        compare.plan(["train"], "hiera_small_abswin_256", variants, tasks=["mae"])
+    with pytest.raises(CompareError, match=">= 1"):
+        compare.plan(["inference"], "hiera_small_224", variants, batches=[0])
+    with pytest.raises(CompareError, match="unknown section"):
+        compare.plan(["serve"], "hiera_small_224", variants)
+    with pytest.raises(CompareError, match="takes images"):
+        compare.plan(["scaling"], "hiera_small_224", variants, video_model="hiera_base_224")
+
+
+# ----------------------------------------------------------------------------------------- running
+def test_runner_interleaves_and_summarises():
+    log = []
+    variants = [Variant("ours"), Variant("official"), Variant("timm")]
+    cases = compare.plan(["inference"], "hiera_small_224", variants, batches=[4])
+    launch = {impl: Launcher("python") for impl in ("ours", "official", "timm")}
+    record = compare.run_plan(cases, Settings(rounds=3, iters=2), launch, {}, start=lambda c: FakeWorker(c, log))
+    labels = [v.label for v in variants]
+    ops = [op for _, op in log]
+    # every worker is started and built before anything is timed, then each round runs each case once
+    assert ops[:6] == ["hello"] * 3 + ["build"] * 3
+    runs = [label for label, op in log if op == "run"]
+    assert runs == labels + labels[1:] + labels[:1] + labels[2:] + labels[:2]
+    assert [label for label, op in log if op == "close"] == labels
+    r = record["results"][0]
+    per_round = [4 * 2 / (2 * 0.01 * k) for k in (1, 2, 3)]
+    assert r["throughput"] == pytest.approx(statistics.median(per_round))
+    assert r["throughput_rounds"] == pytest.approx(per_round)
+    assert r["latency_ms_median"] == pytest.approx(20.0) and r["iters"] == 6 and r["rounds"] == 3
+    assert r["peak_rss_mb"] == 153.0 and r["peak_above_idle_mb"] == 53.0
+    assert record["results"][0]["vs_official"] == pytest.approx(1.0)
+    json.dumps(record)
+
+
+def test_runner_reports_a_failing_worker_and_goes_on():
+    log = []
+    cases = compare.plan(["inference"], "hiera_small_224", [Variant("ours"), Variant("official")], batches=[1])
+
+    def start(case):
+        return FakeWorker(case, log, fail_at=2 if case.impl == "official" else None)
+
+    messages = []
+    record = compare.run_plan(cases, Settings(rounds=3, iters=1), {"ours": Launcher("p"), "official": Launcher("p")},
+                              {}, log=messages.append, start=start)
+    ours, official = record["results"]
+    assert ours["rounds"] == 3 and "error" not in ours
+    assert official["partial"] and official["rounds"] == 1 and "exited (code 3)" in official["error"]
+    assert official["stderr_tail"] == "boom"
+    assert any("round 2 failed" in m and "| boom" in m for m in messages)
+    assert ("official fp32", "kill") in log
+
+
+# ----------------------------------------------------------------------------------------- numbers
+def test_ratios_and_headline():
+    results = [
+        result("official", 8, 10.0, peak=300.0, idle=100.0), result("ours", 8, 15.0, peak=250.0, idle=120.0),
+        result("timm", 8, 12.0), result("hf", 8, 20.0, dtype="bf16"), result("official", 8, 16.0, dtype="bf16"),
+        result("official", 8, 18.0, dtype="bf16", compile="inductor"), result("ours", 8, 24.0, dtype="bf16"),
+        result("official", 32, 11.0), result("ours", 32, 14.0),
+        result("official", 8, 5.0, section="train", peak=900.0), result("ours", 8, 6.0, section="train", peak=800.0),
+        {**result("ours", 1, 1.0), "throughput": None, "error": "boom"},
+    ]
+    compare.add_ratios(results)
+    ours8, ours_bf16 = results[1], results[6]
+    assert ours8["vs_official"] == pytest.approx(1.5)
+    assert ours8["memory_vs_official"] == pytest.approx(250 / 300)
+    assert ours8["step_memory_vs_official"] == pytest.approx(130 / 200)
+    assert ours8["vs_best_peer"] == pytest.approx(15 / 12) and ours8["best_peer"] == "timm fp32"
+    assert ours_bf16["vs_official"] == pytest.approx(1.5)  # eager against eager
+    assert ours_bf16["vs_best_peer"] == pytest.approx(1.2) and ours_bf16["best_peer"] == "HF transformers bf16"
+    assert results[2]["vs_official"] == pytest.approx(1.2) and "vs_best_peer" not in results[2]
+    assert "vs_official" not in results[0] and "vs_official" not in results[5]  # no compiled ours to compare
+    assert results[10]["vs_official"] == pytest.approx(1.2)
+    rows = {h["what"]: h["ratio"] for h in compare.headline(results)}
+    assert rows["inference fp32, batch 32: throughput ours / official"] == pytest.approx(14 / 11)
+    assert rows["train classify fp32, batch 8: peak RSS ours / official"] == pytest.approx(800 / 900)
+    assert rows["inference ours fp32: batch 32 / batch 8 throughput"] == pytest.approx(14 / 15)
+    assert rows["inference official fp32: batch 32 / batch 8 throughput"] == pytest.approx(1.1)
+
+
+def test_report_json_and_png(tmp_path):
+    results = [result("official", 1, 10.0), result("ours", 1, 12.5), result("official", 8, 20.0),
+               result("ours", 8, 30.0), result("ours", 8, 12.0, dtype="bf16", compile="inductor"),
+               result("official", 8, 5.0, section="train"), result("ours", 8, 6.0, section="train", task="mae"),
+               {**result("ours", 8, 1.0), "section": "scaling", "group": "scaling batch"},
+               {**result("ours", 8, 2.0), "section": "scaling", "group": "scaling size", "input_size": [384, 384]},
+               {**result("timm", 8, 1.0), "throughput": None, "error": "RuntimeError: out of memory"}]
+    compare.add_ratios(results)
+    record = compare.make_record(results, Settings(rounds=3), {"ours": {"version": "0.2.0"}},
+                                 {"official": "no official environment found: build it"}, 12.0)
+    assert record["tool"] == "hiera benchmark --compare" and record["settings"]["rounds"] == 3
+    assert record["implementations"]["official"]["skipped"].startswith("no official environment")
+    assert record["system"]["cpu_count"] >= 1 and record["headline"]
+    json.loads(json.dumps(record))
+    text = compare.markdown(record)
+    assert "| implementation | batch 1 | batch 8 |" in text
+    assert "| ours fp32 | 12.5 (1.25x) | 30.0 (1.50x) |" in text and "| official fp32 | 10.0 | 20.0 |" in text
+    assert "### Training steps" in text and "### Scaling: batch" in text and "### Scaling: input size" in text
+    assert "timm fp32 (inference 8): failed: RuntimeError: out of memory" in text
+    assert "official skipped: no official environment found" in text
+    path = compare.plot(record, tmp_path / "charts" / "compare.png")
+    assert path.read_bytes()[:8] == PNG
+
+
+# ----------------------------------------------------------------------------------------- processes
+def test_worker_protocol():
+    """A real worker for ours: build tiny cases, time them, survive bad requests."""
+    launch, _ = compare.launchers()
+    worker = Worker("ours", launch["ours"])
+    try:
+        hello = worker.request({"op": "hello"}, 120)
+        assert hello["impl"] == "ours" and hello["file"] == os.path.abspath(compare.__file__.replace("compare.py", "__init__.py"))
+        settings = Settings(warmup=1)
+        case = compare.plan(["inference"], "hiera_tiny_224", [Variant("ours", "bf16")], batches=[2], overrides=TINY)[0]
+        assert case.overrides and case.arch["embed_dim"] == 8
+        built = worker.request({"op": "build", "case": case.spec(settings)}, 120)
+        assert built["params_m"] < 0.2 and built["warmup"] == 1 and built["first_step_s"] > 0
+        ran = worker.request({"op": "run", "iters": 2}, 120)
+        assert len(ran["latencies_ms"]) == 2 and ran["total_s"] > 0 and ran["peak_mb"] > 10
+        mae = compare.plan(["train"], "hiera_tiny_224", [Variant("ours")], train_batch=2, tasks=["mae"],
+                           overrides=TINY)[0]
+        worker.request({"op": "build", "case": mae.spec(Settings(warmup=0))}, 120)
+        ran = worker.request({"op": "run", "min_time": 0.01, "min_iters": 2}, 120)
+        assert len(ran["latencies_ms"]) >= 2
+        with pytest.raises(WorkerError, match="unknown op"):
+            worker.request({"op": "dance"}, 60)
+        with pytest.raises(WorkerError, match="dtype must be one of"):
+            worker.request({"op": "build", "case": {**case.spec(settings), "dtype": "int4"}}, 60)
+        with pytest.raises(WorkerError, match="no case built"):
+            worker.request({"op": "run", "iters": 1}, 60)
+    finally:
+        worker.close()
+    assert worker.proc.returncode == 0
+
+
+def test_crashing_and_hanging_workers(tmp_path):
+    crash = fake_python(tmp_path, "crash", 'echo "Fatal Python error: boom" >&2; exit 3')
+    hang = fake_python(tmp_path, "hang", "exec sleep 30")
+    worker = Worker("official", Launcher(crash, isolated=True))
+    with pytest.raises(WorkerError, match=r"exited \(code 3\)") as e:
+        worker.request({"op": "hello"}, 30)
+    assert "Fatal Python error: boom" in e.value.tail
+    worker = Worker("official", Launcher(hang, isolated=True))
+    with pytest.raises(WorkerError, match="no answer to 'hello' within 1 s"):
+        worker.request({"op": "hello"}, 1)
+    assert worker.proc.poll() is not None  # killed
+    with pytest.raises(WorkerError, match="could not start"):
+        Worker("ours", Launcher(str(tmp_path / "no_such_python")))
+
+    # In a run: the crash is reported with its stderr and the other implementation is measured.
+    log, messages = [], []
+    cases = compare.plan(["inference"], "hiera_small_224", [Variant("ours"), Variant("official")], batches=[1])
+    launch = {"ours": Launcher("unused"), "official": Launcher(crash, isolated=True)}
+
+    def start(case):
+        return FakeWorker(case, log) if case.impl == "ours" else Worker(case.impl, launch[case.impl])
+
+    record = compare.run_plan(cases, Settings(rounds=2, iters=1, timeout=30), launch, {}, messages.append, start)
+    ours, official = record["results"]
+    assert ours["rounds"] == 2 and official["error"].startswith("the worker exited (code 3)")
+    assert "boom" in official["stderr_tail"] and any("Fatal Python error: boom" in m for m in messages)
+    assert "failed: the worker exited" in compare.markdown(record)
+
+
+def test_missing_official_environment_is_skipped(tmp_path, monkeypatch):
+    monkeypatch.delenv("HIERA_OFFICIAL_PYTHON", raising=False)
+    launch, missing = compare.launchers(str(tmp_path / "venv" / "bin" / "python"))
+    assert "official" not in launch and "ours" in launch
+    assert "tests/reference/official_env.py .cache/reference" in missing["official"]
+    monkeypatch.setenv("HIERA_OFFICIAL_PYTHON", str(tmp_path / "nowhere"))
+    assert compare.default_official_python() == tmp_path / "nowhere"
+    log, messages = [], []
+    cases = compare.plan(["inference"], "hiera_small_224", [Variant("ours"), Variant("official")], batches=[1])
+    record = compare.run_plan(cases, Settings(rounds=1, iters=1), launch, missing, messages.append,
+                              lambda c: FakeWorker(c, log))
+    assert {label for label, _ in log} == {"ours fp32"}
+    assert record["results"][1]["skipped"].startswith("official not available")
+    assert any(m.startswith("skipping official: ") and "official_env.py" in m for m in messages)
+    assert "- official skipped: " in compare.markdown(record)
+
+
+def test_compare_cli_end_to_end(tmp_path, capsys):
+    """ours and timm on a tiny model through `hiera benchmark --compare`; no official environment."""
+    out = tmp_path / "out"
+    code = run_cli(["benchmark", "--compare", "--variants", "ours:fp32", "timm:fp32", "official:fp32",
+                    "--mode", "inference", "--batch-size", "2", "--kwargs", json.dumps(TINY), "--rounds", "2",
+                    "--iters", "1", "--warmup", "1", "--official-python", str(tmp_path / "none" / "python"),
+                    "--json", str(out / "r.json"), "--plot", str(out / "r.png")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "| ours fp32 |" in captured.out and "| timm fp32 |" in captured.out
+    assert "official skipped" in captured.out and "official_env.py" in captured.err
+    assert "[inference batch 2] round 2/2 timm fp32" in captured.err
+    record = json.loads((out / "r.json").read_text())
+    ours, timm_, official = record["results"]
+    assert ours["throughput"] > 0 and timm_["throughput"] > 0 and official["skipped"]
+    assert ours["params_m"] == pytest.approx(timm_["params_m"])  # the same architecture
+    assert ours["input_size"] == [64, 64] and ours["rounds"] == 2 and ours["peak_rss_mb"] > 10
+    assert ours["vs_best_peer"] > 0 and ours["best_peer"] == "timm fp32"
+    assert record["implementations"]["timm"]["version"] and record["options"]["rounds"] == 2
+    assert (out / "r.png").read_bytes()[:8] == PNG
+
+
+def test_compare_cli_errors(capsys):
+    assert run_cli(["benchmark", "--model", "hiera_tiny_224", "--rounds", "2"]) == 2
+    assert "--rounds needs --compare" in capsys.readouterr().err
+    assert run_cli(["benchmark", "--model", "hiera_tiny_224", "--mode", "inference", "train"]) == 2
+    assert "one --mode at a time" in capsys.readouterr().err
+    for argv, message in (
+        (["--variants", "mine:fp32"], "bad variant"),
+        (["--impl", "ours", "--variants", "ours:fp32"], "not both"),
+        (["--kwargs", "{nope"], "--kwargs is not JSON"),
+        (["--kwargs", "[1]"], "JSON object"),
+        (["--weights", "x.pt"], "random weights"),
+        (["--model", "hiera_gigantic_224"], "no zoo model"),
+        (["--rounds", "0"], "rounds must be >= 1"),
+        (["--batch-size", "0"], "must be >= 1"),
+        (["--device", "tpu"], "cpu or cuda"),
+    ):
+        assert run_cli(["benchmark", "--compare", *argv]) == 2, argv
+        assert message in capsys.readouterr().err, argv
+
+
+@pytest.mark.skipif(compare.default_official_python() is None, reason="no official environment "
+                    "(python tests/reference/official_env.py .cache/reference builds it)")
+def test_against_the_official_package():
+    """ours and the official package, tiny, inference and MAE training, interleaved."""
+    variants = [Variant("ours"), Variant("official")]
+    cases = compare.plan(["inference", "train"], "hiera_tiny_224", variants, batches=[2], train_batch=2,
+                         tasks=["mae"], overrides=TINY)
+    record = compare.run_plan(cases, Settings(rounds=2, iters=1, warmup=1, timeout=300))
+    by = {(r["impl"], r["mode"]): r for r in record["results"]}
+    assert not [r for r in record["results"] if r.get("error")], record["results"]
+    assert by["official", "inference"]["params_m"] == pytest.approx(by["ours", "inference"]["params_m"])
+    assert by["ours", "inference"]["vs_official"] > 0 and by["ours", "train"]["memory_vs_official"] > 0
+    info = record["implementations"]["official"]
+    assert info["version"] == "0.1.4"
+    assert not info["file"].startswith(os.path.dirname(compare.__file__))  # not our package
