@@ -26,10 +26,11 @@ How it measures (why each choice):
 
 Library use::
 
-    from hiera.compare import Settings, plan, run_plan
+    from hiera.compare import Settings, markdown, parse_variants, plan, plot, run_plan
     cases = plan(sections=["inference"], model="hiera_small_224", batches=[1, 8],
                  variants=parse_variants(["ours:fp32", "official:fp32"]))
-    record = run_plan(cases, Settings(rounds=3))
+    record = run_plan(cases, Settings(rounds=3), log=print)
+    print(markdown(record)); plot(record, "compare.png")
 """
 
 from __future__ import annotations
