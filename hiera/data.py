@@ -11,8 +11,9 @@ Three rules make runs repeatable, resumable and independent of the number of pro
 * unreadable files do not stop a run: the sample comes back as ``None``, :func:`collate` drops it
   and counts it, and the trainer logs the count (a run of only bad files stops with an error).
 
-The dataset takes a ``key = (epoch, index)`` rather than an index; a video dataset only has to
-implement the same ``load(index) -> (media, label)`` to reuse the rest.
+The dataset takes a ``key = (epoch, index)`` rather than an index; the video dataset
+(:class:`hiera.video_data.VideoFiles`) builds on the same ``load(index) -> (media, label)`` and
+reuses the rest.
 """
 
 from __future__ import annotations
@@ -191,9 +192,25 @@ def _images_in(folder: Path, recursive: bool = False) -> List[Path]:
 
 
 def collate(samples: List[Optional[dict]]) -> dict:
-    """Stack the readable samples; ``"n_bad"`` counts the ones that were not."""
+    """Stack the readable samples; ``"n_bad"`` counts the ones that were not.
+
+    A sample with ``"repeats": R`` holds R clips of one video (``[R, ...]`` tensors, see
+    :class:`hiera.video_data.VideoFiles`): they are concatenated into the batch, its other values
+    repeated R times, so the model sees R samples and ``"n"`` counts them."""
     good = [s for s in samples if s is not None]
     batch = {"n_bad": len(samples) - len(good), "n": len(good)}
+    if good and "repeats" in good[0]:
+        reps = [s["repeats"] for s in good]
+        batch["n"] = sum(reps)
+        for key in good[0]:
+            if key == "repeats":
+                continue
+            values = [s[key] for s in good]
+            if isinstance(values[0], torch.Tensor):
+                batch[key] = torch.cat(values)
+            else:
+                batch[key] = torch.tensor([v for v, r in zip(values, reps) for _ in range(r)])
+        return batch
     if good:
         for key in good[0]:
             values = [s[key] for s in good]

@@ -430,7 +430,8 @@ class MAETask:
         with torch.no_grad():
             result = mae_reconstruction(model, batch["image"].to(trainer.device), mask=batch["mask"].to(trainer.device))
         model.train(was_training)
-        rows = [render_grid(result, i) for i in range(len(samples))]
+        frames = 4 if result.is_video else None  # 4 of the 8 reconstructed frames keep a video sheet readable
+        rows = [render_grid(result, i, frames=frames) for i in range(len(samples))]
         sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
         y = 0
         for r in rows:
@@ -465,7 +466,13 @@ class ClassifyTask:
         if self.mixup is not None:
             if x.shape[0] % 2:  # timm's batch-mode mixup pairs samples: needs an even batch
                 x, y = x[:-1], y[:-1]
-            x, y = self.mixup(x, y)
+            if x.ndim == 5:
+                # Clips [B, C, T, H, W]: timm's cutmix slices dims 2 and 3 as H and W, so fold time
+                # into channels; the box then covers the same pixels in every frame (one cutmix per clip).
+                folded, y = self.mixup(x.flatten(1, 2), y)
+                x = folded.view_as(x)
+            else:
+                x, y = self.mixup(x, y)
         return self.criterion(net(x, return_logits=True).float(), y)
 
     def evaluate(self, trainer: Trainer, model) -> dict:

@@ -119,7 +119,7 @@ class VideoInfo:
     exact: bool  # num_frames came from the container's frame count, not duration x fps
 
 
-def _open(path: Path):
+def _open(path: Path, threads: str = "AUTO"):
     import av
 
     if not path.exists():
@@ -132,7 +132,11 @@ def _open(path: Path):
         container.close()
         raise MediaError(path, "the file has no video stream")
     stream = container.streams.video[0]
-    stream.thread_type = "AUTO"  # frame + slice threads: several times faster on multi-core machines
+    # "AUTO": frame + slice threads, several times faster for one video on a multi-core machine.
+    # "NONE" for DataLoader workers (they parallelise across videos) and for decoding next to
+    # torch's OpenMP threads: frame threads hand frames to each other, and threads still spinning
+    # after a torch op delay every hand-off (measured 10x slower on 2 cores).
+    stream.thread_type = threads
     return container, stream
 
 
@@ -180,7 +184,7 @@ def _frame_index(frame, start_pts: int, time_base, fps: float, fallback: int) ->
 
 
 def read_video(
-    path: PathLike, indices: Optional[Sequence[int]] = None, seek_gap: int = 150
+    path: PathLike, indices: Optional[Sequence[int]] = None, seek_gap: int = 150, threads: str = "AUTO"
 ) -> Tuple[np.ndarray, float]:
     """Decode frames of a video with PyAV.
 
@@ -190,6 +194,8 @@ def read_video(
             Frames past the real end (containers may over-report their length) repeat the last one.
         seek_gap: wanted frames further apart than this are reached by seeking instead of decoding
             everything in between (so a few clips from a long video decode only those clips).
+        threads: PyAV's decoder ``thread_type``: ``"AUTO"`` (frame and slice threads) or ``"NONE"``
+            (one thread, for DataLoader workers); the frames are the same either way.
     Returns:
         ``(frames, fps)``: ``frames`` uint8 ``[T, H, W, 3]`` RGB (``T = len(indices)`` when given),
         ``fps`` the stream's average frame rate.
@@ -200,7 +206,7 @@ def read_video(
     import av
 
     path = Path(path)
-    container, stream = _open(path)
+    container, stream = _open(path, threads)
     with container:
         info = _stream_info(stream, container)
         start_pts = stream.start_time if stream.start_time is not None else 0
@@ -338,6 +344,7 @@ def load_clips(
     pad: str = "clamp",
     generator: Optional[torch.Generator] = None,
     max_decode_bytes: int = 512 * 2**20,
+    threads: str = "AUTO",
 ) -> Tuple[np.ndarray, VideoInfo]:
     """Read the clips :func:`sample_frame_indices` picks, decoding as little as it can.
 
@@ -347,7 +354,7 @@ def load_clips(
 
     Videos whose frames fit in ``max_decode_bytes`` are decoded whole, which also gives their true
     length (container headers may be wrong); longer ones are sampled from the container's frame
-    count and read by seeking (:func:`read_video` with ``indices``).
+    count and read by seeking (:func:`read_video` with ``indices``). ``threads``: see :func:`read_video`.
 
     Returns:
         ``(clips, info)``: ``clips`` uint8 ``[num_clips, num_frames, H, W, 3]`` RGB; ``info`` a
@@ -358,13 +365,13 @@ def load_clips(
     step = stride * info.fps / target_fps if target_fps else stride
     frame_bytes = max(info.width * info.height * 3, 1)
     if info.num_frames <= 0 or info.num_frames * frame_bytes <= max_decode_bytes:
-        frames, _ = read_video(path)
+        frames, _ = read_video(path, threads=threads)
         info.num_frames, info.exact = len(frames), True
         idx = sample_frame_indices(len(frames), num_frames, step, mode, num_clips, pad, generator)
         clips = frames[idx.numpy()]
     else:
         idx = sample_frame_indices(info.num_frames, num_frames, step, mode, num_clips, pad, generator)
-        clips, _ = read_video(path, idx.flatten().tolist())
+        clips, _ = read_video(path, idx.flatten().tolist(), threads=threads)
         clips = clips.reshape(num_clips, num_frames, *clips.shape[1:])
     return clips, info
 
