@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .fast import Linear
+
 
 def conv_nd(n: int) -> Type[nn.Module]:
     """The convolution class for ``n`` spatial dimensions (1-3)."""
@@ -80,12 +82,28 @@ class Mlp(nn.Module):
 
     def __init__(self, in_features: int, hidden_features: int, act_layer: Type[nn.Module] = nn.GELU):
         super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.fc1 = Linear(in_features, hidden_features)
         self.act = act_layer()
-        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.fc2 = Linear(hidden_features, in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if type(self.act) is nn.GELU and self.act.approximate == "none":
+            return self.fc2(self.fc1(x, act="gelu"))  # fused into fc1 on the CPU inference path
         return self.fc2(self.act(self.fc1(x)))
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Softmax attention ``[B, h, Lq, d], [B, h, Lk, d] x2 -> [B, h, Lq, d]``.
+
+    The fused kernel (``scaled_dot_product_attention``) except when training in reduced precision
+    on CPU: there its backward pass is 2-7x slower than the plain matmul-softmax-matmul for
+    Hiera's short windows (16-196 tokens, so the ``Lq x Lk`` score matrices are small to keep).
+    The softmax then runs in float32, as autocast would run it. (In float32 the two are even.)
+    """
+    if not (q.requires_grad and q.device.type == "cpu" and q.dtype != torch.float32 and torch.is_grad_enabled()):
+        return F.scaled_dot_product_attention(q, k, v)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    return scores.float().softmax(dim=-1).to(v.dtype) @ v
 
 
 class MaskUnitAttention(nn.Module):
@@ -115,8 +133,8 @@ class MaskUnitAttention(nn.Module):
         self.q_stride = q_stride
         self.head_dim = dim_out // heads
         self.scale = self.head_dim**-0.5
-        self.qkv = nn.Linear(dim, 3 * dim_out)
-        self.proj = nn.Linear(dim_out, dim_out)
+        self.qkv = Linear(dim, 3 * dim_out)
+        self.proj = Linear(dim_out, dim_out)
         self.window_size = window_size
         self.use_mask_unit_attn = use_mask_unit_attn
 
@@ -130,7 +148,7 @@ class MaskUnitAttention(nn.Module):
         q, k, v = qkv.permute(3, 0, 2, 4, 1, 5).reshape(3, batch * windows, self.heads, -1, self.head_dim).unbind(0)
         if self.q_stride > 1:
             q = q.view(batch * windows, self.heads, self.q_stride, -1, self.head_dim).amax(dim=2)
-        x = F.scaled_dot_product_attention(q, k, v)
+        x = attention(q, k, v)
         # [B*W, h, L, d] -> [B, L, W, h*d]: back to unrolled token order.
         x = x.view(batch, windows, self.heads, -1, self.head_dim).permute(0, 3, 1, 2, 4)
         return self.proj(x.reshape(batch, -1, self.dim_out))
@@ -176,7 +194,7 @@ class HieraBlock(nn.Module):
         if dim != dim_out:
             if not use_expand_proj and dim_out != 2 * dim:
                 raise ValueError(f"use_expand_proj=False needs dim_out == 2 * dim, got {dim} -> {dim_out}")
-            self.proj = nn.Linear(dim, dim_out) if use_expand_proj else None
+            self.proj = Linear(dim, dim_out) if use_expand_proj else None
         if init_values is not None:
             self.ls1 = LayerScale(dim_out, init_values)
             self.ls2 = LayerScale(dim_out, init_values)
@@ -213,7 +231,7 @@ class Head(nn.Module):
     ):
         super().__init__()
         self.dropout = nn.Dropout(dropout_rate) if dropout_rate > 0 else nn.Identity()
-        self.projection = nn.Linear(dim, num_classes)
+        self.projection = Linear(dim, num_classes)
         self.act_func = act_func
 
     def forward(self, x: torch.Tensor, logits: bool = False) -> torch.Tensor:

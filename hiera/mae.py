@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from .config import records_config
+from .fast import Linear
 from .layers import HieraBlock, conv_nd
 from .model import Hiera, _norm_layer
 from .pos_embed import resize_pos_embed
@@ -113,7 +114,7 @@ class MaskedAutoencoderHiera(Hiera):
             )
         self.multi_scale_fusion_heads.append(nn.Identity())
 
-        self.decoder_embed = nn.Linear(encoder_dim_out, decoder_embed_dim)
+        self.decoder_embed = Linear(encoder_dim_out, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.decoder_pos_embed = nn.Parameter(
             torch.zeros(1, math.prod(self.tokens_spatial_shape_final), decoder_embed_dim)
@@ -133,7 +134,7 @@ class MaskedAutoencoderHiera(Hiera):
         self.decoder_norm = norm_layer(decoder_embed_dim)
         # Each prediction token covers pred_stride x pred_stride pixels (of one frame for video).
         self.pred_stride = patch_stride[-1] * (self.q_stride[-1] ** self.q_pool)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, (self.pred_stride ** min(2, ndim)) * in_chans)
+        self.decoder_pred = Linear(decoder_embed_dim, (self.pred_stride ** min(2, ndim)) * in_chans)
         self.initialize_weights()
 
     def _finalize_config(self):

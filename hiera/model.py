@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from . import fast
 from .config import records_config
 from .hub import HubMixin
 from .layers import Head, HieraBlock, PatchEmbed
@@ -347,6 +348,8 @@ class Hiera(nn.Module, HubMixin):
         if not x.is_floating_point():
             raise TypeError(f"expected a floating point input, got dtype {x.dtype}")
         geometry = self.geometry(x.shape[2:], x.device)  # also checks that the size tiles
+        if x.device.type == "cpu":
+            fast.reuse_memory()
         if mask is not None:
             self._check_mask(mask, x.shape[0], geometry.mask_grid)
 

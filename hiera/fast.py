@@ -1,0 +1,123 @@
+"""CPU inference fast paths, used by the model's layers without any opt-in.
+
+Two things make eager CPU inference slow that the layers cannot fix by arranging tensors better:
+
+* **Linear layers.** ``F.linear`` on CPU adds the bias with a separate pass over the output and
+  hands the matrix product to the BLAS library, re-reading the weight in its plain layout every
+  call. :class:`Linear` instead calls oneDNN's inner product (the kernel ``torch.compile`` itself
+  uses on CPU) with the weight packed once into oneDNN's blocked layout, the bias added in the
+  kernel and, for the MLP's first layer, GELU fused as a post-op. Under ``torch.autocast("cpu",
+  dtype=torch.bfloat16)`` the packed weight is a cached bfloat16 copy, so autocast's per-call
+  weight cast disappears too. The packed copy is rebuilt whenever the weight changes (another
+  storage after ``.to()``, or an in-place update, which bumps the version counter).
+* **Memory.** glibc serves every allocation above 32 MiB with a fresh ``mmap`` and unmaps it on
+  free, so at batch 32 each large activation is page-faulted in again on every forward (hundreds
+  of thousands of faults per call). :func:`reuse_memory` tells glibc to keep freed memory in its
+  heap instead. It is process-wide, so it is applied once, on the first CPU forward of a Hiera
+  model; set ``HIERA_REUSE_MEMORY=0`` to leave the allocator alone.
+
+The fast paths run only in eager CPU inference (gradients off, plain tensors, float32 or
+bfloat16, not while ``torch.compile`` or ``torch.export`` trace). Everything else, training
+included, takes the stock PyTorch path. Outputs agree with ``F.linear`` to float rounding
+(a different summation order), which the equivalence tests against the official package check.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+_HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _tracing() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    if compiler is None:
+        return False
+    if getattr(compiler, "is_compiling", lambda: False)():
+        return True
+    return getattr(compiler, "is_exporting", lambda: False)()
+
+
+def inference_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:
+    """The dtype the CPU fast path would compute a layer in, or ``None`` when the stock path must
+    run (gradients on, another device, a tensor subclass, float16, tracing, ...)."""
+    if not _HAS_ONEDNN_LINEAR or torch.is_grad_enabled() or type(x) is not torch.Tensor:
+        return None
+    if x.device.type != "cpu" or weight.device.type != "cpu" or _tracing():
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+        return dtype if dtype in (torch.float32, torch.bfloat16) else None
+    if x.dtype in (torch.float32, torch.bfloat16) and x.dtype == weight.dtype:
+        return x.dtype
+    return None
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, state dict and training behaviour) with the oneDNN CPU
+    inference path described in the module docstring.
+
+    ``forward(x, act="gelu")`` applies exact (erf) GELU to the output, fused when the fast path
+    runs.
+    """
+
+    _packed = None  # (key, packed weight) for the fast path; never pickled or copied
+
+    def forward(self, x: torch.Tensor, act: str = "none") -> torch.Tensor:
+        dtype = inference_dtype(x, self.weight)
+        if dtype is None:
+            y = F.linear(x, self.weight, self.bias)
+            return F.gelu(y) if act == "gelu" else y
+        weight = self._packed_weight(dtype)
+        if x.dtype != dtype:
+            x = x.to(dtype)
+        algorithm = "none" if act == "gelu" else ""
+        return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, act, [], algorithm)
+
+    def _packed_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        w = self.weight
+        key = (w.data_ptr(), w._version, dtype, tuple(w.shape))
+        if self._packed is None or self._packed[0] != key:
+            with torch.no_grad():
+                packed = torch.ops.mkldnn._reorder_linear_weight(w.detach().to(dtype), None)
+            self._packed = (key, packed)
+        return self._packed[1]
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_packed", None)  # oneDNN tensors cannot be pickled or deep-copied
+        return state
+
+
+_MALLOPT = {"M_TRIM_THRESHOLD": -1, "M_MMAP_MAX": -4}
+_memory_done = False
+
+
+def reuse_memory() -> bool:
+    """Keep freed memory in the process heap instead of returning it to the OS (glibc only).
+
+    Large allocations then come from the heap (``M_MMAP_MAX=0``) and the heap's top is only
+    trimmed past 1 GiB (``M_TRIM_THRESHOLD``), so the second forward of the same size touches
+    pages that are already mapped. Returns whether the setting was applied (False on other C
+    libraries and when ``HIERA_REUSE_MEMORY=0``). Idempotent.
+    """
+    global _memory_done
+    if _memory_done:
+        return True
+    if os.environ.get("HIERA_REUSE_MEMORY", "1") in ("0", "false", "no") or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_MALLOPT["M_MMAP_MAX"], 0) == 1
+        ok = ok and libc.mallopt(_MALLOPT["M_TRIM_THRESHOLD"], 1 << 30) == 1
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        ok = False
+    _memory_done = ok
+    return ok

@@ -1,0 +1,203 @@
+"""The CPU fast paths of hiera.fast and layers.attention: same results as the stock path, taken
+only where they should be, and the memory setting really stops page faults."""
+
+import copy
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hiera
+from hiera import fast
+from hiera.layers import attention
+
+needs_onednn = pytest.mark.skipif(not fast._HAS_ONEDNN_LINEAR, reason="torch built without oneDNN")
+
+
+def _layer(cin=24, cout=40, seed=0):
+    torch.manual_seed(seed)
+    layer = fast.Linear(cin, cout)
+    with torch.no_grad():
+        layer.bias.normal_()
+    return layer
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(5, 24), (2, 7, 24), (2, 3, 4, 24)])
+@pytest.mark.parametrize("act", ["none", "gelu"])
+def test_linear_fast_path_matches_stock(shape, act):
+    layer = _layer()
+    x = torch.randn(shape)
+    expected = F.linear(x, layer.weight, layer.bias)
+    if act == "gelu":
+        expected = F.gelu(expected)
+    with torch.inference_mode():
+        got = layer(x, act=act)
+    assert layer._packed is not None, "the oneDNN path was not taken in inference mode"
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_linear_stock_path_when_gradients_are_on():
+    layer = _layer()
+    x = torch.randn(3, 24, requires_grad=True)
+    y = layer(x, act="gelu")
+    assert layer._packed is None
+    y.sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None
+
+
+@needs_onednn
+def test_linear_bf16_autocast_and_bf16_weights():
+    layer = _layer()
+    x = torch.randn(6, 24)
+    ref = F.linear(x, layer.weight, layer.bias)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer(x)
+        stock = F.linear(x, layer.weight, layer.bias)
+    assert got.dtype == stock.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), ref, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got, stock, rtol=1e-2, atol=1e-2)
+    layer_bf16 = copy.deepcopy(layer).bfloat16()
+    with torch.inference_mode():
+        got = layer_bf16(x.bfloat16())
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+@needs_onednn
+def test_packed_weight_follows_weight_changes():
+    layer, other = _layer(seed=0), _layer(seed=1)
+    x = torch.randn(4, 24)
+    with torch.inference_mode():
+        first = layer(x)
+    layer.load_state_dict(other.state_dict())  # in-place copy: the version counter moves
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), other(x), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        layer.weight.mul_(2.0)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+    layer.weight = torch.nn.Parameter(torch.zeros_like(layer.weight))  # another storage
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), layer.bias.expand(4, -1))
+    assert not torch.allclose(first, layer(x).detach())
+
+
+@needs_onednn
+def test_models_with_packed_weights_pickle_and_copy():
+    model = hiera.Hiera(embed_dim=16, num_heads=1, stages=(1, 1, 1, 1), input_size=(64, 64), num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        out = model(x)
+    assert model.blocks[0].attn.qkv._packed is not None
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert clone.blocks[0].attn.qkv._packed is None
+        with torch.inference_mode():
+            torch.testing.assert_close(clone(x), out)
+
+
+@needs_onednn
+def test_whole_model_fast_path_matches_stock(monkeypatch):
+    torch.manual_seed(0)
+    model = hiera.hiera_tiny_224(num_classes=10).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        fast_logits = model(x, return_logits=True)
+        fast_maps = model.forward_intermediates(x)
+    monkeypatch.setattr(fast, "_HAS_ONEDNN_LINEAR", False)
+    with torch.inference_mode():
+        stock_logits = model(x, return_logits=True)
+        stock_maps = model.forward_intermediates(x)
+    torch.testing.assert_close(fast_logits, stock_logits, rtol=1e-5, atol=1e-5)
+    for a, b in zip(fast_maps, stock_maps):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@needs_onednn
+def test_fast_path_stays_out_of_compiled_graphs():
+    model = hiera.Hiera(embed_dim=16, num_heads=1, stages=(1, 1, 1, 1), input_size=(64, 64), num_classes=5).eval()
+    x = torch.randn(1, 3, 64, 64)
+    explained = torch._dynamo.explain(model)(x)
+    assert explained.graph_break_count == 0
+    ops = {str(n.target) for g in explained.graphs for n in g.graph.nodes if n.op == "call_function"}
+    assert not any("mkldnn" in op for op in ops), ops
+    with torch.inference_mode():
+        torch.testing.assert_close(torch.compile(model, backend="eager")(x), model(x))
+
+
+def test_training_attention_matches_fused_kernel():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, n, 16) for n in (16, 64, 64))
+    ref = F.scaled_dot_product_attention(q, k, v)
+    # float32 training keeps the fused kernel: identical results
+    q32 = q.clone().requires_grad_()
+    torch.testing.assert_close(attention(q32, k, v), ref, rtol=0, atol=0)
+    # bfloat16 training takes the matmul path: close to float32, same gradients up to bf16 rounding
+    qb, kb, vb = (t.bfloat16().requires_grad_() for t in (q, k, v))
+    out = attention(qb, kb, vb)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, rtol=3e-2, atol=3e-2)
+    grad = torch.randn_like(ref)
+    out.backward(grad.bfloat16())
+    qf, kf, vf = (t.clone().requires_grad_() for t in (q, k, v))
+    F.scaled_dot_product_attention(qf, kf, vf).backward(grad)
+    for got, want in ((qb.grad, qf.grad), (kb.grad, kf.grad), (vb.grad, vf.grad)):
+        torch.testing.assert_close(got.float(), want, rtol=5e-2, atol=5e-2)
+
+
+def test_bf16_training_step_matches_float32_step():
+    torch.manual_seed(0)
+    model = hiera.Hiera(embed_dim=16, num_heads=1, stages=(1, 2, 1, 1), input_size=(64, 64), num_classes=5)
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+    F.cross_entropy(model(x), y).backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.cross_entropy(model(x).float(), y)
+    loss.backward()
+    qkv = "blocks.1.attn.qkv.weight"
+    cos = F.cosine_similarity(model.get_parameter(qkv).grad.flatten(), ref[qkv].flatten(), dim=0)
+    assert cos > 0.98, f"bf16 attention gradients drifted from float32 (cosine {cos:.3f})"
+
+
+_FAULTS = textwrap.dedent(
+    """
+    import resource, sys, torch
+    from hiera import fast
+    applied = fast.reuse_memory()
+    x = torch.empty(0)
+    def faults():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(2):  # warm up: the first round maps the memory in any case
+        x = torch.ones(16 * 2**20)
+        del x
+    before = faults()
+    for _ in range(5):
+        x = torch.ones(16 * 2**20)  # 64 MiB: above glibc's mmap threshold
+        del x
+    print(applied, faults() - before)
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_reuse_memory_stops_page_faults():
+    def run(env_value):
+        env = dict(os.environ, HIERA_REUSE_MEMORY=env_value)
+        out = subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True, text=True, check=True)
+        applied, faults = out.stdout.split()
+        return applied == "True", int(faults)
+
+    applied, faults_kept = run("1")
+    off, faults_default = run("0")
+    assert applied and not off
+    pages = 5 * 64 * 2**20 // 4096
+    assert faults_default > pages // 2, "without the setting every 64 MiB buffer is faulted in again"
+    assert faults_kept < pages // 20, f"freed memory was not reused ({faults_kept} faults)"
