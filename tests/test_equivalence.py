@@ -11,21 +11,10 @@ import torch
 
 import conftest
 import hiera
+from closeness import assert_close
 from conftest import CLASSIFIER_CASES, HUB_CASES, MAE_CASES, ZOO_NAMES, load_hub_reference, load_zoo
 
 GEN = conftest._generate  # the generator module: seeds, perturbation constants, case table
-RTOL = 1e-5
-
-
-def assert_close(got, ref, what):
-    """Agreement to RTOL relative to the reference's scale (elementwise, with a floor at
-    RTOL * max|ref| so values near zero are not held to a relative bound they cannot meet)."""
-    assert got.shape == ref.shape, f"{what}: shape {tuple(got.shape)} vs official {tuple(ref.shape)}"
-    if ref.dtype == torch.bool:
-        assert torch.equal(got, ref), what
-        return
-    scale = ref.abs().max().item() if ref.numel() else 0.0
-    torch.testing.assert_close(got, ref, rtol=RTOL, atol=RTOL * max(scale, 1e-12), msg=lambda m: f"{what}: {m}")
 
 
 def build_like_official(case_name):

@@ -171,6 +171,7 @@ _FAULTS = textwrap.dedent(
     """
     import resource, sys, torch
     from hiera import fast
+    ROUNDS = 10
     applied = fast.reuse_memory()
     x = torch.empty(0)
     def faults():
@@ -179,7 +180,7 @@ _FAULTS = textwrap.dedent(
         x = torch.ones(16 * 2**20)
         del x
     before = faults()
-    for _ in range(5):
+    for _ in range(ROUNDS):
         x = torch.ones(16 * 2**20)  # 64 MiB: above glibc's mmap threshold
         del x
     print(applied, faults() - before)
@@ -198,6 +199,9 @@ def test_reuse_memory_stops_page_faults():
     applied, faults_kept = run("1")
     off, faults_default = run("0")
     assert applied and not off
-    pages = 5 * 64 * 2**20 // 4096
-    assert faults_default > pages // 2, "without the setting every 64 MiB buffer is faulted in again"
-    assert faults_kept < pages // 20, f"freed memory was not reused ({faults_kept} faults)"
+    buffer = 64 * 2**20 // 4096  # pages of one buffer; the subprocess allocates 10
+    assert faults_default > 5 * buffer, "without the setting every 64 MiB buffer is faulted in again"
+    # with it, at most a buffer or two while the heap settles (an alignment-padded request may not
+    # fit the hole the previous buffer left), then none
+    assert faults_kept <= 2 * buffer, f"freed memory was not reused ({faults_kept} faults)"
+

@@ -9,13 +9,13 @@ import torch
 import hiera
 from hiera import Hiera, MaskedAutoencoderHiera
 from hiera import formats as fmt
+from closeness import assert_close
 from hubserver import hf_offline  # noqa: F401  (fixture)
 
 import timm
 import timm.models.hiera as timm_hiera
 from transformers import HieraConfig, HieraForImageClassification, HieraForPreTraining, HieraModel
 
-TOL = dict(rtol=1e-5, atol=1e-5)
 
 
 def perturb(model: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> torch.nn.Module:
@@ -72,20 +72,20 @@ def test_timm_to_official_matches_timm(case):
     x = torch.randn(2, 3, *kwargs["input_size"])
     with torch.no_grad():
         ref = timm_net(x)
-        torch.testing.assert_close(ours(x, return_logits=True), ref, **TOL)
+        assert_close(ours(x, return_logits=True), ref)
         # eval mode: the official model (and ours) return probabilities
-        torch.testing.assert_close(ours(x), ref.softmax(-1), **TOL)
+        assert_close(ours(x), ref.softmax(-1))
 
         # per-stage feature maps, spatial order
         ref_maps = timm_net.forward_intermediates(x, output_fmt="NHWC", intermediates_only=True)
         _, maps = ours(x, return_intermediates=True, return_logits=True)
         assert len(maps) == len(ref_maps) == len(kwargs["stages"])
         for a, b in zip(maps, ref_maps):
-            torch.testing.assert_close(a, b, **TOL)
+            assert_close(a, b)
 
         # masked encoder tokens, same mask
         mask = ours.get_random_mask(x, mask_ratio=0.5)
-        torch.testing.assert_close(ours(x, mask=mask), timm_net.forward_features(x, mask=mask), **TOL)
+        assert_close(ours(x, mask=mask), timm_net.forward_features(x, mask=mask))
 
     # official -> timm: exact inverse, loads strictly into a timm model built from our kwargs
     back = fmt.official_to_timm(state)
@@ -105,7 +105,7 @@ def test_official_model_to_timm_round_trip():
     strict_load(timm_net, fmt.official_to_timm(ours.state_dict()))
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(timm_net(x), ours(x, return_logits=True), **TOL)
+        assert_close(timm_net(x), ours(x, return_logits=True))
     again = fmt.timm_to_official(timm_net.state_dict())
     assert again.keys() == ours.state_dict().keys()
     assert all(torch.equal(again[k], v) for k, v in ours.state_dict().items())
@@ -138,8 +138,8 @@ def test_timm_layer_scale_loads_natively_or_folds_exactly():
     assert "init_values" not in folded.config
     strict_load(folded, fmt.timm_to_official(state, fold_layer_scale=True))
     with torch.no_grad():
-        torch.testing.assert_close(native(x, return_logits=True), timm_net(x), **TOL)
-        torch.testing.assert_close(folded(x, return_logits=True), timm_net(x), **TOL)
+        assert_close(native(x, return_logits=True), timm_net(x))
+        assert_close(folded(x, return_logits=True), timm_net(x))
     back = fmt.official_to_timm(native.state_dict())
     assert torch.equal(back["blocks.0.ls1.gamma"], state["blocks.0.ls1.gamma"])
 
@@ -159,8 +159,8 @@ def test_timm_abswin_loads_natively_or_bakes_into_pos_embed():
     baked = Hiera(**kwargs).eval()
     strict_load(baked, converted)
     with torch.no_grad():
-        torch.testing.assert_close(native(x, return_logits=True), timm_net(x), **TOL)
-        torch.testing.assert_close(baked(x, return_logits=True), timm_net(x), **TOL)
+        assert_close(native(x, return_logits=True), timm_net(x))
+        assert_close(baked(x, return_logits=True), timm_net(x))
         # abswin is defined for any size: at 96x64 too.
         native.dynamic_size = True
         y = torch.randn(1, 3, 96, 64)
@@ -179,7 +179,7 @@ def test_timm_abswin_zoo_configs_run_like_timm():
     strict_load(ours, fmt.timm_to_official(timm_net.state_dict()))
     x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
-        torch.testing.assert_close(ours(x, return_logits=True), timm_net(x), **TOL)
+        assert_close(ours(x, return_logits=True), timm_net(x))
     with pytest.raises(ValueError, match="use_expand_proj=False"):
         Hiera(embed_dim=96, dim_mul=3.0, use_expand_proj=False)
 
@@ -222,7 +222,7 @@ def test_hf_image_classification_to_official_and_back():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         ref = net(x)
-        torch.testing.assert_close(ours(x, return_logits=True), ref.logits, **TOL)
+        assert_close(ours(x, return_logits=True), ref.logits)
 
     back, cfg = fmt.official_to_hf(ours.state_dict(), ours.config)
     assert cfg["architectures"] == ["HieraForImageClassification"] and cfg["num_labels"] == 10
@@ -252,13 +252,13 @@ def test_hf_base_model_to_official_and_back():
     with torch.no_grad():
         out = net(x, output_hidden_states=True)
         tokens, maps = ours.forward_tokens(x, return_intermediates=True)
-        torch.testing.assert_close(tokens, out.last_hidden_state, **TOL)
-        torch.testing.assert_close(ours.forward_head(tokens, pre_logits=True), out.pooler_output, **TOL)
+        assert_close(tokens, out.last_hidden_state)
+        assert_close(ours.forward_head(tokens, pre_logits=True), out.pooler_output)
         embedded = (ours.patch_embed(x) + ours.get_pos_embed()).view(2, 16, 16, -1)
-        torch.testing.assert_close(out.reshaped_hidden_states[0], embedded, **TOL)
+        assert_close(out.reshaped_hidden_states[0], embedded)
         assert len(out.reshaped_hidden_states) == len(maps) + 1
         for a, b in zip(maps, out.reshaped_hidden_states[1:]):
-            torch.testing.assert_close(a, b, **TOL)
+            assert_close(a, b)
 
     # ours (with a head) -> HieraModel: the head has no place unless dropped explicitly
     with pytest.raises(ValueError, match="head.projection.weight"):
@@ -291,12 +291,12 @@ def test_hf_pretraining_to_official_same_mask():
     with torch.no_grad():
         out = net(pixel_values=x, noise=noise)
         loss, preds, labels, mask_out = ours(x, mask=mask)
-        torch.testing.assert_close(loss, out.loss, **TOL)
+        assert_close(loss, out.loss)
         latent, _ = ours.forward_encoder(x, 0.5, mask=mask)
         pred, visible = ours.forward_decoder(latent, mask)
-    torch.testing.assert_close(pred, out.logits, **TOL)
+    assert_close(pred, out.logits)
     assert torch.equal(visible, out.bool_masked_pos)
-    torch.testing.assert_close(preds, out.logits[~out.bool_masked_pos], **TOL)
+    assert_close(preds, out.logits[~out.bool_masked_pos])
 
     back, cfg = fmt.official_to_hf(ours.state_dict(), ours.config)
     assert cfg["architectures"] == ["HieraForPreTraining"]
@@ -315,7 +315,7 @@ def test_timm_to_hf_through_convert():
     strict_load(net, state)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(net(x).logits, timm_net(x), **TOL)
+        assert_close(net(x).logits, timm_net(x))
     back, timm_kwargs = fmt.convert(state, "timm", config=cfg)
     rebuilt = timm_hiera.Hiera(**timm_kwargs).eval()
     strict_load(rebuilt, back)
@@ -434,4 +434,4 @@ def test_abswin_zoo_model_loads_timm_hub_checkpoint_offline(hf_offline):
     assert ours.load_report.exact
     x = torch.randn(1, 3, 256, 256)
     with torch.no_grad():
-        torch.testing.assert_close(ours(x, return_logits=True), timm_net(x), **TOL)
+        assert_close(ours(x, return_logits=True), timm_net(x))
