@@ -62,6 +62,8 @@ def inference_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dty
         return None
     if x.device.type != "cpu" or weight.device.type != "cpu" or _tracing():
         return None
+    if torch._C._functorch.is_functorch_wrapped_tensor(x):  # vmap / functorch transforms
+        return None
     if torch.is_autocast_enabled("cpu"):
         dtype = torch.get_autocast_dtype("cpu")
         return dtype if dtype in (torch.float32, torch.bfloat16) else None

@@ -205,3 +205,14 @@ def test_reuse_memory_stops_page_faults():
     # fit the hole the previous buffer left), then none
     assert faults_kept <= 2 * buffer, f"freed memory was not reused ({faults_kept} faults)"
 
+
+
+@needs_onednn
+def test_vmap_takes_the_stock_path_and_agrees():
+    torch.manual_seed(0)
+    model = hiera.Hiera(embed_dim=16, num_heads=1, stages=(1, 1, 1, 1), input_size=(64, 64), num_classes=5).eval()
+    x = torch.randn(3, 1, 3, 64, 64)
+    with torch.inference_mode():
+        mapped = torch.vmap(model)(x)
+        looped = torch.stack([model(xi) for xi in x])
+    torch.testing.assert_close(mapped, looped, rtol=1e-5, atol=1e-6)
