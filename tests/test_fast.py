@@ -150,6 +150,25 @@ def test_training_attention_matches_fused_kernel():
     F.scaled_dot_product_attention(qf, kf, vf).backward(grad)
     for got, want in ((qb.grad, qf.grad), (kb.grad, kf.grad), (vb.grad, vf.grad)):
         torch.testing.assert_close(got.float(), want, rtol=5e-2, atol=5e-2)
+    # bfloat16 inference takes it too, with the same result as in training
+    with torch.inference_mode():
+        torch.testing.assert_close(attention(qb.detach(), kb.detach(), vb.detach()), out.detach())
+
+
+def test_bf16_inference_stays_as_close_to_float32_as_the_fused_kernel(monkeypatch):
+    torch.manual_seed(0)
+    model = hiera.Hiera(embed_dim=32, num_heads=2, stages=(1, 2, 2, 1), input_size=(64, 64), num_classes=10).eval()
+    x = torch.randn(4, 3, 64, 64)
+    with torch.inference_mode():
+        ref = model(x, return_logits=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ours = model(x, return_logits=True).float()
+        monkeypatch.setattr(hiera.layers, "attention", F.scaled_dot_product_attention)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fused = model(x, return_logits=True).float()
+    err_ours = ((ours - ref).norm() / ref.norm()).item()
+    err_fused = ((fused - ref).norm() / ref.norm()).item()
+    assert err_ours < 2e-2 and err_ours < 1.5 * err_fused + 1e-3, (err_ours, err_fused)
 
 
 def test_bf16_training_step_matches_float32_step():
