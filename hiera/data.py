@@ -109,15 +109,8 @@ class ImageFiles(Dataset):
         root = Path(root)
         if not root.is_dir():
             raise ValueError(f"image folder not found: {root}")
-        class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        if labelled is None:
-            labelled = any(_images_in(d) for d in class_dirs)
-        if labelled:
-            classes = [d.name for d in class_dirs if _images_in(d)]
-            items = [(p, i) for i, name in enumerate(classes) for p in _images_in(root / name)]
-            return cls(items, classes=classes, **kwargs)
-        files = _images_in(root, recursive=True)
-        return cls([(p, -1) for p in files], classes=None, **kwargs)
+        items, classes = folder_items(root, _images_in, labelled)
+        return cls(items, classes=classes, **kwargs)
 
     @classmethod
     def from_list(cls, list_file, root=None, classes: Optional[List[str]] = None, **kwargs) -> "ImageFiles":
@@ -133,18 +126,20 @@ class ImageFiles(Dataset):
                 if len(row) > 2:
                     raise ValueError(f"{list_file}:{n}: expected 'path' or 'path,label', got {row}")
                 rows.append((row[0].strip(), row[1].strip() if len(row) == 2 else None))
-        names = sorted({lab for _, lab in rows if lab is not None and not lab.lstrip("-").isdigit()})
-        classes = classes or (names or None)
-        items = []
-        for path, lab in rows:
-            if lab is None:
-                label = -1
-            elif lab.lstrip("-").isdigit():
-                label = int(lab)
-            else:
-                label = classes.index(lab)
-            items.append((root / path, label))
+        items, classes = labelled_items(rows, root, classes)
         return cls(items, classes=classes, **kwargs)
+
+    @classmethod
+    def open(cls, source, labelled: Optional[bool] = None, **kwargs):
+        """The dataset of a folder (:meth:`from_folder`) or of a list file (:meth:`from_list`);
+        ``labelled=True`` refuses a list with unlabelled rows."""
+        source = Path(source)
+        if not source.is_file():
+            return cls.from_folder(source, labelled=labelled, **kwargs)
+        dataset = cls.from_list(source, **kwargs)
+        if labelled and any(label < 0 for label in dataset.labels):
+            raise ValueError(f"{source} has rows without a label; fine-tuning needs 'path,label' rows")
+        return dataset
 
     def __len__(self) -> int:
         return len(self.items)
@@ -177,13 +172,38 @@ class ImageFiles(Dataset):
 
 def open_images(source, labelled: Optional[bool] = None, **kwargs) -> ImageFiles:
     """An :class:`ImageFiles` from a folder or from a list file (``.txt`` / ``.csv``)."""
-    source = Path(source)
-    if source.is_file():
-        dataset = ImageFiles.from_list(source, **kwargs)
-        if labelled and any(label < 0 for label in dataset.labels):
-            raise ValueError(f"{source} has lines without a label; fine-tuning needs 'path,label' lines")
-        return dataset
-    return ImageFiles.from_folder(source, labelled=labelled, **kwargs)
+    return ImageFiles.open(source, labelled=labelled, **kwargs)
+
+
+def folder_items(root: Path, find: Callable[..., List[Path]], labelled: Optional[bool] = None):
+    """``(items, classes)`` of a media folder: ``root/<class>/<file>`` gives ``(path, class index)``
+    items and the class names; ``root/**/<file>`` gives ``(path, -1)`` items and ``None``.
+    ``find(folder, recursive=False)`` lists the media files of a folder; ``labelled=None`` decides
+    from the layout (class sub-folders holding media files mean labelled)."""
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if labelled is None:
+        labelled = any(find(d) for d in class_dirs)
+    if labelled:
+        classes = [d.name for d in class_dirs if find(d)]
+        return [(p, i) for i, name in enumerate(classes) for p in find(root / name)], classes
+    return [(p, -1) for p in find(root, recursive=True)], None
+
+
+def labelled_items(rows: Sequence[Tuple[str, Optional[str]]], root: Path, classes: Optional[List[str]] = None):
+    """``(items, classes)`` from list-file rows ``(path, label or None)``: a label is a class index
+    or a class name (names are sorted into ``classes`` unless given); no label gives -1."""
+    names = sorted({lab for _, lab in rows if lab is not None and not lab.lstrip("-").isdigit()})
+    classes = classes or (names or None)
+    items = []
+    for path, lab in rows:
+        if lab is None:
+            label = -1
+        elif lab.lstrip("-").isdigit():
+            label = int(lab)
+        else:
+            label = classes.index(lab)
+        items.append((root / path, label))
+    return items, classes
 
 
 def _images_in(folder: Path, recursive: bool = False) -> List[Path]:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .data import ImageFiles, _SeededRandomness, random_unit_mask, sample_seed
+from .data import ImageFiles, _SeededRandomness, folder_items, labelled_items, random_unit_mask, sample_seed
 from .media import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
@@ -285,19 +285,12 @@ class VideoFiles(ImageFiles):
         root = Path(root)
         if not root.is_dir():
             raise ValueError(f"video folder not found: {root}")
-        class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        if labelled is None:
-            labelled = any(videos_in(d) for d in class_dirs)
-        if labelled:
-            classes = [d.name for d in class_dirs if videos_in(d)]
-            items = [(p, i) for i, name in enumerate(classes) for p in videos_in(root / name)]
-            if not items:
-                raise ValueError(f"{root} has no class sub-folders holding videos ({_extensions_hint()})")
-            return cls(items, classes=classes, **kwargs)
-        files = videos_in(root, recursive=True)
-        if not files:
+        items, classes = folder_items(root, videos_in, labelled)
+        if not items and classes is not None:
+            raise ValueError(f"{root} has no class sub-folders holding videos ({_extensions_hint()})")
+        if not items:
             raise ValueError(f"no videos found in {root} ({_extensions_hint()})")
-        return cls([(p, -1) for p in files], classes=None, **kwargs)
+        return cls(items, classes=classes, **kwargs)
 
     @classmethod
     def from_list(cls, list_file, root=None, classes: Optional[List[str]] = None, **kwargs) -> "VideoFiles":
@@ -331,17 +324,7 @@ class VideoFiles(ImageFiles):
                 span = tuple(row[columns[k]] if k in columns else None for k in ("start", "end"))
             rows.append((path, label))
             segments.append(_segment(span, list_file, n))
-        names = sorted({lab for _, lab in rows if lab is not None and not lab.lstrip("-").isdigit()})
-        classes = classes or (names or None)
-        items = []
-        for path, lab in rows:
-            if lab is None:
-                label = -1
-            elif lab.lstrip("-").isdigit():
-                label = int(lab)
-            else:
-                label = classes.index(lab)
-            items.append((root / path, label))
+        items, classes = labelled_items(rows, root, classes)
         return cls(items, classes=classes, segments=segments, **kwargs)
 
     def load(self, index: int, generator: Optional[torch.Generator] = None):
@@ -431,13 +414,7 @@ def _extensions_hint() -> str:
 
 def open_videos(source, labelled: Optional[bool] = None, **kwargs) -> VideoFiles:
     """A :class:`VideoFiles` from a folder or a CSV / text list."""
-    source = Path(source)
-    if source.is_file():
-        dataset = VideoFiles.from_list(source, **kwargs)
-        if labelled and any(label < 0 for label in dataset.labels):
-            raise ValueError(f"{source} has rows without a label; fine-tuning needs 'path,label' rows")
-        return dataset
-    return VideoFiles.from_folder(source, labelled=labelled, **kwargs)
+    return VideoFiles.open(source, labelled=labelled, **kwargs)
 
 
 def is_video_source(source) -> Optional[bool]:
