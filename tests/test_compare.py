@@ -344,14 +344,15 @@ def test_compare_cli_errors(capsys):
         assert message in capsys.readouterr().err, argv
 
 
-@pytest.mark.skipif(compare.default_official_python() is None, reason="no official environment "
-                    "(python tests/reference/official_env.py .cache/reference builds it)")
-def test_against_the_official_package():
-    """ours and the official package, tiny, inference and MAE training, interleaved."""
+def test_against_the_official_package(official_python):
+    """ours and the official package, tiny, inference and MAE training, interleaved (the official
+    environment comes from the conftest fixture, which builds it on a fresh clone)."""
     variants = [Variant("ours"), Variant("official")]
     cases = compare.plan(["inference", "train"], "hiera_tiny_224", variants, batches=[2], train_batch=2,
                          tasks=["mae"], overrides=TINY)
-    record = compare.run_plan(cases, Settings(rounds=2, iters=1, warmup=1, timeout=300))
+    launch, missing = compare.launchers(str(official_python))
+    assert "official" not in missing, missing
+    record = compare.run_plan(cases, Settings(rounds=2, iters=1, warmup=1, timeout=300), launch=launch)
     by = {(r["impl"], r["mode"]): r for r in record["results"]}
     assert not [r for r in record["results"] if r.get("error")], record["results"]
     assert by["official", "inference"]["params_m"] == pytest.approx(by["ours", "inference"]["params_m"])
