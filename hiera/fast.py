@@ -1,4 +1,4 @@
-"""CPU inference fast paths, used by the model's layers without any opt-in.
+"""CPU fast paths, used by the model's layers without any opt-in.
 
 Two things make eager CPU inference slow that the layers cannot fix by arranging tensors better:
 
@@ -16,12 +16,14 @@ Two things make eager CPU inference slow that the layers cannot fix by arranging
   heap instead. It is process-wide, so it is applied once, on the first CPU forward of a Hiera
   model; set ``HIERA_REUSE_MEMORY=0`` to leave the allocator alone.
 
-The fast paths run only in eager CPU inference (gradients off, plain tensors, float32 or
-bfloat16, not while ``torch.compile`` or ``torch.export`` trace). Everything else, training
-included, takes the stock PyTorch path. Outputs agree with ``F.linear`` to float rounding
-(a different summation order: about 5e-6 on Hiera-S's float32 features of scale 1-4), which the
-equivalence tests against the official package check; ``HIERA_FAST=0`` turns the linear fast path
-off for bit-exact stock kernels.
+The inference path runs only in eager CPU inference (gradients off, plain tensors, float32 or
+bfloat16, not while ``torch.compile`` or ``torch.export`` trace). float32 CPU *training* takes
+:class:`_TrainLinear`, which runs the forward product and both gradient products in oneDNN (PyTorch
+gives float32 products to MKL, whose code path on AMD CPUs is 256 bits wide); bfloat16 autocast
+training keeps the stock path, whose products already run in oneDNN. Outputs agree with
+``F.linear`` to float rounding (a different summation order: about 5e-6 on Hiera-S's float32
+features of scale 1-4), which the equivalence tests against the official package check;
+``HIERA_FAST=0`` turns both linear paths off for bit-exact stock kernels.
 """
 
 from __future__ import annotations
@@ -44,15 +46,21 @@ _HAS_ONEDNN_LINEAR = (
 )
 
 
-def _tracing() -> bool:
+def _exporting() -> bool:
+    """True while ``torch.jit`` or ``torch.export`` (ONNX included) traces: graphs that leave
+    PyTorch must hold standard operators only."""
     if torch.jit.is_tracing() or torch.jit.is_scripting():
         return True
     compiler = getattr(torch, "compiler", None)
-    if compiler is None:
-        return False
-    if getattr(compiler, "is_compiling", lambda: False)():
+    return compiler is not None and getattr(compiler, "is_exporting", lambda: False)()
+
+
+def _tracing() -> bool:
+    """True while any tracer runs (``torch.compile`` as well as the exporters)."""
+    if _exporting():
         return True
-    return getattr(compiler, "is_exporting", lambda: False)()
+    compiler = getattr(torch, "compiler", None)
+    return compiler is not None and getattr(compiler, "is_compiling", lambda: False)()
 
 
 def inference_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:
@@ -72,6 +80,53 @@ def inference_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dty
     return None
 
 
+def training_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a float32 CPU training step can run this layer through :class:`_TrainLinear`."""
+    if not _HAS_ONEDNN_LINEAR or not torch.is_grad_enabled() or type(x) is not torch.Tensor:
+        return False
+    if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return False
+    if torch.is_autocast_enabled("cpu") or _tracing() or torch._C._functorch.is_functorch_wrapped_tensor(x):
+        return False
+    return x.requires_grad or weight.requires_grad
+
+
+_onednn_linear = torch.ops.mkldnn._linear_pointwise if _HAS_ONEDNN_LINEAR else None
+
+
+class _TrainLinear(torch.autograd.Function):
+    """float32 ``F.linear`` whose three matrix products (forward, input and weight gradients) run in
+    oneDNN instead of the BLAS library.
+
+    PyTorch sends float32 CPU matrix products to MKL, which takes a 256-bit code path on AMD CPUs;
+    oneDNN uses the full AVX-512 kernels. The weight gradient ``g^T x`` goes in as a transposed
+    input (oneDNN copies the narrower of the two operands) so no product runs on a strided layout.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_linear(x, weight, bias, "none", [], "")
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad2 = grad.reshape(-1, grad.shape[-1])  # [N, out]
+        x2 = x.reshape(-1, x.shape[-1])  # [N, in]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _onednn_linear(grad2, weight.t(), None, "none", [], "").view(x.shape)
+        if ctx.needs_input_grad[1]:
+            if weight.shape[0] <= weight.shape[1]:  # [out, N] @ [N, in]
+                grad_w = _onednn_linear(grad2.t(), x2.t(), None, "none", [], "")
+            else:  # ([in, N] @ [N, out])^T
+                grad_w = _onednn_linear(x2.t(), grad2.t(), None, "none", [], "").t().contiguous()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad2.sum(0)
+        return grad_x, grad_w, grad_b
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters, state dict and training behaviour) with the oneDNN CPU
     inference path described in the module docstring.
@@ -85,7 +140,10 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor, act: str = "none") -> torch.Tensor:
         dtype = inference_dtype(x, self.weight)
         if dtype is None:
-            y = F.linear(x, self.weight, self.bias)
+            if training_path(x, self.weight):
+                y = _TrainLinear.apply(x, self.weight, self.bias)
+            else:
+                y = F.linear(x, self.weight, self.bias)
             return F.gelu(y) if act == "gelu" else y
         weight = self._packed_weight(dtype)
         if x.dtype != dtype:

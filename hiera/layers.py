@@ -5,13 +5,14 @@ All token tensors are ``[B, N, C]`` in the unrolled order of :mod:`hiera.token_o
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Sequence, Type
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .fast import Linear
+from .fast import Linear, _exporting, _tracing
 
 
 def conv_nd(n: int) -> Type[nn.Module]:
@@ -19,9 +20,55 @@ def conv_nd(n: int) -> Type[nn.Module]:
     return [nn.Identity, nn.Conv1d, nn.Conv2d, nn.Conv3d][n]
 
 
+class _FirstMax(torch.autograd.Function):
+    """``amax`` over the middle dim of ``[P, s, R]`` whose gradient goes to the first maximum.
+
+    PyTorch's own backward for ``amax`` saves the whole input and rebuilds the tie mask with
+    broadcast comparisons and a count division (2-8x slower than this on Hiera's pooling shapes,
+    4% of a Hiera-S bfloat16 training step on CPU, 8% under ``torch.compile``). Here the forward
+    keeps a one-byte index of the winning slice (``[P, R]``) and the backward writes each slice
+    with one contiguous multiply. Ties send the whole gradient to the first maximum, as
+    ``torch.max(dim)`` (the official model's pooling) does.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        values = x.amax(dim=1)
+        # index of the first maximum = number of leading slices that are not the maximum
+        index = torch.zeros(values.shape, dtype=torch.uint8, device=x.device)
+        leading = None
+        for j in range(x.shape[1] - 1):
+            differs = x[:, j] != values
+            leading = differs if leading is None else leading & differs
+            index += leading
+        ctx.save_for_backward(index)
+        ctx.slices = x.shape[1]
+        return values
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (index,) = ctx.saved_tensors
+        if _tracing():  # torch.compile: one broadcast select, which it fuses (it cannot trace out=)
+            slices = torch.arange(ctx.slices, dtype=index.dtype, device=index.device).view(1, -1, 1)
+            return torch.where(index.unsqueeze(1) == slices, grad.unsqueeze(1), grad.new_zeros(()))
+        grad = grad.contiguous()
+        out = grad.new_empty((grad.shape[0], ctx.slices, grad.shape[1]))
+        for j in range(ctx.slices):
+            torch.mul(grad, index == j, out=out[:, j])
+        return out
+
+
+def max_over(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x.amax(dim)`` for a contiguous ``x``, with a fast backward when gradients are needed."""
+    if not (x.requires_grad and torch.is_grad_enabled()) or _exporting() or x.shape[dim] == 1:
+        return x.amax(dim=dim)
+    shape = x.shape[:dim] + x.shape[dim + 1 :]
+    return _FirstMax.apply(x.reshape(math.prod(x.shape[:dim]), x.shape[dim], -1)).view(shape)
+
+
 def do_pool(x: torch.Tensor, stride: int) -> torch.Tensor:
     """Max-pool unrolled tokens by a flattened ``stride``: ``[B, N, C]`` -> ``[B, N // stride, C]``."""
-    return x.view(x.shape[0], stride, -1, x.shape[-1]).amax(dim=1)
+    return max_over(x.view(x.shape[0], stride, -1, x.shape[-1]), dim=1)
 
 
 def get_resized_mask(target_size: Sequence[int], mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -95,16 +142,19 @@ class Mlp(nn.Module):
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Softmax attention ``[B, h, Lq, d], [B, h, Lk, d] x2 -> [B, h, Lq, d]``.
 
-    The fused kernel (``scaled_dot_product_attention``), except in reduced precision on CPU: for
-    Hiera's short windows (16-196 tokens, so the ``Lq x Lk`` score matrices are small) the plain
-    matmul-softmax-matmul is faster there, 1.3-1.8x in the forward pass and 2-7x in the backward
-    pass. Its softmax runs in float32, as autocast would run it; the bf16 scores cost no accuracy
-    that shows end to end (Hiera-S bf16 logits stay 0.7% from float32 either way).
+    On CPU in training and in reduced precision, a plain matmul-softmax-matmul: for Hiera's short
+    sequences (16-196 keys, so the ``Lq x Lk`` score matrices are small) it beats
+    ``scaled_dot_product_attention``'s fused kernel, by 1.1-1.5x in float32 training steps, 2-4x
+    in bfloat16 ones and 1.2-1.8x in bfloat16 inference (bfloat16 softmax accumulates in float32
+    inside the kernel). float32 inference breaks even, so it keeps the fused kernel, as do other
+    devices.
     """
-    if not (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)):
+    on_cpu = q.device.type == "cpu" and not _exporting()  # torch.compile fuses this path well too
+    grads = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if not (on_cpu and (grads or q.dtype != torch.float32)):
         return F.scaled_dot_product_attention(q, k, v)
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    return scores.float().softmax(dim=-1).to(v.dtype) @ v
+    scores = q @ k.transpose(-2, -1)
+    return scores.mul_(q.shape[-1] ** -0.5).softmax(dim=-1) @ v
 
 
 class MaskUnitAttention(nn.Module):
@@ -148,7 +198,7 @@ class MaskUnitAttention(nn.Module):
         qkv = self.qkv(x).view(batch, -1, windows, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(3, 0, 2, 4, 1, 5).reshape(3, batch * windows, self.heads, -1, self.head_dim).unbind(0)
         if self.q_stride > 1:
-            q = q.view(batch * windows, self.heads, self.q_stride, -1, self.head_dim).amax(dim=2)
+            q = max_over(q.view(batch * windows, self.heads, self.q_stride, -1, self.head_dim), dim=2)
         x = attention(q, k, v)
         # [B*W, h, L, d] -> [B, L, W, h*d]: back to unrolled token order.
         x = x.view(batch, windows, self.heads, -1, self.head_dim).permute(0, 3, 1, 2, 4)

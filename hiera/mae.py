@@ -250,7 +250,7 @@ class MaskedAutoencoderHiera(Hiera):
         mask: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``[B, C, *S]`` -> ``(loss, preds, labels, mask)``; see the class docstring."""
-        self._check_input(x, mask)
+        self._prepare(x, mask)
         latent, mask = self.forward_encoder(x, mask_ratio, mask=mask)
         pred, pred_mask = self.forward_decoder(latent, mask, x.shape[2:])  # pred_mask: visibility per token
         return (*self.forward_loss(x, pred, ~pred_mask), mask)

@@ -348,10 +348,15 @@ class Hiera(nn.Module, HubMixin):
         if not x.is_floating_point():
             raise TypeError(f"expected a floating point input, got dtype {x.dtype}")
         geometry = self.geometry(x.shape[2:], x.device)  # also checks that the size tiles
-        if x.device.type == "cpu":
-            fast.reuse_memory()
         if mask is not None:
             self._check_mask(mask, x.shape[0], geometry.mask_grid)
+
+    def _prepare(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> None:
+        """What every forward entry point does first: check the input, and on CPU switch the
+        process to reusing freed memory (see :func:`hiera.fast.reuse_memory`)."""
+        self._check_input(x, mask)
+        if x.device.type == "cpu":
+            fast.reuse_memory()
 
     def _check_mask(self, mask: torch.Tensor, batch: int, mask_grid: Sequence[int]) -> None:
         units = math.prod(mask_grid)
@@ -411,7 +416,7 @@ class Hiera(nn.Module, HubMixin):
     def forward_features(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Final tokens before pooling, ``[B, N_last, C_last]`` (for the zoo models the last stage's
         grid in raster order)."""
-        self._check_input(x, mask)
+        self._prepare(x, mask)
         return self.forward_tokens(x, mask)[0]
 
     def forward_intermediates(
@@ -435,7 +440,7 @@ class Hiera(nn.Module, HubMixin):
         """
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        self._check_input(x, None)
+        self._prepare(x, None)
         points = list(range(len(self.blocks))) if per_block else list(self.stage_ends)
         indices = list(range(len(points))) if indices is None else list(indices)
         try:
@@ -488,7 +493,7 @@ class Hiera(nn.Module, HubMixin):
         keep the same number of units."""
         if isinstance(x, list):  # SlowFast-style loaders pass a list of pathways
             x = x[0]
-        self._check_input(x, mask)
+        self._prepare(x, mask)
         x, intermediates = self.forward_tokens(x, mask, return_intermediates)
         if mask is None:
             x = self.norm(x.mean(dim=1))

@@ -1,0 +1,155 @@
+"""The CPU training fast paths: oneDNN linear (forward and both gradients), max pooling with a
+first-maximum gradient and matmul attention. Each gives the stock path's outputs and gradients, a
+whole training step agrees with the stock model, and training still compiles in one graph."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hiera
+from hiera import fast, layers
+
+needs_onednn = pytest.mark.skipif(not fast._HAS_ONEDNN_LINEAR, reason="torch built without oneDNN")
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(5, 24), (2, 7, 24)])
+@pytest.mark.parametrize("cout", [40, 8])  # wider and narrower than the input: both weight-grad layouts
+@pytest.mark.parametrize("bias", [True, False])
+def test_train_linear_matches_f_linear(shape, cout, bias):
+    torch.manual_seed(0)
+    layer = fast.Linear(24, cout, bias=bias)
+    x = torch.randn(shape, requires_grad=True)
+    assert fast.training_path(x, layer.weight)
+    out = layer(x)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    got = (out.detach(), x.grad, layer.weight.grad, layer.bias.grad if bias else None)
+
+    x2 = x.detach().clone().requires_grad_()
+    w2 = layer.weight.detach().clone().requires_grad_()
+    b2 = layer.bias.detach().clone().requires_grad_() if bias else None
+    ref_out = F.linear(x2, w2, b2)
+    ref_out.backward(grad)
+    want = (ref_out.detach(), x2.grad, w2.grad, b2.grad if bias else None)
+    for g, w in zip(got, want):
+        if w is None:
+            assert g is None
+        else:
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_train_linear_frozen_weight_and_frozen_input():
+    torch.manual_seed(0)
+    layer = fast.Linear(24, 16)
+    layer.requires_grad_(False)
+    x = torch.randn(3, 24, requires_grad=True)
+    layer(x).sum().backward()
+    torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(3, -1), rtol=1e-5, atol=1e-5)
+    assert layer.weight.grad is None
+
+    layer.requires_grad_(True)
+    x = torch.randn(3, 24)  # a first layer: only the weight needs a gradient
+    layer(x).sum().backward()
+    torch.testing.assert_close(layer.weight.grad, x.sum(0).expand(16, -1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.bias.grad, torch.full((16,), 3.0))
+
+
+@needs_onednn
+def test_train_linear_taken_only_for_float32_cpu_training():
+    w = torch.randn(8, 4, requires_grad=True)
+    x = torch.randn(2, 4)
+    assert fast.training_path(x, w)
+    with torch.no_grad():
+        assert not fast.training_path(x, w)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fast.training_path(x, w)  # autocast's bf16 products already run in oneDNN
+    assert not fast.training_path(x.double(), w.double())
+    assert not fast.training_path(x, w.detach())  # nothing needs a gradient
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape,dim", [((2, 4, 6, 5), 1), ((3, 2, 4, 5, 3), 2), ((2, 8, 7), 1)])
+def test_max_over_gradient_goes_to_the_first_maximum(dtype, shape, dim):
+    torch.manual_seed(0)
+    x = torch.randn(shape).to(dtype)
+    # plant ties: half of the slices along `dim` copy slice 0
+    index = [slice(None)] * len(shape)
+    for j in range(1, shape[dim], 2):
+        index[dim] = j
+        src = list(index)
+        src[dim] = 0
+        x[tuple(index)] = x[tuple(src)]
+    a = x.clone().requires_grad_()
+    b = x.clone().requires_grad_()
+    out = layers.max_over(a, dim)
+    ref = b.max(dim=dim).values
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    grad = torch.randn_like(ref)
+    out.backward(grad)
+    ref.backward(grad)
+    torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+    with torch.no_grad():  # inference: plain amax
+        torch.testing.assert_close(layers.max_over(x, dim), x.amax(dim=dim))
+
+
+def test_max_over_gradcheck():
+    x = torch.randn(3, 4, 10, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: layers.max_over(t, 1), (x,))
+
+
+def _stock_paths(monkeypatch):
+    monkeypatch.setattr(fast, "_HAS_ONEDNN_LINEAR", False)
+    monkeypatch.setattr(layers, "attention", F.scaled_dot_product_attention)
+    monkeypatch.setattr(layers, "max_over", lambda x, dim: x.amax(dim=dim))
+
+
+def _grads(model, loss_fn):
+    model.zero_grad()
+    loss = loss_fn()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("kind", ["classify", "mae"])
+def test_training_step_matches_stock_paths(kind, monkeypatch):
+    torch.manual_seed(0)
+    common = dict(embed_dim=16, num_heads=1, stages=(1, 2, 2, 1), input_size=(64, 64))
+    x = torch.randn(3, 3, 64, 64)
+    if kind == "classify":
+        model = hiera.Hiera(num_classes=5, **common).train()
+        y = torch.tensor([0, 3, 4])
+
+        def loss_fn():
+            return F.cross_entropy(model(x), y)
+
+    else:
+        model = hiera.MaskedAutoencoderHiera(decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2, **common)
+        mask = model.get_random_mask(x, 0.5)
+
+        def loss_fn():
+            return model(x, mask=mask)[0]
+
+    loss, grads = _grads(model, loss_fn)
+    _stock_paths(monkeypatch)
+    ref_loss, ref_grads = _grads(model, loss_fn)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == ref_grads.keys()
+    for name, g in grads.items():
+        scale = ref_grads[name].abs().max().clamp(min=1e-8)
+        err = (g - ref_grads[name]).abs().max() / scale
+        assert err < 1e-4, f"{name}: gradient differs from the stock path by {err:.2e} of its scale"
+
+
+def test_training_compiles_without_graph_breaks_and_matches_eager():
+    torch.manual_seed(0)
+    model = hiera.Hiera(embed_dim=16, num_heads=1, stages=(1, 2, 2, 1), input_size=(64, 64), num_classes=5).train()
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([1, 4])
+    explained = torch._dynamo.explain(model)(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    _, eager = _grads(model, lambda: F.cross_entropy(model(x), y))
+    compiled = torch.compile(model, backend="aot_eager")  # traces the backward as well
+    _, traced = _grads(model, lambda: F.cross_entropy(compiled(x), y))
+    for name, g in eager.items():
+        torch.testing.assert_close(traced[name], g, rtol=1e-4, atol=1e-6)
