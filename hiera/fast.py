@@ -63,14 +63,20 @@ def _tracing() -> bool:
     return compiler is not None and getattr(compiler, "is_compiling", lambda: False)()
 
 
+def _eager_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether oneDNN may run this layer: plain CPU tensors, eager mode (no tracer, no functorch
+    transform such as vmap) and PyTorch built with oneDNN."""
+    if not _HAS_ONEDNN_LINEAR or type(x) is not torch.Tensor:
+        return False
+    if x.device.type != "cpu" or weight.device.type != "cpu" or _tracing():
+        return False
+    return not torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
 def inference_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:
     """The dtype the CPU fast path would compute a layer in, or ``None`` when the stock path must
     run (gradients on, another device, a tensor subclass, float16, tracing, ...)."""
-    if not _HAS_ONEDNN_LINEAR or torch.is_grad_enabled() or type(x) is not torch.Tensor:
-        return None
-    if x.device.type != "cpu" or weight.device.type != "cpu" or _tracing():
-        return None
-    if torch._C._functorch.is_functorch_wrapped_tensor(x):  # vmap / functorch transforms
+    if torch.is_grad_enabled() or not _eager_cpu(x, weight):
         return None
     if torch.is_autocast_enabled("cpu"):
         dtype = torch.get_autocast_dtype("cpu")
@@ -82,11 +88,9 @@ def inference_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dty
 
 def training_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether a float32 CPU training step can run this layer through :class:`_TrainLinear`."""
-    if not _HAS_ONEDNN_LINEAR or not torch.is_grad_enabled() or type(x) is not torch.Tensor:
+    if not torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or not _eager_cpu(x, weight):
         return False
-    if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
-        return False
-    if torch.is_autocast_enabled("cpu") or _tracing() or torch._C._functorch.is_functorch_wrapped_tensor(x):
+    if x.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
     return x.requires_grad or weight.requires_grad
 
@@ -106,7 +110,6 @@ class _TrainLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
         return _onednn_linear(x, weight, bias, "none", [], "")
 
     @staticmethod
@@ -122,7 +125,7 @@ class _TrainLinear(torch.autograd.Function):
                 grad_w = _onednn_linear(grad2.t(), x2.t(), None, "none", [], "")
             else:  # ([in, N] @ [N, out])^T
                 grad_w = _onednn_linear(x2.t(), grad2.t(), None, "none", [], "").t().contiguous()
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:  # False when there is no bias
             grad_b = grad2.sum(0)
         return grad_x, grad_w, grad_b
 

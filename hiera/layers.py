@@ -149,9 +149,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     inside the kernel). float32 inference breaks even, so it keeps the fused kernel, as do other
     devices.
     """
-    on_cpu = q.device.type == "cpu" and not _exporting()  # torch.compile fuses this path well too
+    if q.device.type != "cpu" or _exporting():  # torch.compile fuses the matmul path well too
+        return F.scaled_dot_product_attention(q, k, v)
     grads = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if not (on_cpu and (grads or q.dtype != torch.float32)):
+    if q.dtype == torch.float32 and not grads:
         return F.scaled_dot_product_attention(q, k, v)
     scores = q @ k.transpose(-2, -1)
     return scores.mul_(q.shape[-1] ** -0.5).softmax(dim=-1) @ v
@@ -194,7 +195,7 @@ class MaskUnitAttention(nn.Module):
         batch, n, _ = x.shape
         windows = n // (self.q_stride * self.window_size) if self.use_mask_unit_attn else 1
         # Token n sits in window n % windows (see token_order). Windows are folded into the batch
-        # so scaled_dot_product_attention gets 4-D inputs and its fused kernel.
+        # so attention gets 4-D inputs (5-D sends scaled_dot_product_attention to its slow path).
         qkv = self.qkv(x).view(batch, -1, windows, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(3, 0, 2, 4, 1, 5).reshape(3, batch * windows, self.heads, -1, self.head_dim).unbind(0)
         if self.q_stride > 1:

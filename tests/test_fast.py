@@ -44,7 +44,7 @@ def test_linear_fast_path_matches_stock(shape, act):
 
 
 @needs_onednn
-def test_linear_stock_path_when_gradients_are_on():
+def test_linear_packs_no_weight_when_gradients_are_on():
     layer = _layer()
     x = torch.randn(3, 24, requires_grad=True)
     y = layer(x, act="gelu")
