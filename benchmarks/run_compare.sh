@@ -13,12 +13,7 @@
 # builds once (or set HIERA_OFFICIAL_PYTHON / pass --official-python). Results go to $OUT
 # (default benchmarks/results): compare.md (the tables), compare.json, compare.png.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-if [ -z "${PYTHON:-}" ]; then
-    if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python; fi
-fi
-OUT="${OUT:-benchmarks/results}"
-mkdir -p "$OUT"
+source "$(dirname "$0")/setup.sh"
 "$PYTHON" -m hiera.cli benchmark --compare --model hiera_small_224 \
     --variants official:fp32 timm:fp32 official:bf16 hf:bf16 official:bf16:compile \
                ours:fp32 ours:bf16 ours:fp32:compile ours:bf16:compile \

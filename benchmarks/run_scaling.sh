@@ -8,11 +8,6 @@
 # Extra arguments go to `hiera benchmark --compare --scaling`. Results go to $OUT (default
 # benchmarks/results): scaling.md, scaling.json, scaling.png.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-if [ -z "${PYTHON:-}" ]; then
-    if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python; fi
-fi
-OUT="${OUT:-benchmarks/results}"
-mkdir -p "$OUT"
+source "$(dirname "$0")/setup.sh"
 "$PYTHON" -m hiera.cli benchmark --compare --scaling --model hiera_small_224 --dtype fp32 bf16 \
     --json "$OUT/scaling.json" --plot "$OUT/scaling.png" "$@" | tee "$OUT/scaling.md"

@@ -249,7 +249,7 @@ class Bench:
         build_s = time.perf_counter() - t0
         fn = model
         if case.get("compile"):
-            fn = torch.compile(model, backend=case["compile"])
+            fn = torch.compile(model, backend=case["compile"], mode=case.get("compile_mode"))
         forward = forward_fn(self.impl, task, fn, float(case.get("mask_ratio", 0.6)))
         size = tuple(case["input_size"])
         x = torch.randn(int(case["batch"]), int(case["arch"].get("in_chans", 3)), *size, device=device)

@@ -81,26 +81,36 @@ class Variant:
     impl: str
     dtype: str = "fp32"
     compile: Optional[str] = None  # torch.compile backend, None for eager
+    graphs: bool = False  # compiled with mode="reduce-overhead": steps replay as CUDA graphs
 
     @property
     def label(self) -> str:
-        return f"{NAMES[self.impl]} {self.dtype}" + (" + compile" if self.compile else "")
+        return f"{NAMES[self.impl]} {self.dtype}{_compiled(self.compile, self.graphs)}"
+
+
+def _compiled(compile: Optional[str], graphs: bool) -> str:
+    """How a row was compiled, as its label ends."""
+    return " + compile + CUDA graphs" if graphs else " + compile" if compile else ""
 
 
 def parse_variant(text: str, backend: str = "inductor") -> Variant:
-    """``IMPL:DTYPE[:compile[=BACKEND]]``, e.g. ``official:bf16:compile``."""
+    """``IMPL:DTYPE[:compile[=BACKEND]|:graphs]``, e.g. ``official:bf16:compile``; ``graphs`` is
+    ``torch.compile(mode="reduce-overhead")``, which replays each step as a CUDA graph."""
     parts = text.strip().split(":")
     if not 1 <= len(parts) <= 3 or parts[0] not in IMPLS:
-        raise CompareError(f"bad variant {text!r}: write IMPL:DTYPE[:compile], IMPL one of {', '.join(IMPLS)} "
-                           "(e.g. official:bf16:compile)")
+        raise CompareError(f"bad variant {text!r}: write IMPL:DTYPE[:compile|:graphs], IMPL one of "
+                           f"{', '.join(IMPLS)} (e.g. official:bf16:compile)")
     dtype = parts[1] if len(parts) > 1 else "fp32"
     if dtype not in DTYPES:
         raise CompareError(f"bad variant {text!r}: dtype must be one of {', '.join(DTYPES)}")
+    if len(parts) == 3 and parts[2] == "graphs":
+        return Variant(parts[0], dtype, "inductor", graphs=True)
     compiled = None
     if len(parts) == 3:
         word, _, name = parts[2].partition("=")
         if word != "compile":
-            raise CompareError(f"bad variant {text!r}: the third part can only be 'compile' (or compile=BACKEND)")
+            raise CompareError(f"bad variant {text!r}: the third part can only be 'compile' (or "
+                               "compile=BACKEND) or 'graphs'")
         compiled = name or backend
     return Variant(parts[0], dtype, compiled)
 
@@ -155,13 +165,15 @@ class Case:
         """The worker's build request."""
         return {"task": self.task, "mode": self.mode, "model": self.model, "arch": self.arch,
                 "overrides": self.overrides, "input_size": list(self.input_size), "batch": self.batch,
-                "dtype": self.variant.dtype, "compile": self.variant.compile, "device": settings.device,
+                "dtype": self.variant.dtype, "compile": self.variant.compile,
+                "compile_mode": "reduce-overhead" if self.variant.graphs else None, "device": settings.device,
                 "threads": settings.threads, "warmup": settings.warmup, "optimizer": settings.optimizer,
                 "mask_ratio": settings.mask_ratio, "seed": settings.seed}
 
     def describe(self) -> dict:
         return {"section": self.section, "group": self.group, "label": self.label, "impl": self.impl,
-                "dtype": self.variant.dtype, "compile": self.variant.compile, "task": self.task, "mode": self.mode,
+                "dtype": self.variant.dtype, "compile": self.variant.compile, "graphs": self.variant.graphs,
+                "task": self.task, "mode": self.mode,
                 "model": self.model, "overrides": self.overrides, "input_size": list(self.input_size),
                 "batch": self.batch, "unit": self.unit}
 
@@ -297,6 +309,7 @@ class Settings:
     mask_ratio: float = 0.6
     seed: int = 0
     timeout: float = 1800.0
+    peak_tflops: Optional[float] = None  # the device's peak for MFU (default: known GPUs only)
 
     def check(self) -> None:
         if self.rounds < 1:
@@ -315,6 +328,8 @@ class Settings:
             raise CompareError(f"mask ratio must be in (0, 1), got {self.mask_ratio}")
         if not self.timeout > 0:
             raise CompareError(f"timeout must be > 0, got {self.timeout}")
+        if self.peak_tflops is not None and not self.peak_tflops > 0:
+            raise CompareError(f"peak TFLOP/s must be > 0, got {self.peak_tflops}")
 
 
 class WorkerError(RuntimeError):
@@ -623,11 +638,96 @@ def _key(r: dict, compile: bool = True) -> tuple:
     """What must match for two results to be compared: all but the implementation."""
     k = (r["section"], r["task"], r["mode"], r["model"].replace("mae_", ""), tuple(r["input_size"]),
          r["batch"], r["dtype"])
-    return k + (r["compile"],) if compile else k
+    return k + (r["compile"], r.get("graphs", False)) if compile else k
 
 
 def _ratio(a, b) -> Optional[float]:
     return a / b if a is not None and b else None
+
+
+# Dense bf16/fp16 tensor-core and plain fp32 peaks from the vendor's data sheets, TFLOP/s, by the
+# start of torch.cuda.get_device_name(). Elsewhere MFU needs --peak-tflops.
+PEAK_TFLOPS = {
+    "NVIDIA H100 80GB HBM3": {"bf16": 989.4, "fp16": 989.4, "fp32": 66.9},  # SXM
+    "NVIDIA H100 PCIe": {"bf16": 756.0, "fp16": 756.0, "fp32": 51.2},
+    "NVIDIA H100 NVL": {"bf16": 835.0, "fp16": 835.0, "fp32": 60.0},
+    "NVIDIA H200": {"bf16": 989.4, "fp16": 989.4, "fp32": 66.9},
+    "NVIDIA A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5},
+}
+
+
+def peak_tflops(system: dict, dtype: str, given: Optional[float] = None) -> Optional[float]:
+    """The peak that model FLOP utilisation is measured against: ``given``, else the GPU's from
+    :data:`PEAK_TFLOPS`, else ``None`` (no MFU reported)."""
+    if given:
+        return given
+    name = (system.get("gpu") or {}).get("name", "")
+    for prefix, peaks in PEAK_TFLOPS.items():
+        if name.startswith(prefix):
+            return peaks.get(dtype)
+    return None
+
+
+_FLOPS: Dict[tuple, Optional[float]] = {}
+
+
+def model_flops(task: str, mode: str, arch: dict, input_size: Sequence[int], mask_ratio: float = 0.6) -> Optional[float]:
+    """Floating-point operations per item of one step, counted by ``torch.utils.flop_counter`` on
+    this package's model (the same architecture as every implementation's): matrix products,
+    convolutions and attention, two per multiply-add; a training step adds the backward's. The
+    model runs on the meta device (no memory, no arithmetic), or, where an operator has no meta
+    kernel (the MAE's index of kept units), on CPU at batch 1. ``None`` if counting fails."""
+    key = (task, mode, json.dumps(arch, sort_keys=True), tuple(input_size), mask_ratio)
+    if key in _FLOPS:
+        return _FLOPS[key]
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .mae import MaskedAutoencoderHiera
+    from .model import Hiera
+
+    def count(device: str) -> int:
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = (MaskedAutoencoderHiera if task == "mae" else Hiera)(**arch)
+        model.train(mode == "train")
+        x = torch.randn(1, int(arch.get("in_chans", 3)), *input_size, device=device)
+        with FlopCounterMode(display=False) as counter:
+            with torch.set_grad_enabled(mode == "train"):
+                out = model(x, mask_ratio=mask_ratio)[0] if task == "mae" else model(x)
+                if mode == "train":
+                    loss = out if task == "mae" else F.cross_entropy(out.float(), out.new_zeros(1, dtype=torch.long))
+                    loss.backward()
+        return counter.get_total_flops()
+
+    try:
+        try:
+            flops = count("meta")
+        except NotImplementedError:
+            flops = count("cpu")
+    except Exception:  # noqa: BLE001  (a report without MFU beats no report)
+        flops = None
+    _FLOPS[key] = float(flops) if flops else None
+    return _FLOPS[key]
+
+
+def add_flops(results: List[dict], system: dict, settings: "Settings") -> List[dict]:
+    """Add to each measured result ``gflop_per_item``, ``tflops`` (model FLOP/s achieved) and, where
+    the device's peak is known, ``mfu`` (model FLOP utilisation: achieved / peak)."""
+    for r in results:
+        if not r.get("throughput"):
+            continue
+        _, arch, _ = resolve_model(r["model"], r["task"], r.get("overrides"))
+        flops = model_flops(r["task"], r["mode"], arch, r["input_size"], settings.mask_ratio)
+        if flops is None:
+            continue
+        r["gflop_per_item"] = flops / 1e9
+        r["tflops"] = flops * r["throughput"] / 1e12
+        peak = peak_tflops(system, r["dtype"], settings.peak_tflops)
+        if peak:
+            r["mfu"] = r["tflops"] / peak
+    return results
 
 
 def add_ratios(results: List[dict]) -> List[dict]:
@@ -659,7 +759,7 @@ def headline(results: List[dict]) -> List[dict]:
     for r in results:
         if r["impl"] == "ours" and r.get("vs_official") is not None and r["section"] in ("inference", "train"):
             what = (f"{r['section']} {r['task'] + ' ' if r['mode'] == 'train' else ''}{r['dtype']}"
-                    f"{' + compile' if r['compile'] else ''}, batch {r['batch']}")
+                    f"{_compiled(r['compile'], r.get('graphs', False))}, batch {r['batch']}")
             rows.append({"what": f"{what}: throughput ours / official", "ratio": r["vs_official"]})
             if r["mode"] == "train" and r.get("memory_vs_official") is not None:
                 rows.append({"what": f"{what}: peak RSS ours / official", "ratio": r["memory_vs_official"]})
@@ -701,7 +801,9 @@ def run_plan(cases: List[Case], settings: Settings, launch: Optional[Dict[str, L
             + (f" ({len(group) - len(runnable)} skipped)" if len(runnable) < len(group) else ""))
         results += runner.run_group(group)
     add_ratios(results)
-    return make_record(results, settings, runner.impl_info, missing, time.perf_counter() - t0)
+    record = make_record(results, settings, runner.impl_info, missing, time.perf_counter() - t0)
+    add_flops(results, record["system"], settings)
+    return record
 
 
 def make_record(results: List[dict], settings: Settings, impl_info: Dict[str, dict],
@@ -767,7 +869,9 @@ def markdown(record: dict) -> str:
     s = record["settings"]
     system = record.get("system", {})
     threads = sorted({r["threads"] for r in results if r.get("threads")})
-    out = [f"Machine: {system.get('cpu', '?')}, {system.get('cpu_count', '?')} CPUs"
+    gpu = system.get("gpu")
+    out = [(f"GPU: {gpu['name']} (CUDA {gpu.get('cuda')}); host " if gpu else "Machine: ")
+           + f"{system.get('cpu', '?')}, {system.get('cpu_count', '?')} CPUs"
            + (f" ({'/'.join(map(str, threads))} torch threads)" if threads else "")
            + f", torch {system.get('torch', '?')}; "
            f"{s['rounds']} interleaved rounds of "
@@ -789,18 +893,20 @@ def markdown(record: dict) -> str:
             out.append(f"| {label} | " + " | ".join(_cell(by_batch.get(b)) for b in batches) + " |")
         out.append("")
         out.append("In parentheses: throughput / the official package's at the same precision and compilation, "
-                   "measured in the same run.")
+                   "measured in the same run. TFLOP/s: the model's matrix-product and attention FLOPs "
+                   "(counted once, the same for every implementation) per second; MFU: that over the "
+                   "device's peak at the row's precision.")
         out.append("")
         out.append("| implementation | batch | img/s | x official | x best peer | latency median ms | p90 ms "
-                   "| peak RSS MB | above imports MB | round spread |")
-        out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+                   f"| {_memory_header(inf)} | above imports MB | round spread | TFLOP/s | MFU |")
+        out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in inf:
             if r.get("throughput"):
                 peer = f"{_times(r.get('vs_best_peer'))} ({r['best_peer']})" if r.get("best_peer") else "-"
                 out.append(f"| {r['label']} | {r['batch']} | {_fmt(r['throughput'])} | {_times(r.get('vs_official'))} "
                            f"| {peer} | {_fmt(r['latency_ms_median'])} | {_fmt(r['latency_ms_p90'])} "
                            f"| {_fmt(r.get('peak_rss_mb'))} | {_fmt(r.get('peak_above_idle_mb'))} "
-                           f"| {_pct(r.get('spread'))} |")
+                           f"| {_pct(r.get('spread'))} | {_fmt(r.get('tflops'))} | {_pct(r.get('mfu'), 1)} |")
         out.append("")
     train = [r for r in results if r["section"] == "train" and not r.get("skipped")]
     if train:
@@ -808,17 +914,18 @@ def markdown(record: dict) -> str:
         out.append(f"### Training steps: {first['model'].replace('mae_', '')} at {_size(first)}, batch {first['batch']} "
                    f"(forward + loss + backward + {s['optimizer']} step; MAE mask ratio {s['mask_ratio']:g})")
         out.append("")
-        out.append("| implementation | task | img/s | x official | step median ms | p90 ms | peak RSS MB "
-                   "| x official | above imports MB | x official |")
-        out.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        out.append("| implementation | task | img/s | x official | step median ms | p90 ms | "
+                   f"{_memory_header(train)} | x official | above imports MB | x official | TFLOP/s | MFU |")
+        out.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in train:
             if r.get("throughput"):
                 out.append(f"| {r['label']} | {r['task']} | {_fmt(r['throughput'])} | {_times(r.get('vs_official'))} "
                            f"| {_fmt(r['latency_ms_median'])} | {_fmt(r['latency_ms_p90'])} "
                            f"| {_fmt(r.get('peak_rss_mb'))} | {_times(r.get('memory_vs_official'))} "
-                           f"| {_fmt(r.get('peak_above_idle_mb'))} | {_times(r.get('step_memory_vs_official'))} |")
+                           f"| {_fmt(r.get('peak_above_idle_mb'))} | {_times(r.get('step_memory_vs_official'))} "
+                           f"| {_fmt(r.get('tflops'))} | {_pct(r.get('mfu'), 1)} |")
             else:
-                out.append(f"| {r['label']} | {r['task']} | failed | | | | | | | |")
+                out.append(f"| {r['label']} | {r['task']} | failed | | | | | | | | | |")
         out.append("")
     for group, title in (("scaling size", "input size"), ("scaling video", "clip length"), ("scaling batch", "batch")):
         rows = [r for r in results if r["group"] == group and not r.get("skipped")]
@@ -871,8 +978,14 @@ def _per_second(unit: str) -> str:
     return {"img/s": "images per second", "clips/s": "clips per second"}.get(unit, unit)
 
 
-def _pct(x: Optional[float]) -> str:
-    return "-" if x is None else f"{100 * x:.0f}%"
+def _pct(x: Optional[float], digits: int = 0) -> str:
+    return "-" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def _memory_header(rows: List[dict]) -> str:
+    """On a GPU the peak is the CUDA allocator's, not the process's resident set."""
+    kinds = {r.get("memory_kind") for r in rows if r.get("throughput")}
+    return "peak GPU MB" if kinds == {"cuda_max_allocated"} else "peak RSS MB"
 
 
 def plot(record: dict, path) -> Path:
@@ -969,7 +1082,9 @@ def plot(record: dict, path) -> Path:
             ax.set_title(f"{panel}: {rows[0]['model']}", fontsize=10)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-    fig.suptitle(f"Hiera implementations, {record.get('system', {}).get('cpu', '')}", fontsize=10)
+    system = record.get("system", {})
+    machine = (system.get("gpu") or {}).get("name") or system.get("cpu", "")
+    fig.suptitle(f"Hiera implementations, {machine}", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -980,7 +1095,7 @@ def plot(record: dict, path) -> Path:
 # ----------------------------------------------------------------------------------------- CLI
 COMPARE_ONLY = ("impl", "variants", "train_variants", "train_batch_size", "task", "rounds", "quick", "plot",
                 "scaling", "official_python", "timeout", "optimizer", "kwargs", "scaling_sizes", "scaling_frames",
-                "scaling_batches", "scaling_batch", "video_model", "video_batch")
+                "scaling_batches", "scaling_batch", "video_model", "video_batch", "peak_tflops")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -1020,6 +1135,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--official-python", default=None, metavar="PATH",
                    help="python of the official package's environment (default $HIERA_OFFICIAL_PYTHON, else "
                         ".cache/reference/venv/bin/python)")
+    g.add_argument("--peak-tflops", type=float, default=None, metavar="T",
+                   help="the device's peak TFLOP/s at the compared precision, for model FLOP utilisation "
+                        "(known GPUs have a default; CPUs have none)")
     g.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="seconds to wait for a worker's answer (a build includes compilation; default 1800)")
     g.add_argument("--optimizer", choices=("adamw", "sgd"), default=None, help="training optimizer (default adamw)")
@@ -1079,7 +1197,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             min_time=args.min_time if args.min_time is not None else (0.5 if args.quick else 2.0),
             warmup=args.warmup if args.warmup is not None else (1 if args.quick else 2),
             threads=args.threads, device=args.device or "cpu", optimizer=args.optimizer or "adamw",
-            timeout=_given(args.timeout, 1800.0))
+            timeout=_given(args.timeout, 1800.0), peak_tflops=args.peak_tflops)
         settings.check()
         if settings.device != "cpu" and not settings.device.startswith("cuda"):
             raise CompareError(f"--device must be cpu or cuda, got {settings.device!r}")

@@ -63,12 +63,22 @@ def _tracing() -> bool:
     return compiler is not None and getattr(compiler, "is_compiling", lambda: False)()
 
 
+def _dispatch_mode() -> bool:
+    """True while a Python dispatch mode (``torch.utils.flop_counter.FlopCounterMode``, fake
+    tensors, ...) intercepts operators."""
+    return _dispatch_stack_len() > 0
+
+
+_dispatch_stack_len = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
+
+
 def _eager_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether oneDNN may run this layer: plain CPU tensors, eager mode (no tracer, no functorch
-    transform such as vmap) and PyTorch built with oneDNN."""
+    transform such as vmap, no Python dispatch mode such as ``FlopCounterMode``, which must see
+    the standard operators to count them) and PyTorch built with oneDNN."""
     if not _HAS_ONEDNN_LINEAR or type(x) is not torch.Tensor:
         return False
-    if x.device.type != "cpu" or weight.device.type != "cpu" or _tracing():
+    if x.device.type != "cpu" or weight.device.type != "cpu" or _tracing() or _dispatch_mode():
         return False
     return not torch._C._functorch.is_functorch_wrapped_tensor(x)
 

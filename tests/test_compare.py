@@ -84,7 +84,12 @@ def test_parse_variants():
     assert compare.parse_variant("ours:fp32:compile=eager") == Variant("ours", "fp32", "eager")
     assert compare.parse_variant("hf:bf16").label == "HF transformers bf16"
     assert compare.parse_variants(["ours:fp32", "ours:fp32", "timm:fp32"]) == [Variant("ours"), Variant("timm")]
-    for bad in ("mine:fp32", "ours:int8", "ours:fp32:jit", "a:b:c:d", ""):
+    graphs = compare.parse_variant("ours:bf16:graphs")
+    assert graphs == Variant("ours", "bf16", "inductor", graphs=True) != Variant("ours", "bf16", "inductor")
+    assert graphs.label == "ours bf16 + compile + CUDA graphs"
+    case = compare.plan(["inference"], "hiera_tiny_224", [graphs, Variant("ours", "bf16", "inductor")], batches=[1])
+    assert [c.spec(Settings())["compile_mode"] for c in case] == ["reduce-overhead", None]
+    for bad in ("mine:fp32", "ours:int8", "ours:fp32:jit", "a:b:c:d", "", "ours:fp32:graphs=eager"):
         with pytest.raises(CompareError, match="bad variant"):
             compare.parse_variant(bad)
     assert compare.cross_variants(["ours", "official"], ["fp32"], "inductor") == [
@@ -199,6 +204,54 @@ def test_ratios_and_headline():
     assert rows["train classify fp32, batch 8: peak RSS ours / official"] == pytest.approx(800 / 900)
     assert rows["inference ours fp32: batch 32 / batch 8 throughput"] == pytest.approx(14 / 15)
     assert rows["inference official fp32: batch 32 / batch 8 throughput"] == pytest.approx(1.1)
+
+
+def test_model_flops_counts_the_architecture():
+    """Counted on the meta device; the MAE (whose kept-unit index has no meta kernel) on CPU. The
+    counts are those of the stock operators: our CPU fast paths step aside under a dispatch mode."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import hiera
+
+    _, arch, size = compare.resolve_model("hiera_tiny_224", "classify")
+    infer = compare.model_flops("classify", "inference", arch, size)
+    train = compare.model_flops("classify", "train", arch, size)
+    # Hiera-T: 4.9 GFLOPs (multiply-adds) in the paper's table, so about 9.8 GFLOP here.
+    assert 9.0e9 < infer < 10.5e9 and 2.9 < train / infer < 3.1
+    model = hiera.hiera_tiny_224().train()
+    with FlopCounterMode(display=False) as counter:  # float32 CPU training: the oneDNN path otherwise
+        F.cross_entropy(model(torch.randn(1, 3, 224, 224)), torch.zeros(1, dtype=torch.long)).backward()
+    assert counter.get_total_flops() == train
+    _, mae_arch, _ = compare.resolve_model("hiera_tiny_224", "mae")
+    mae = compare.model_flops("mae", "train", mae_arch, size, mask_ratio=0.6)
+    assert mae is not None and 0.3 * train < mae < 2 * train
+    assert compare.model_flops("mae", "train", mae_arch, size, mask_ratio=0.9) < mae  # fewer visible tokens
+
+
+def test_flops_and_model_flop_utilisation():
+    h100 = {"gpu": {"name": "NVIDIA H100 80GB HBM3"}}
+    assert compare.peak_tflops(h100, "bf16") == pytest.approx(989.4)
+    assert compare.peak_tflops({"cpu": "x"}, "bf16") is None and compare.peak_tflops({}, "bf16", 2.0) == 2.0
+    results = [result("ours", 256, 7400.0, dtype="bf16"), {**result("ours", 1, 1.0), "throughput": None}]
+    compare.add_flops(results, h100, Settings())
+    r = results[0]
+    assert r["gflop_per_item"] == pytest.approx(12.81, abs=0.01)  # Hiera-S at 224
+    assert r["tflops"] == pytest.approx(r["gflop_per_item"] * 7400 / 1e3)
+    assert r["mfu"] == pytest.approx(r["tflops"] / 989.4)
+    assert "tflops" not in results[1]
+    compare.add_flops(results, {"cpu": "x"}, Settings())
+    assert "mfu" in results[0]  # kept from before; a CPU alone has no peak
+    cpu = [result("ours", 8, 20.0)]
+    compare.add_flops(cpu, {"cpu": "x"}, Settings())
+    assert "tflops" in cpu[0] and "mfu" not in cpu[0]
+    compare.add_flops(cpu, {"cpu": "x"}, Settings(peak_tflops=0.5))
+    record = compare.make_record(cpu, Settings(), {}, {}, 1.0)
+    text = compare.markdown(record)
+    assert "| TFLOP/s | MFU |" in text and f"| {100 * cpu[0]['mfu']:.1f}% |" in text
+    with pytest.raises(CompareError, match="peak TFLOP/s"):
+        Settings(peak_tflops=0).check()
 
 
 def test_report_json_and_png(tmp_path):
