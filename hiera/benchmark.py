@@ -418,6 +418,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _add_flops(model: nn.Module, size: Sequence[int], mode: str, measurements: List[dict], system: dict) -> None:
+    """Model FLOPs per item, FLOP/s and (on a GPU with a known peak) MFU for each measurement of a
+    Hiera or MAE model (see :func:`hiera.compare.model_flops`); other models get none."""
+    kind, config = _model_kind(model), getattr(model, "config", None)
+    if kind == "other" or not isinstance(config, dict):
+        return
+    arch = {**config, "input_size": list(size)}
+    flops = compare.model_flops("mae" if kind == "mae" else "classify", mode, arch, size)
+    if flops is None:
+        return
+    for m in measurements:
+        if "throughput" in m:
+            m["gflop_per_item"] = flops / 1e9
+            m["tflops"] = flops * m["throughput"] / 1e12
+            peak = compare.peak_tflops(system, m["dtype"])
+            if peak:
+                m["mfu"] = m["tflops"] / peak
+
+
 def _error(msg: str, code: int) -> int:
     return fail("benchmark", msg, code)
 
@@ -529,11 +548,14 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
             f"p90 {r['latency_ms_p90']:.2f} ms, peak {r['peak_memory_mb']:.0f} MB ({r['iters']} steps)"
             + (f"  note: {r['note']}" if r.get("note") else ""))
 
-    print(f"{'batch':>6} {'dtype':>6} {unit:>12} {'median ms':>10} {'p90 ms':>9} {'peak MB':>9}")
+    _add_flops(model, size, args.mode, measurements, system_info(dev))
+    print(f"{'batch':>6} {'dtype':>6} {unit:>12} {'median ms':>10} {'p90 ms':>9} {'peak MB':>9} {'TFLOP/s':>8} {'MFU':>6}")
     for m in measurements:
         if "throughput" in m:
+            mfu = f"{100 * m['mfu']:.1f}%" if "mfu" in m else "-"
+            tflops = f"{m['tflops']:.2f}" if "tflops" in m else "-"
             print(f"{m['batch_size']:>6} {m['dtype']:>6} {m['throughput']:>12.1f} {m['latency_ms_median']:>10.2f} "
-                  f"{m['latency_ms_p90']:>9.2f} {m['peak_memory_mb']:>9.0f}")
+                  f"{m['latency_ms_p90']:>9.2f} {m['peak_memory_mb']:>9.0f} {tflops:>8} {mfu:>6}")
         else:
             print(f"{m['batch_size']:>6} {m['dtype']:>6}  {'skipped' if 'skipped' in m else 'failed'}: "
                   f"{m.get('skipped') or m.get('error')}")

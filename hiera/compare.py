@@ -677,7 +677,7 @@ def model_flops(task: str, mode: str, arch: dict, input_size: Sequence[int], mas
     convolutions and attention, two per multiply-add; a training step adds the backward's. The
     model runs on the meta device (no memory, no arithmetic), or, where an operator has no meta
     kernel (the MAE's index of kept units), on CPU at batch 1. ``None`` if counting fails."""
-    key = (task, mode, json.dumps(arch, sort_keys=True), tuple(input_size), mask_ratio)
+    key = (task, mode, json.dumps(arch, sort_keys=True, default=str), tuple(input_size), mask_ratio)
     if key in _FLOPS:
         return _FLOPS[key]
     import torch

@@ -429,9 +429,14 @@ def test_benchmark_cli_json(tmp_path, saved, capsys):
     assert "date" in record and record["model"]["class"] == "Hiera" and record["model"]["input_size"] == [64, 64]
     assert [(m["batch_size"], m["dtype"]) for m in record["measurements"]] == [
         (1, "fp32"), (2, "fp32"), (1, "bf16"), (2, "bf16")]
+    assert "TFLOP/s" in captured.out
     for m in record["measurements"]:
         if "skipped" not in m:
             check_result(m, m["batch_size"])
+            # the model's FLOPs at its 64x64 input, counted on the same architecture
+            assert m["gflop_per_item"] > 0 and m["tflops"] == pytest.approx(m["gflop_per_item"] * m["throughput"] / 1e3)
+            assert "mfu" not in m  # no peak is known for a CPU
+    assert len({m["gflop_per_item"] for m in record["measurements"] if "skipped" not in m}) == 1
 
 
 def test_benchmark_cli_mae(tmp_path, saved, capsys):
