@@ -268,12 +268,13 @@ class Bench:
         elif mode == "train":
             params = [p for p in model.parameters() if p.requires_grad]
             name = case.get("optimizer", "adamw")
-            if name == "adamw":
-                optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
+            if name in ("adamw", "adamw-fused"):
+                fused = True if name == "adamw-fused" else None  # the fused kernel: hiera train's choice
+                optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, fused=fused)
             elif name == "sgd":
                 optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
             else:
-                raise ValueError(f"optimizer must be adamw or sgd, got {name!r}")
+                raise ValueError(f"optimizer must be adamw, adamw-fused or sgd, got {name!r}")
             scaler = torch.amp.GradScaler(device.type) if dtype == "fp16" else None
 
             def step():

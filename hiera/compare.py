@@ -56,6 +56,7 @@ NAMES = {"ours": "ours", "official": "official", "timm": "timm", "hf": "HF trans
 DTYPES = ("fp32", "bf16", "fp16")
 TASKS = ("classify", "mae")
 SECTIONS = ("inference", "train", "scaling")
+OPTIMIZERS = ("adamw", "adamw-fused", "sgd")  # the training step's; the same for every implementation
 WORKER = Path(__file__).resolve().with_name("bench_worker.py")
 OFFICIAL_ENV_HELP = ("the official package runs from its own environment; build it once with "
                      "`python tests/reference/official_env.py .cache/reference` (from the repository root), "
@@ -322,8 +323,8 @@ class Settings:
             raise CompareError(f"warmup must be >= 0, got {self.warmup}")
         if self.threads is not None and self.threads < 1:
             raise CompareError(f"threads must be >= 1, got {self.threads}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise CompareError(f"optimizer must be adamw or sgd, got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise CompareError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if not 0 < self.mask_ratio < 1:
             raise CompareError(f"mask ratio must be in (0, 1), got {self.mask_ratio}")
         if not self.timeout > 0:
@@ -1143,7 +1144,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(known GPUs have a default; CPUs have none)")
     g.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="seconds to wait for a worker's answer (a build includes compilation; default 1800)")
-    g.add_argument("--optimizer", choices=("adamw", "sgd"), default=None, help="training optimizer (default adamw)")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                   help="training optimizer (default adamw; adamw-fused is the fused kernel hiera train uses)")
     g.add_argument("--kwargs", default=None, metavar="JSON",
                    help='constructor keyword arguments for every model, e.g. \'{"embed_dim": 48}\' (a smoke test)')
 

@@ -8,8 +8,11 @@ Two things make eager CPU inference slow that the layers cannot fix by arranging
   uses on CPU) with the weight packed once into oneDNN's blocked layout, the bias added in the
   kernel and, for the MLP's first layer, GELU fused as a post-op. Under ``torch.autocast("cpu",
   dtype=torch.bfloat16)`` the packed weight is a cached bfloat16 copy, so autocast's per-call
-  weight cast disappears too. The packed copy is rebuilt whenever the weight changes (another
-  storage after ``.to()``, or an in-place update, which bumps the version counter).
+  weight cast disappears too. The packed copy is rebuilt whenever the weight may have changed:
+  another storage (after ``.to()``), an in-place update (which bumps the version counter), any
+  ``torch.optim`` step (fused optimizers update weights *without* bumping the version counter,
+  so every optimizer step in the process moves a generation count the cache also checks) and
+  ``train()``/``eval()`` (which cover writes through ``weight.data``, which no counter sees).
 * **Memory.** glibc serves every allocation above 32 MiB with a fresh ``mmap`` and unmaps it on
   free, so at batch 32 each large activation is page-faulted in again on every forward (hundreds
   of thousands of faults per call). :func:`reuse_memory` tells glibc to keep freed memory in its
@@ -140,6 +143,23 @@ class _TrainLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
+_optimizer_steps = 0  # torch.optim steps taken in this process (see _count_optimizer_step)
+
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    """Global ``torch.optim`` post-step hook: fused optimizers (``AdamW(fused=True)``, which
+    ``hiera train`` uses) write the weights in place without bumping their version counters, so a
+    packed weight would otherwise outlive the update."""
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+if _HAS_ONEDNN_LINEAR:
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    register_optimizer_step_post_hook(_count_optimizer_step)
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters, state dict and training behaviour) with the oneDNN CPU
     inference path described in the module docstring.
@@ -149,6 +169,10 @@ class Linear(nn.Linear):
     """
 
     _packed = None  # (key, packed weight) for the fast path; never pickled or copied
+
+    def train(self, mode: bool = True):
+        self._packed = None  # weights may have been written through .data: repack on next use
+        return super().train(mode)
 
     def forward(self, x: torch.Tensor, act: str = "none") -> torch.Tensor:
         dtype = inference_dtype(x, self.weight)
@@ -166,7 +190,7 @@ class Linear(nn.Linear):
 
     def _packed_weight(self, dtype: torch.dtype) -> torch.Tensor:
         w = self.weight
-        key = (w.data_ptr(), w._version, dtype, tuple(w.shape))
+        key = (w.data_ptr(), w._version, _optimizer_steps, dtype, tuple(w.shape))
         if self._packed is None or self._packed[0] != key:
             with torch.no_grad():
                 packed = torch.ops.mkldnn._reorder_linear_weight(w.detach().to(dtype), None)

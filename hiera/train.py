@@ -255,7 +255,7 @@ def finetune(
     validation during training uses the centre view (``evaluate`` gives the 3x5-view accuracy)."""
     from .data import finetune_transform, open_images
     from .engine import ClassifyTask, RunConfig, Trainer
-    from .recipes import build_optimizer, finetune_recipe, video_finetune_recipe
+    from .recipes import adamw, build_optimizer, finetune_recipe, video_finetune_recipe
     from .transforms import ImageEvalTransform
 
     video = _video_run(data, model, config, video)
@@ -336,7 +336,7 @@ def finetune(
                            "linear_probe": linear_probe, **extra}, **run)
 
     def make_optimizer(m):
-        return build_optimizer(m, recipe, lr_batch) if not linear_probe else torch.optim.AdamW(
+        return build_optimizer(m, recipe, lr_batch) if not linear_probe else adamw(
             [p for p in m.parameters() if p.requires_grad], lr=peak, betas=recipe.betas, weight_decay=0.0)
 
     trainer = Trainer(net, task, train_set, val_set, make_optimizer, lr_at, cfg)

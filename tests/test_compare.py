@@ -297,9 +297,12 @@ def test_worker_protocol():
         assert len(ran["latencies_ms"]) == 2 and ran["total_s"] > 0 and ran["peak_mb"] > 10
         mae = compare.plan(["train"], "hiera_tiny_224", [Variant("ours")], train_batch=2, tasks=["mae"],
                            overrides=TINY)[0]
-        worker.request({"op": "build", "case": mae.spec(Settings(warmup=0))}, 120)
-        ran = worker.request({"op": "run", "min_time": 0.01, "min_iters": 2}, 120)
-        assert len(ran["latencies_ms"]) >= 2
+        for optimizer in compare.OPTIMIZERS:
+            worker.request({"op": "build", "case": mae.spec(Settings(warmup=0, optimizer=optimizer))}, 120)
+            ran = worker.request({"op": "run", "min_time": 0.01, "min_iters": 2}, 120)
+            assert len(ran["latencies_ms"]) >= 2
+        with pytest.raises(WorkerError, match="optimizer must be adamw, adamw-fused or sgd"):
+            worker.request({"op": "build", "case": {**mae.spec(Settings()), "optimizer": "lion"}}, 60)
         with pytest.raises(WorkerError, match="unknown op"):
             worker.request({"op": "dance"}, 60)
         with pytest.raises(WorkerError, match="dtype must be one of"):

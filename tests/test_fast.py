@@ -7,6 +7,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+from unittest import mock
 
 import pytest
 import torch
@@ -17,6 +18,11 @@ from hiera import fast
 from hiera.layers import attention
 
 needs_onednn = pytest.mark.skipif(not fast._HAS_ONEDNN_LINEAR, reason="torch built without oneDNN")
+
+
+def fast_paths_off():
+    """The stock kernels, as with HIERA_FAST=0."""
+    return mock.patch.object(fast, "_HAS_ONEDNN_LINEAR", False)
 
 
 def _layer(cin=24, cout=40, seed=0):
@@ -88,6 +94,48 @@ def test_packed_weight_follows_weight_changes():
     with torch.inference_mode():
         torch.testing.assert_close(layer(x), layer.bias.expand(4, -1))
     assert not torch.allclose(first, layer(x).detach())
+
+
+@needs_onednn
+@pytest.mark.parametrize("optimizer", ["adamw-fused", "sgd-fused", "data-write"])
+def test_packed_weight_follows_updates_that_bump_no_version(optimizer):
+    """Fused optimizers update weights in place without bumping the version counter, and neither
+    does a write through ``.data``; evaluating after either must not use the stale packed copy."""
+    torch.manual_seed(0)
+    model = hiera.Hiera(embed_dim=16, num_heads=1, stages=(1, 1, 1, 1), input_size=(64, 64), num_classes=5)
+    x = torch.randn(2, 3, 64, 64)
+    model.eval()
+    with torch.inference_mode():
+        before = model(x, return_logits=True)
+    layer = model.blocks[0].attn.qkv
+    assert layer._packed is not None
+    if optimizer == "data-write":
+        version = layer.weight._version
+        layer.weight.data.copy_(torch.randn_like(layer.weight))
+        assert layer.weight._version == version  # invisible to the version counter...
+        model.eval()  # ...so train()/eval() drop the packed copies
+    else:
+        kind = torch.optim.AdamW if optimizer == "adamw-fused" else torch.optim.SGD
+        opt = kind(model.parameters(), lr=0.1, fused=True)
+        model.train()
+        for _ in range(2):
+            model(x, return_logits=True).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+        model.eval()
+        with torch.inference_mode():  # packs the updated weights
+            model(x)
+        version = layer.weight._version
+        model(x, return_logits=True).square().mean().backward()  # no mode change before evaluating
+        opt.step()
+        assert layer.weight._version == version
+    with torch.inference_mode():
+        got = model(x, return_logits=True)
+    with fast_paths_off():
+        with torch.inference_mode():
+            expected = model(x, return_logits=True)
+    assert not torch.allclose(expected, before)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
 @needs_onednn

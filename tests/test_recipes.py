@@ -13,6 +13,7 @@ from hiera.recipes import (
     FinetuneRecipe,
     PretrainRecipe,
     WarmupCosineLR,
+    adamw,
     build_optimizer,
     build_scheduler,
     finetune_recipe,
@@ -204,6 +205,40 @@ def test_build_optimizer_honours_lr_scale():
     assert all(g["lr_scale"] == 1.0 and g["betas"] == (0.9, 0.95) for g in opt.param_groups)
     assert all(g["lr"] == pytest.approx(8e-4 * 128 / 4096) for g in opt.param_groups)
     assert {g["weight_decay"] for g in opt.param_groups} == {0.0, 0.05}
+
+
+def test_adamw_is_fused_and_steps_like_the_unfused_optimizer():
+    """The fused kernel on CPU float parameters; the same trajectory as torch's default AdamW, and
+    state dicts that load into either."""
+    torch.manual_seed(0)
+    model = small_hiera()
+    twin = small_hiera()
+    twin.load_state_dict(model.state_dict())
+    model_start = {k: v.clone() for k, v in model.state_dict().items()}
+    groups = param_groups(model, 0.05)
+    fused = adamw(groups, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.05)
+    assert fused.defaults["fused"] is True
+    plain = torch.optim.AdamW(param_groups(twin, 0.05), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.05)
+    assert not plain.defaults["fused"]
+    # The same gradients into both (Adam divides by the gradient's running scale, so a model's own
+    # gradients, which differ in the last bit once the weights do, would make the two drift apart).
+    for _ in range(3):
+        for a, b in zip(model.parameters(), twin.parameters()):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        fused.step()
+        plain.step()
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        assert not torch.equal(a, model_start[name]), name
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+    moved = a.detach().clone()
+    # a fused optimizer resumes from the unfused one's state (and the step goes on identically)
+    resumed = adamw(param_groups(model, 0.05), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.05)
+    resumed.load_state_dict(plain.state_dict())
+    assert int(resumed.state_dict()["state"][0]["step"]) == 3
+    assert torch.equal(a.detach(), moved)
+    # parameters the fused kernel cannot take (no float dtype) fall back to the default
+    assert not adamw([torch.nn.Parameter(torch.zeros(2, dtype=torch.complex64))], lr=1e-3).defaults["fused"]
 
 
 # ------------------------------------------------------------------ schedule
