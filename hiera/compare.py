@@ -707,8 +707,8 @@ def model_flops(task: str, mode: str, arch: dict, input_size: Sequence[int], mas
 
     try:
         try:
-            flops = count("meta")
-        except NotImplementedError:
+            flops = count("meta")  # no memory and no compute: any model size counts instantly
+        except NotImplementedError:  # an operator without a meta kernel (the MAE's nonzero): batch 1 on CPU
             flops = count("cpu")
     except Exception:  # noqa: BLE001  (a report without MFU beats no report)
         flops = None
