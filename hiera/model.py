@@ -387,16 +387,42 @@ class Hiera(nn.Module, HubMixin):
         x = torch.gather(x, 2, kept.expand(batch, x.shape[1], -1, channels))
         return x.reshape(batch, -1, channels)
 
+    def _embed(self, x: torch.Tensor, mask: Optional[torch.Tensor], geo: Geometry) -> torch.Tensor:
+        """Patch embedding + position embedding, unrolled; with a mask, the kept units' tokens only:
+        ``[B, C_in, *S]`` -> ``[B, N, C]`` or ``[B, N_kept, C]``.
+
+        With a mask, only the kept units are embedded (:meth:`PatchEmbed.forward_units`) and given
+        their position embedding: MAE pretraining keeps 40% of the units of an image and 10% of a
+        clip's, and the dropped ones never reach memory. This needs the unroll window to be the mask
+        unit (true of every zoo model); otherwise, as in the official package, everything is
+        embedded and the masked units' tokens are dropped afterwards.
+        """
+        if mask is None:
+            return geo.unroll(self.patch_embed(x) + self.get_pos_embed(geo.grid))
+        batch = x.shape[0]
+        tokens = None
+        # (getattr: a model pickled by an earlier version has Unroll modules without a window.)
+        if batch > 0 and getattr(geo.unroll, "window", None) == tuple(self.mask_unit_size):
+            kept = mask.nonzero()[:, 1].view(batch, -1)  # ascending unit indices per row
+            tokens = self.patch_embed.forward_units(x, mask, kept, geo.mask_grid, self.mask_unit_size)
+        if tokens is None:
+            x = self.patch_embed(x, mask=mask.view(batch, 1, *geo.mask_grid))
+            return self._keep_units(geo.unroll(x + self.get_pos_embed(geo.grid)), mask)
+        # [B, K, C, M] (raster within a unit) -> [B, M, K, C]: the unrolled order, kept units only.
+        _, num_kept, channels, unit_len = tokens.shape
+        tokens = tokens.index_select(3, geo.unroll.window_order).permute(0, 3, 1, 2)
+        pos = geo.unroll(self.get_pos_embed(geo.grid)).view(1, unit_len, -1, channels)
+        index = kept.view(batch, 1, num_kept, 1).expand(batch, unit_len, num_kept, channels)
+        pos = torch.gather(pos.expand(batch, -1, -1, -1), 2, index)
+        return (tokens + pos).reshape(batch, -1, channels)
+
     def forward_tokens(
         self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, return_intermediates: bool = False
     ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """Run the trunk: ``[B, C, *S]`` -> (final tokens ``[B, N_last, C_last]``, per-stage maps)."""
         intermediates = []
         geo = self.geometry(x.shape[2:], x.device)
-        x = self.patch_embed(x, mask=mask.view(x.shape[0], 1, *geo.mask_grid) if mask is not None else None)
-        x = geo.unroll(x + self.get_pos_embed(geo.grid))
-        if mask is not None:
-            x = self._keep_units(x, mask)
+        x = self._embed(x, mask, geo)
         for i, blk in enumerate(self.blocks):
             x = self._run_block(blk, x)
             if return_intermediates and i in self.stage_ends:
@@ -449,7 +475,7 @@ class Hiera(nn.Module, HubMixin):
             what = "blocks" if per_block else "stages"
             raise ValueError(f"indices {indices} out of range: the model has {len(points)} {what}") from None
         geo = self.geometry(x.shape[2:], x.device)
-        x = geo.unroll(self.patch_embed(x) + self.get_pos_embed(geo.grid))
+        x = self._embed(x, None, geo)
         maps = {}
         for i, blk in enumerate(self.blocks[: max(wanted) + 1]):
             x = self._run_block(blk, x)

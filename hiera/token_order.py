@@ -79,6 +79,12 @@ class Unroll(nn.Module):
         self.size = [i // s for i, s in zip(input_size, patch_stride)]
         self.schedule = [tuple(s) for s in unroll_schedule]
         self.register_buffer("order", unroll_positions(self.size, self.schedule), persistent=False)
+        # The unroll window: the tokens that share a_K (the product of all strides per dim). The
+        # unrolled index is (position within the window) * #windows + (window, raster order), and
+        # positions within every window follow ``window_order`` (raster positions in unrolled order).
+        ndim = len(self.size)
+        self.window = tuple(math.prod(s[d] for s in self.schedule) for d in range(ndim))
+        self.register_buffer("window_order", unroll_positions(self.window, self.schedule), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.index_select(1, self.order)

@@ -1,6 +1,10 @@
-"""The CPU training fast paths: oneDNN linear (forward and both gradients), max pooling with a
-first-maximum gradient and matmul attention. Each gives the stock path's outputs and gradients, a
-whole training step agrees with the stock model, and training still compiles in one graph."""
+"""The training fast paths: oneDNN linear (forward and both gradients), max pooling with a
+first-maximum gradient, matmul attention and the masked stem that embeds only the kept mask units.
+Each gives the stock path's outputs and gradients, a whole training step agrees with the stock
+model, and training still compiles in one graph."""
+
+import math
+from unittest import mock
 
 import pytest
 import torch
@@ -153,3 +157,69 @@ def test_training_compiles_without_graph_breaks_and_matches_eager():
     _, traced = _grads(model, lambda: F.cross_entropy(compiled(x), y))
     for name, g in eager.items():
         torch.testing.assert_close(traced[name], g, rtol=1e-4, atol=1e-6)
+
+
+# Stems of the zoo's kinds: the image stem (7x7 kernel, stride 4, halo 3), a plain patchify stem
+# (no halo) and the video stem (3x7x7, stride 2x4x4); grids of 2x3 / 2x2 / 2x2x2 mask units.
+STEMS = {
+    "image": dict(input_size=(64, 96)),
+    "patchify": dict(input_size=(64, 64), patch_kernel=(4, 4), patch_stride=(4, 4), patch_padding=(0, 0)),
+    "video": dict(input_size=(4, 64, 64), q_stride=(1, 2, 2), mask_unit_size=(1, 8, 8), patch_kernel=(3, 7, 7),
+                  patch_stride=(2, 4, 4), patch_padding=(1, 3, 3)),
+}
+
+
+def _embed_and_grads(model, x, mask, precision, embed_everything):
+    """Tokens of the kept units and the gradients of a fixed loss on them, through the kept-units
+    stem or (embed_everything) through the full-image stem followed by dropping masked tokens."""
+    geo = model.geometry(x.shape[2:])
+    model.zero_grad()
+    x.grad = None
+    window = (0,) if embed_everything else geo.unroll.window  # a window that is no mask unit: full stem
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    with mock.patch.object(geo.unroll, "window", window), autocast:
+        tokens = model._embed(x, mask, geo)
+    weights = 0.5 + torch.rand(tokens.shape, generator=torch.Generator().manual_seed(1))  # positive: sums don't cancel
+    (tokens.float() * weights).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return tokens.detach(), x.grad.clone(), grads
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("stem", STEMS)
+def test_kept_units_embedding_equals_embedding_everything(stem, precision):
+    torch.manual_seed(0)
+    model = hiera.Hiera(embed_dim=8, num_heads=1, stages=(1, 1, 1, 1), **STEMS[stem])
+    x = torch.randn(3, 3, *model.input_size, requires_grad=True)
+    mask = model.get_random_mask(x, 0.5)
+    assert mask.sum(1).tolist() == [mask.shape[1] // 2] * 3 and not (mask == mask[0]).all()  # rows differ
+    tokens, x_grad, grads = _embed_and_grads(model, x, mask, precision, embed_everything=False)
+    ref_tokens, ref_x_grad, ref_grads = _embed_and_grads(model, x, mask, precision, embed_everything=True)
+    assert tokens.shape == ref_tokens.shape == (3, model.mu_size * mask.shape[1] // 2, 8)
+    tol = dict(rtol=1e-5, atol=1e-5) if precision == "fp32" else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(tokens, ref_tokens, **tol)
+    torch.testing.assert_close(x_grad, ref_x_grad, **tol)  # zero on masked pixels, halos counted once
+    assert grads.keys() == ref_grads.keys() and {"patch_embed.proj.weight", "patch_embed.proj.bias"} <= grads.keys()
+    for name, g in grads.items():  # sums over different sets of tokens: compare at the gradient's scale
+        err = (g - ref_grads[name]).abs().max() / ref_grads[name].abs().max()
+        assert err < tol["rtol"], f"{name}: gradient differs by {err:.2e} of its scale"
+
+
+def test_mae_encoder_convolves_only_the_kept_units():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = hiera.MaskedAutoencoderHiera(embed_dim=8, num_heads=1, stages=(1, 1, 1, 1), decoder_embed_dim=16,
+                                         decoder_depth=1, decoder_num_heads=1, **STEMS["video"])
+    x = torch.randn(2, 3, *model.input_size)
+    units = math.prod(model.mask_spatial_shape)
+
+    def conv_flops(mask):
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model.forward_encoder(x, 0.0, mask=mask)
+        return counter.get_flop_counts()["Global"][torch.ops.aten.convolution]
+
+    everything = conv_flops(torch.ones(2, units, dtype=torch.bool))
+    one_unit = conv_flops(model.get_random_mask(x, 1 - 1 / units))
+    # The fusion heads' convolutions run on kept units in both cases, so they scale the same way.
+    assert one_unit * units == everything
