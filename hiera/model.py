@@ -397,8 +397,8 @@ class Hiera(nn.Module, HubMixin):
         unit (true of every zoo model); otherwise, as in the official package, everything is
         embedded and the masked units' tokens are dropped afterwards.
         """
-        if mask is None:
-            return geo.unroll(self.patch_embed(x) + self.get_pos_embed(geo.grid))
+        if mask is None:  # unroll, then add: the gather moves the (bf16 under autocast) conv output
+            return geo.unroll(self.patch_embed(x)) + geo.unroll(self.get_pos_embed(geo.grid))
         batch = x.shape[0]
         tokens = None
         # (getattr: a model pickled by an earlier version has Unroll modules without a window.)

@@ -1,4 +1,4 @@
-"""The CPU fast paths of hiera.fast and layers.attention: same results as the stock path, taken
+"""The CPU fast paths of hiera.fast, layers.attention and the channels-last stem: same results as the
 only where they should be, and the memory setting really stops page faults."""
 
 import copy
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import hiera
-from hiera import fast
+from hiera import fast, layers
 from hiera.layers import attention
 
 needs_onednn = pytest.mark.skipif(not fast._HAS_ONEDNN_LINEAR, reason="torch built without oneDNN")
@@ -166,6 +166,32 @@ def test_whole_model_fast_path_matches_stock(monkeypatch):
     torch.testing.assert_close(fast_logits, stock_logits, rtol=1e-5, atol=1e-5)
     for a, b in zip(fast_maps, stock_maps):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@needs_onednn
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_channels_last_stem_gives_contiguous_tokens_and_the_same_values(kind, grad):
+    torch.manual_seed(0)
+    if kind == "image":
+        embed = layers.PatchEmbed(3, 16, kernel=(7, 7), stride=(4, 4), padding=(3, 3))
+        x = torch.randn(2, 3, 32, 48)
+    else:
+        embed = layers.PatchEmbed(3, 16, kernel=(3, 7, 7), stride=(2, 4, 4), padding=(1, 3, 3))
+        x = torch.randn(2, 3, 4, 32, 32)
+    x.requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        tokens = embed(x)
+        with fast_paths_off():
+            stock = embed(x)
+    assert tokens.shape == stock.shape == (2, 8 * 12 if kind == "image" else 2 * 8 * 8, 16)  # token grids
+    assert tokens.is_contiguous() and not stock.is_contiguous()  # stock: [B, C, N] memory, transposed
+    torch.testing.assert_close(tokens, stock, rtol=1e-5, atol=1e-6)
+    if grad:
+        g = torch.randn_like(tokens)
+        (grad_fast,) = torch.autograd.grad(tokens, x, g)
+        (grad_stock,) = torch.autograd.grad(stock, x, g)
+        torch.testing.assert_close(grad_fast, grad_stock, rtol=1e-5, atol=1e-6)
 
 
 @needs_onednn
