@@ -1,5 +1,5 @@
-"""The CPU fast paths of hiera.fast, layers.attention and the channels-last stem: same results as the
-only where they should be, and the memory setting really stops page faults."""
+"""The CPU fast paths of hiera.fast, layers.attention and the channels-last stem: same results as
+the stock path, taken only where they should be, and the memory setting really stops page faults."""
 
 import copy
 import os
