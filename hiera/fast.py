@@ -143,6 +143,17 @@ class _TrainLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.linear`` with oneDNN's float32 products on CPU (training and inference), for weights that
+    are not worth packing: :class:`Linear` packs its own; this serves its training path and
+    weights built on the fly, such as a convolution kernel read as a matrix."""
+    if training_path(x, weight):
+        return _TrainLinear.apply(x, weight, bias)
+    if inference_dtype(x, weight) is torch.float32 and x.dtype == weight.dtype == torch.float32:
+        return _onednn_linear(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
 _optimizer_steps = 0  # torch.optim steps taken in this process (see _count_optimizer_step)
 
 
@@ -177,10 +188,7 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor, act: str = "none") -> torch.Tensor:
         dtype = inference_dtype(x, self.weight)
         if dtype is None:
-            if training_path(x, self.weight):
-                y = _TrainLinear.apply(x, self.weight, self.bias)
-            else:
-                y = F.linear(x, self.weight, self.bias)
+            y = linear(x, self.weight, self.bias)
             return F.gelu(y) if act == "gelu" else y
         weight = self._packed_weight(dtype)
         if x.dtype != dtype:

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from .config import records_config
-from .fast import Linear
+from .fast import Linear, _eager_cpu, linear
 from .layers import HieraBlock, conv_nd
 from .model import Hiera, _norm_layer
 from .pos_embed import resize_pos_embed
@@ -23,10 +23,44 @@ def apply_fusion_head(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return x
     batch, units = x.shape[:2]
     ndim = x.ndim - 3
+    if _eager_cpu(x, head.weight) and _is_patchify(head, x.shape[2:-1]):
+        return _patch_linear(head, x)
     x = x.reshape(batch * units, *x.shape[2:]).permute(0, ndim + 1, *range(1, ndim + 1))
     x = head(x)
     x = x.permute(0, *range(2, ndim + 2), 1)
     return x.reshape(batch, units, *x.shape[1:])
+
+
+def _is_patchify(conv: nn.Module, size: Sequence[int]) -> bool:
+    """Whether ``conv`` cuts ``size`` into whole, non-overlapping patches (kernel = stride, no
+    padding, dilation or groups), so that it is a linear layer applied to each patch."""
+    if not isinstance(conv, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or conv.groups != 1:
+        return False
+    if isinstance(conv.padding, str) or any(conv.padding) or any(d != 1 for d in conv.dilation):
+        return False
+    return tuple(conv.kernel_size) == tuple(conv.stride) and all(s % k == 0 for s, k in zip(size, conv.kernel_size))
+
+
+def _patch_linear(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``conv`` (see :func:`_is_patchify`) on channels-last ``[B, U, *S, C]`` as one matrix product:
+    -> ``[B, U, *(S / kernel), C']``, the same sums as the convolution in another order.
+
+    The fusion heads' inputs are channels-last already, so this skips the two layout changes
+    around the convolution, and on CPU the product runs 1.5-2x faster than the convolution's
+    forward and backward on these shapes (MAE Hiera-S at batch 8).
+    """
+    batch, units, *size, chans = x.shape
+    kernel = conv.kernel_size
+    out = [s // k for s, k in zip(size, kernel)]
+    split = [v for o, k in zip(out, kernel) for v in (o, k)]  # o_1, k_1, o_2, k_2, ...
+    n = len(size)
+    order = [0] + [1 + 2 * d for d in range(n)] + [2 + 2 * d for d in range(n)] + [1 + 2 * n]
+    patches = x.reshape(batch * units, *split, chans).permute(order)  # [BU, *out, *kernel, C]
+    patches = patches.reshape(-1, math.prod(kernel) * chans)
+    # The kernel [C', C, *k] read in the patches' (k..., C) order.
+    weight = conv.weight.permute(0, *range(2, n + 2), 1).reshape(conv.out_channels, -1)
+    y = linear(patches, weight, conv.bias)
+    return y.view(batch, units, *out, conv.out_channels)
 
 
 class MaskedAutoencoderHiera(Hiera):

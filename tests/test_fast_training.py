@@ -223,3 +223,44 @@ def test_mae_encoder_convolves_only_the_kept_units():
     one_unit = conv_flops(model.get_random_mask(x, 1 - 1 / units))
     # The fusion heads' convolutions run on kept units in both cases, so they scale the same way.
     assert one_unit * units == everything
+
+
+# Fusion heads of the zoo's kinds: image stage 1 (8x8 unit, kernel 4), video (1x8x8 unit, kernel
+# 1x4x4), and one whose kernel spans every dim; a padded conv is no patchify and keeps the conv.
+FUSION_HEADS = {
+    "image": (torch.nn.Conv2d(12, 20, 4, stride=4), (8, 8)),
+    "video": (torch.nn.Conv3d(12, 20, (1, 4, 4), stride=(1, 4, 4)), (2, 8, 8)),
+    "cube": (torch.nn.Conv3d(12, 20, 2, stride=2), (4, 4, 6)),
+    "padded": (torch.nn.Conv2d(12, 20, 4, stride=4, padding=1), (8, 8)),
+}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("head", FUSION_HEADS)
+def test_fusion_head_as_patch_product_equals_the_convolution(head, precision):
+    from hiera.mae import _is_patchify, apply_fusion_head
+
+    torch.manual_seed(0)
+    conv, unit = FUSION_HEADS[head]
+    assert _is_patchify(conv, unit) == (head != "padded")
+    x = torch.randn(2, 3, *unit, 12, requires_grad=True)  # [B, #units, *unit, C], channels-last
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def run(fn):
+        conv.zero_grad()
+        x.grad = None
+        with autocast:
+            y = fn()
+        weights = torch.rand(y.shape, generator=torch.Generator().manual_seed(1))
+        (y.float() * weights).sum().backward()
+        return y.detach().float(), x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone()
+
+    def through_conv():  # the convolution itself, channels-first, on every unit
+        y = conv(x.flatten(0, 1).movedim(-1, 1)).movedim(1, -1)
+        return y.reshape(2, 3, *y.shape[1:])
+
+    got, want = run(lambda: apply_fusion_head(conv, x)), run(through_conv)
+    assert got[0].shape == want[0].shape
+    tol = dict(rtol=1e-5, atol=1e-5) if precision == "fp32" else dict(rtol=1e-2, atol=2e-2)
+    for name, g, w in zip(("output", "input grad", "weight grad", "bias grad"), got, want):
+        torch.testing.assert_close(g, w, **tol, msg=lambda m: f"{name}: {m}")
