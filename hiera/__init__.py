@@ -15,6 +15,9 @@ from .resolve import load_model
 from .weights import CheckpointError, LoadReport, load_weights, read_checkpoint
 from .zoo import CONSTRUCTORS, MODELS, create_model, list_models
 
+# The official package's submodules, bound as attributes by a plain `import hiera` as there.
+from . import hfhub, hiera, hiera_mae, hiera_utils  # noqa: E402, F401
+
 __version__ = "0.2.0"
 
 # The 20 constructors of the official package, spelled out so that tools and readers see them.

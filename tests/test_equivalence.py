@@ -5,6 +5,8 @@ environment (see conftest.py); here the same weights and inputs go through our m
 """
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -53,6 +55,32 @@ def test_zoo_constructor_matches_official(name, official_reference):
         theirs.pop("norm_layer")
         decoder = {k: ours.pop(k) for k in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads")}
         assert ours == theirs and decoder == {"decoder_embed_dim": 512, "decoder_depth": 8, "decoder_num_heads": 16}
+
+
+def test_every_official_public_name_resolves(official_reference):
+    """Whatever code written against the official package can reach after a plain ``import hiera``
+    (``hiera.hiera.Unroll``, ``from hiera.hiera_mae import undo_windowing``, ...) exists here too.
+    A fresh interpreter, so no other test has imported the submodules first."""
+    api = json.loads((official_reference / "api.json").read_text())
+    assert {"hiera", "hiera.hiera", "hiera.hiera_utils", "hiera.hiera_mae", "hiera.hfhub"} <= api.keys()
+    assert "Unroll" in api["hiera.hiera"] and "hiera_mae" in api["hiera"]  # the record is not empty
+    code = """
+import json, sys
+import hiera
+missing = []
+for module, names in json.loads(sys.argv[1]).items():
+    obj = hiera
+    for part in module.split(".")[1:]:
+        obj = getattr(obj, part)
+    missing += [f"{module}.{n}" for n in names if not hasattr(obj, n)]
+import timm.layers
+from hiera.hiera import DropPath, Mlp  # timm's, as in the official module
+assert (DropPath, Mlp) == (timm.layers.DropPath, timm.layers.Mlp)
+print(json.dumps(missing))
+"""
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(api)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == []
 
 
 # ---------------------------------------------------------------- classifiers

@@ -21,6 +21,11 @@ writes into OUT_DIR:
     A Hugging Face style save made by the official ``save_pretrained`` and the outputs of
     the saved model (see :func:`make_hub_saves`).
 
+``api.json``
+    ``{module: [public names]}`` for ``hiera`` and its submodules ``hiera``, ``hiera_utils``,
+    ``hiera_mae`` and ``hfhub``: what code written against the official package can import
+    (typing helpers and third-party modules left out, the submodules themselves kept).
+
 ``index.json``
     Human readable summary: cases, their input/output shapes, timings, hub notes.
 
@@ -306,6 +311,33 @@ def make_zoo(out_dir: Path) -> dict:
         gc.collect()
     save(zoo, out_dir / "zoo.pt")
     return zoo
+
+
+API_MODULES = ["hiera", "hiera.hiera", "hiera.hiera_utils", "hiera.hiera_mae", "hiera.hfhub"]
+
+
+def make_api(out_dir: Path) -> dict:
+    """The public names of each official module after a plain ``import hiera``."""
+    import importlib
+    import inspect
+
+    official()
+    api = {}
+    for name in API_MODULES:
+        module = importlib.import_module(name)
+        names = []
+        for attr in sorted(dir(module)):
+            if attr.startswith("_"):
+                continue
+            obj = getattr(module, attr)
+            if inspect.ismodule(obj):
+                if obj.__name__.startswith("hiera."):
+                    names.append(attr)
+            elif getattr(obj, "__module__", None) not in ("typing", "functools"):
+                names.append(attr)
+        api[name] = names
+    (out_dir / "api.json").write_text(json.dumps(api, indent=1) + "\n")
+    return api
 
 
 # --------------------------------------------------------------------------- cases
@@ -620,6 +652,7 @@ def main(argv=None) -> int:
         index["zoo"] = {k: {"class": v["class"], "num_params": v["num_params"]} for k, v in zoo.items()}
         index["timings_s"]["zoo"] = round(time.time() - t0, 2)
 
+    make_api(out_dir)
     names = CASE_NAMES if ns.only is None else ns.only
     for name in names:
         if name not in CASES:
