@@ -347,6 +347,14 @@ class Hiera(nn.Module, HubMixin):
             )
         if not x.is_floating_point():
             raise TypeError(f"expected a floating point input, got dtype {x.dtype}")
+        weight = self.patch_embed.proj.weight
+        if x.device != weight.device and weight.device.type != "meta":
+            raise ValueError(f"input is on {x.device} but the model is on {weight.device}; move one of them (x.to(...))")
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"input dtype {x.dtype} does not match the model's {weight.dtype}; cast the input "
+                f"(x.to({weight.dtype})) or the model, or run under torch.autocast"
+            )
         geometry = self.geometry(x.shape[2:], x.device)  # also checks that the size tiles
         if mask is not None:
             self._check_mask(mask, x.shape[0], geometry.mask_grid)
