@@ -9,7 +9,7 @@
 from .backbone import HieraFeatures
 from .layers import Head, HieraBlock, MaskUnitAttention, PatchEmbed
 from .mae import MaskedAutoencoderHiera
-from .model import Hiera
+from .model import Hiera, InputMismatchError
 from .token_order import Reroll, Unroll, undo_windowing
 from .resolve import load_model
 from .weights import CheckpointError, LoadReport, load_weights, read_checkpoint

@@ -43,6 +43,11 @@ def _tuple(value, name: str) -> tuple:
         raise TypeError(f"{name} must be a sequence (e.g. a tuple), got {value!r}") from None
 
 
+class InputMismatchError(TypeError, RuntimeError):
+    """The input's dtype or device is not the model's. A TypeError, and the RuntimeError that
+    PyTorch (and so the official package) raised for it, so code catching either keeps working."""
+
+
 class Hiera(nn.Module, HubMixin):
     """Hiera: a hierarchical vision transformer (Ryali et al., ICML 2023).
 
@@ -349,9 +354,11 @@ class Hiera(nn.Module, HubMixin):
             raise TypeError(f"expected a floating point input, got dtype {x.dtype}")
         weight = self.patch_embed.proj.weight
         if x.device != weight.device and weight.device.type != "meta":
-            raise ValueError(f"input is on {x.device} but the model is on {weight.device}; move one of them (x.to(...))")
+            raise InputMismatchError(
+                f"input is on {x.device} but the model is on {weight.device}; move one of them (x.to(...))"
+            )
         if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise TypeError(
+            raise InputMismatchError(
                 f"input dtype {x.dtype} does not match the model's {weight.dtype}; cast the input "
                 f"(x.to({weight.dtype})) or the model, or run under torch.autocast"
             )

@@ -48,13 +48,15 @@ def test_input_dtype_must_match_the_model_outside_autocast(model):
     for dtype in (torch.float16, torch.bfloat16, torch.float64):
         with pytest.raises(TypeError, match=rf"input dtype {dtype} does not match the model's torch.float32.*autocast"):
             model(x.to(dtype))
+        with pytest.raises(RuntimeError):  # what PyTorch raised for it, and so the official package
+            model(x.to(dtype))
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts: allowed
         torch.testing.assert_close(model(x.bfloat16()).float(), model(x).float(), rtol=0.05, atol=0.02)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_input_on_another_device_than_the_model(model):
-    with pytest.raises(ValueError, match=r"input is on cuda:0 but the model is on cpu"):
+    with pytest.raises(RuntimeError, match=r"input is on cuda:0 but the model is on cpu"):
         model(torch.randn(1, 3, 64, 64, device="cuda"))
 
 
