@@ -21,10 +21,10 @@ def apply_fusion_head(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Apply a per-mask-unit conv: ``[B, #units, *mu, C]`` -> ``[B, #units, *mu', C']``."""
     if isinstance(head, nn.Identity):
         return x
-    batch, units = x.shape[:2]
-    ndim = x.ndim - 3
     if _eager_cpu(x, head.weight) and _is_patchify(head, x.shape[2:-1]):
         return _patch_linear(head, x)
+    batch, units = x.shape[:2]
+    ndim = x.ndim - 3
     x = x.reshape(batch * units, *x.shape[2:]).permute(0, ndim + 1, *range(1, ndim + 1))
     x = head(x)
     x = x.permute(0, *range(2, ndim + 2), 1)
