@@ -75,6 +75,15 @@ def _dispatch_mode() -> bool:
 _dispatch_stack_len = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
 
 
+def _transformed() -> bool:
+    """True inside a functorch transform (``torch.func.vmap``, ``grad``, ``jacrev``, ...): the
+    custom autograd Functions of the fast paths have no vmap rule, so the stock operators run."""
+    return _peek_interpreter() is not None
+
+
+_peek_interpreter = getattr(torch._C._functorch, "peek_interpreter_stack", lambda: None)
+
+
 def _eager_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether oneDNN may run this layer: plain CPU tensors, eager mode (no tracer, no functorch
     transform such as vmap, no Python dispatch mode such as ``FlopCounterMode``, which must see
@@ -83,7 +92,7 @@ def _eager_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False
     if x.device.type != "cpu" or weight.device.type != "cpu" or _tracing() or _dispatch_mode():
         return False
-    return not torch._C._functorch.is_functorch_wrapped_tensor(x)
+    return not _transformed()
 
 
 def inference_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .fast import Linear, _eager_cpu, _exporting, _tracing
+from .fast import Linear, _dispatch_mode, _eager_cpu, _exporting, _tracing, _transformed
 
 
 def conv_nd(n: int) -> Type[nn.Module]:
@@ -60,7 +60,7 @@ class _FirstMax(torch.autograd.Function):
 
 def max_over(x: torch.Tensor, dim: int) -> torch.Tensor:
     """``x.amax(dim)`` for a contiguous ``x``, with a fast backward when gradients are needed."""
-    if not (x.requires_grad and torch.is_grad_enabled()) or _exporting() or x.shape[dim] == 1:
+    if not (x.requires_grad and torch.is_grad_enabled()) or _exporting() or _transformed() or x.shape[dim] == 1:
         return x.amax(dim=dim)
     shape = x.shape[:dim] + x.shape[dim + 1 :]
     return _FirstMax.apply(x.reshape(math.prod(x.shape[:dim]), x.shape[dim], -1)).view(shape)
@@ -152,7 +152,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     if q.device.type != "cpu" or _exporting():  # torch.compile fuses the matmul path well too
         return F.scaled_dot_product_attention(q, k, v)
     grads = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if q.dtype == torch.float32 and not grads:
+    # (Under a Python dispatch mode such as FlopCounterMode, the matmul path, which the counter can
+    # count: it has no formula for the CPU's fused kernel.)
+    if q.dtype == torch.float32 and not grads and not _dispatch_mode():
         return F.scaled_dot_product_attention(q, k, v)
     scores = q @ k.transpose(-2, -1)
     return scores.mul_(q.shape[-1] ** -0.5).softmax(dim=-1) @ v

@@ -402,6 +402,15 @@ class Hiera(nn.Module, HubMixin):
         x = torch.gather(x, 2, kept.expand(batch, x.shape[1], -1, channels))
         return x.reshape(batch, -1, channels)
 
+    def _unrolled_pos_embed(self, geo: Geometry) -> torch.Tensor:
+        """The position embedding in unrolled order, ``[1, N, C]``.
+
+        ``Unroll.forward`` is called directly rather than through the module: the official model
+        calls its unroll module once per forward (on the tokens), so hooks on it must fire once
+        here too, and a bare parameter handed to a module call breaks torch's module hooks under
+        ``inference_mode`` (``FlopCounterMode`` would raise)."""
+        return geo.unroll.forward(self.get_pos_embed(geo.grid))
+
     def _embed(self, x: torch.Tensor, mask: Optional[torch.Tensor], geo: Geometry) -> torch.Tensor:
         """Patch embedding + position embedding, unrolled; with a mask, the kept units' tokens only:
         ``[B, C_in, *S]`` -> ``[B, N, C]`` or ``[B, N_kept, C]``.
@@ -413,7 +422,7 @@ class Hiera(nn.Module, HubMixin):
         embedded and the masked units' tokens are dropped afterwards.
         """
         if mask is None:  # unroll, then add: the gather moves the (bf16 under autocast) conv output
-            return geo.unroll(self.patch_embed(x)) + geo.unroll(self.get_pos_embed(geo.grid))
+            return geo.unroll(self.patch_embed(x)) + self._unrolled_pos_embed(geo)
         batch = x.shape[0]
         tokens = None
         # (getattr: a model pickled by an earlier version has Unroll modules without a window.)
@@ -426,7 +435,7 @@ class Hiera(nn.Module, HubMixin):
         # [B, K, C, M] (raster within a unit) -> [B, M, K, C]: the unrolled order, kept units only.
         _, num_kept, channels, unit_len = tokens.shape
         tokens = tokens.index_select(3, geo.unroll.window_order).permute(0, 3, 1, 2)
-        pos = geo.unroll(self.get_pos_embed(geo.grid)).view(1, unit_len, -1, channels)
+        pos = self._unrolled_pos_embed(geo).view(1, unit_len, -1, channels)
         index = kept.view(batch, 1, num_kept, 1).expand(batch, unit_len, num_kept, channels)
         pos = torch.gather(pos.expand(batch, -1, -1, -1), 2, index)
         return (tokens + pos).reshape(batch, -1, channels)

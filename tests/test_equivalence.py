@@ -83,6 +83,27 @@ print(json.dumps(missing))
     assert json.loads(out.stdout.splitlines()[-1]) == []
 
 
+def test_flop_count_matches_official(official_reference):
+    """``torch.utils.flop_counter`` sees the same work in ours as in the official model, in an
+    inference-mode forward and in a training step: the CPU fast paths (packed oneDNN layers, the
+    fused attention kernel the counter has no formula for) step aside while a counter listens,
+    and the counter does not trip over ours under ``inference_mode``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flops = json.loads((official_reference / "flops.json").read_text())
+    assert flops, "no FLOP record"
+    for name, ref in flops.items():
+        torch.manual_seed(0)
+        model = getattr(hiera, name)()
+        x = torch.randn(ref["shape"])
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model.eval()(x)
+        assert counter.get_total_flops() == ref["inference"], name
+        with FlopCounterMode(display=False) as counter:
+            model.train()(x).float().logsumexp(-1).sum().backward()
+        assert counter.get_total_flops() == ref["train"], name
+
+
 # ---------------------------------------------------------------- classifiers
 @pytest.mark.parametrize("name", CLASSIFIER_CASES)
 def test_classifier_matches_official(name, reference_case):

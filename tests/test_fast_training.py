@@ -264,3 +264,25 @@ def test_fusion_head_as_patch_product_equals_the_convolution(head, precision):
     tol = dict(rtol=1e-5, atol=1e-5) if precision == "fp32" else dict(rtol=1e-2, atol=2e-2)
     for name, g, w in zip(("output", "input grad", "weight grad", "bias grad"), got, want):
         torch.testing.assert_close(g, w, **tol, msg=lambda m: f"{name}: {m}")
+
+
+def test_per_sample_gradients_through_torch_func():
+    """``torch.func.vmap(torch.func.grad(...))`` (per-sample gradients, as private-training
+    libraries take them) runs through the model: inside a functorch transform the fast paths'
+    custom autograd Functions, which have no vmap rule, step aside. The per-sample gradients equal
+    one backward per sample."""
+    torch.manual_seed(0)
+    model = hiera.hiera_tiny_224(num_classes=10).eval()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    x = torch.randn(2, 3, 224, 224)
+
+    def loss(p, xi):
+        return torch.func.functional_call(model, p, (xi[None],)).logsumexp(-1).sum()
+
+    grads = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, x)
+    for i in range(2):
+        model.zero_grad()
+        model(x[i : i + 1]).logsumexp(-1).sum().backward()
+        for name in ("blocks.1.attn.qkv.weight", "blocks.0.mlp.fc1.weight", "head.projection.weight"):
+            want = dict(model.named_parameters())[name].grad
+            torch.testing.assert_close(grads[name][i], want, rtol=1e-4, atol=1e-6)

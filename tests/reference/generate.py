@@ -340,6 +340,33 @@ def make_api(out_dir: Path) -> dict:
     return api
 
 
+FLOP_CASES = {  # constructor -> input shape at batch 1 (counted in inference mode and in a training step)
+    "hiera_tiny_224": (1, 3, 224, 224),
+    "hiera_base_16x224": (1, 3, 16, 224, 224),
+}
+
+
+def make_flops(out_dir: Path) -> dict:
+    """``torch.utils.flop_counter`` totals of the official models: a forward under
+    ``torch.inference_mode()`` in eval mode, and a training step's forward + backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    h = official()
+    flops = {}
+    for name, shape in FLOP_CASES.items():
+        torch.manual_seed(0)
+        model = getattr(h, name)()
+        x = torch.randn(shape)
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model.eval()(x)
+        inference = counter.get_total_flops()
+        with FlopCounterMode(display=False) as counter:
+            model.train()(x).float().logsumexp(-1).sum().backward()
+        flops[name] = {"shape": list(shape), "inference": inference, "train": counter.get_total_flops()}
+    (out_dir / "flops.json").write_text(json.dumps(flops, indent=1) + "\n")
+    return flops
+
+
 # --------------------------------------------------------------------------- cases
 
 
@@ -653,6 +680,7 @@ def main(argv=None) -> int:
         index["timings_s"]["zoo"] = round(time.time() - t0, 2)
 
     make_api(out_dir)
+    make_flops(out_dir)
     names = CASE_NAMES if ns.only is None else ns.only
     for name in names:
         if name not in CASES:
