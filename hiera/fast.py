@@ -196,7 +196,9 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor, act: str = "none") -> torch.Tensor:
         dtype = inference_dtype(x, self.weight)
-        if dtype is None:
+        # Weights made under inference_mode (a model built or converted inside it) have no version
+        # counter, so a packed copy could not tell when they change: those run unpacked.
+        if dtype is None or self.weight.is_inference():
             y = linear(x, self.weight, self.bias)
             return F.gelu(y) if act == "gelu" else y
         weight = self._packed_weight(dtype)

@@ -97,6 +97,27 @@ def test_packed_weight_follows_weight_changes():
 
 
 @needs_onednn
+@pytest.mark.parametrize("autocast", [False, True])
+def test_model_built_under_inference_mode_runs_and_follows_weight_changes(autocast):
+    """A model built inside ``torch.inference_mode()`` has inference-tensor weights, which keep no
+    version counter: it runs (unpacked) and sees weights written in place, as the stock layers do."""
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        torch.manual_seed(0)
+        model = hiera.Hiera(embed_dim=16, num_heads=1, input_size=(64, 64), num_classes=5).eval()
+        assert model.blocks[0].attn.qkv.weight.is_inference()
+        model(x)
+        model.blocks[0].mlp.fc1.weight.mul_(-2.0)  # no version counter moves
+        got = model(x, return_logits=True)
+    reference = hiera.Hiera(embed_dim=16, num_heads=1, input_size=(64, 64), num_classes=5).eval()
+    reference.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), fast_paths_off():
+        want = reference(x, return_logits=True)
+    tol = 2e-2 if autocast else 1e-5
+    torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol * want.abs().max().item())
+
+
+@needs_onednn
 @pytest.mark.parametrize("optimizer", ["adamw-fused", "sgd-fused", "data-write"])
 def test_packed_weight_follows_updates_that_bump_no_version(optimizer):
     """Fused optimizers update weights in place without bumping the version counter, and neither
