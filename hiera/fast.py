@@ -4,7 +4,7 @@ Two things make eager CPU inference slow that the layers cannot fix by arranging
 
 * **Linear layers.** ``F.linear`` on CPU adds the bias with a separate pass over the output and
   hands the matrix product to the BLAS library, re-reading the weight in its plain layout every
-  call. :class:`Linear` instead calls oneDNN's inner product (the kernel ``torch.compile`` itself
+  call. :func:`run_linear` instead calls oneDNN's inner product (the kernel ``torch.compile`` itself
   uses on CPU) with the weight packed once into oneDNN's blocked layout, the bias added in the
   kernel and, for the MLP's first layer, GELU fused as a post-op. Under ``torch.autocast("cpu",
   dtype=torch.bfloat16)`` the packed weight is a cached bfloat16 copy, so autocast's per-call
@@ -34,11 +34,13 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import weakref
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules import module as _module_hooks
 
 # HIERA_FAST=0 keeps PyTorch's stock kernels everywhere (float32 results then match other
 # implementations that use F.linear bit for bit, instead of to float rounding).
@@ -154,7 +156,7 @@ class _TrainLinear(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.linear`` with oneDNN's float32 products on CPU (training and inference), for weights that
-    are not worth packing: :class:`Linear` packs its own; this serves its training path and
+    are not worth packing: :func:`run_linear` packs the layers' own; this serves their training path and
     weights built on the fly, such as a convolution kernel read as a matrix."""
     if training_path(x, weight):
         return _TrainLinear.apply(x, weight, bias)
@@ -180,46 +182,62 @@ if _HAS_ONEDNN_LINEAR:
     register_optimizer_step_post_hook(_count_optimizer_step)
 
 
-class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters, state dict and training behaviour) with the oneDNN CPU
-    inference path described in the module docstring.
+# Packed copies of the linear layers' weights for the inference path: layer -> (key, packed weight).
+# A weak mapping, so a copy goes away with its layer and is never pickled or deep-copied with it.
+_packed: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
 
-    ``forward(x, act="gelu")`` applies exact (erf) GELU to the output, fused when the fast path
-    runs.
+
+def _hooked(layer: nn.Module) -> bool:
+    """Whether calling ``layer`` would run hooks (its own or global ones, such as a FLOP counter's)."""
+    return bool(
+        layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks or layer._backward_pre_hooks
+        or _module_hooks._global_forward_hooks or _module_hooks._global_forward_pre_hooks
+        or _module_hooks._global_backward_hooks or _module_hooks._global_backward_pre_hooks
+    )
+
+
+def run_linear(layer: nn.Module, x: torch.Tensor, act: str = "none") -> torch.Tensor:
+    """``layer(x)``, followed by exact GELU when ``act="gelu"``: ``[..., in] -> [..., out]``.
+
+    The model's linear layers are plain ``nn.Linear`` modules and run through here. An unhooked
+    ``nn.Linear`` takes the oneDNN paths of the module docstring (in inference a packed weight with
+    the bias, and GELU, fused into the product). Anything else is simply called: a layer with hooks,
+    or a replacement such as ``torch.ao.quantization.quantize_dynamic``'s int8 layer or a
+    parametrized one, so tools that swap or watch ``nn.Linear`` modules get what they expect.
     """
+    if type(layer) is not nn.Linear or _hooked(layer):
+        y = layer(x)
+        return F.gelu(y) if act == "gelu" else y
+    weight, bias = layer.weight, layer.bias
+    dtype = inference_dtype(x, weight)
+    # Weights made under inference_mode (a model built or converted inside it) have no version
+    # counter, so a packed copy could not tell when they change: those run unpacked.
+    if dtype is None or weight.is_inference():
+        y = linear(x, weight, bias)
+        return F.gelu(y) if act == "gelu" else y
+    if x.dtype != dtype:
+        x = x.to(dtype)
+    return _onednn_linear(x, _packed_weight(layer, dtype), bias, act, [], "none" if act == "gelu" else "")
 
-    _packed = None  # (key, packed weight) for the fast path; never pickled or copied
+
+def _packed_weight(layer: nn.Linear, dtype: torch.dtype) -> torch.Tensor:
+    w = layer.weight
+    key = (w.data_ptr(), w._version, _optimizer_steps, dtype, tuple(w.shape))
+    entry = _packed.get(layer)
+    if entry is None or entry[0] != key:
+        with torch.no_grad():
+            entry = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach().to(dtype), None))
+        _packed[layer] = entry
+    return entry[1]
+
+
+class RepacksOnModeChange(nn.Module):
+    """Base of the modules whose linear layers run through :func:`run_linear`: ``train()`` and
+    ``eval()`` drop the packed copies, since writes through ``weight.data`` move no version counter."""
 
     def train(self, mode: bool = True):
-        self._packed = None  # weights may have been written through .data: repack on next use
+        _packed.clear()
         return super().train(mode)
-
-    def forward(self, x: torch.Tensor, act: str = "none") -> torch.Tensor:
-        dtype = inference_dtype(x, self.weight)
-        # Weights made under inference_mode (a model built or converted inside it) have no version
-        # counter, so a packed copy could not tell when they change: those run unpacked.
-        if dtype is None or self.weight.is_inference():
-            y = linear(x, self.weight, self.bias)
-            return F.gelu(y) if act == "gelu" else y
-        weight = self._packed_weight(dtype)
-        if x.dtype != dtype:
-            x = x.to(dtype)
-        algorithm = "none" if act == "gelu" else ""
-        return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, act, [], algorithm)
-
-    def _packed_weight(self, dtype: torch.dtype) -> torch.Tensor:
-        w = self.weight
-        key = (w.data_ptr(), w._version, _optimizer_steps, dtype, tuple(w.shape))
-        if self._packed is None or self._packed[0] != key:
-            with torch.no_grad():
-                packed = torch.ops.mkldnn._reorder_linear_weight(w.detach().to(dtype), None)
-            self._packed = (key, packed)
-        return self._packed[1]
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("_packed", None)  # oneDNN tensors cannot be pickled or deep-copied
-        return state
 
 
 _MALLOPT = {"M_TRIM_THRESHOLD": -1, "M_MMAP_MAX": -4}

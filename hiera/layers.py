@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .fast import Linear, _dispatch_mode, _eager_cpu, _exporting, _tracing, _transformed
+from .fast import RepacksOnModeChange, _dispatch_mode, _eager_cpu, _exporting, _tracing, _transformed, run_linear
 
 
 def conv_nd(n: int) -> Type[nn.Module]:
@@ -124,19 +124,21 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
-class Mlp(nn.Module):
+class Mlp(RepacksOnModeChange):
     """Two-layer perceptron ``fc1 -> act -> fc2`` (state-dict keys ``fc1.*``, ``fc2.*``)."""
 
     def __init__(self, in_features: int, hidden_features: int, act_layer: Type[nn.Module] = nn.GELU):
         super().__init__()
-        self.fc1 = Linear(in_features, hidden_features)
+        self.fc1 = nn.Linear(in_features, hidden_features)
         self.act = act_layer()
-        self.fc2 = Linear(hidden_features, in_features)
+        self.fc2 = nn.Linear(hidden_features, in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if type(self.act) is nn.GELU and self.act.approximate == "none":
-            return self.fc2(self.fc1(x, act="gelu"))  # fused into fc1 on the CPU inference path
-        return self.fc2(self.act(self.fc1(x)))
+            x = run_linear(self.fc1, x, act="gelu")  # fused into fc1 on the CPU inference path
+        else:
+            x = self.act(run_linear(self.fc1, x))
+        return run_linear(self.fc2, x)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -152,15 +154,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     if q.device.type != "cpu" or _exporting():  # torch.compile fuses the matmul path well too
         return F.scaled_dot_product_attention(q, k, v)
     grads = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    # (Under a Python dispatch mode such as FlopCounterMode, the matmul path, which the counter can
-    # count: it has no formula for the CPU's fused kernel.)
-    if q.dtype == torch.float32 and not grads and not _dispatch_mode():
+    # (Under a Python dispatch mode such as FlopCounterMode, and inside vmap, the matmul path: the
+    # counter has no formula for the CPU's fused kernel, and vmap no batching rule.)
+    if q.dtype == torch.float32 and not grads and not _dispatch_mode() and not _transformed():
         return F.scaled_dot_product_attention(q, k, v)
     scores = q @ k.transpose(-2, -1)
     return scores.mul_(q.shape[-1] ** -0.5).softmax(dim=-1) @ v
 
 
-class MaskUnitAttention(nn.Module):
+class MaskUnitAttention(RepacksOnModeChange):
     """Attention within mask units (windows) or over all tokens, optionally q-pooled.
 
     Args:
@@ -187,8 +189,8 @@ class MaskUnitAttention(nn.Module):
         self.q_stride = q_stride
         self.head_dim = dim_out // heads
         self.scale = self.head_dim**-0.5
-        self.qkv = Linear(dim, 3 * dim_out)
-        self.proj = Linear(dim_out, dim_out)
+        self.qkv = nn.Linear(dim, 3 * dim_out)
+        self.proj = nn.Linear(dim_out, dim_out)
         self.window_size = window_size
         self.use_mask_unit_attn = use_mask_unit_attn
 
@@ -198,14 +200,14 @@ class MaskUnitAttention(nn.Module):
         windows = n // (self.q_stride * self.window_size) if self.use_mask_unit_attn else 1
         # Token n sits in window n % windows (see token_order). Windows are folded into the batch
         # so attention gets 4-D inputs (5-D sends scaled_dot_product_attention to its slow path).
-        qkv = self.qkv(x).view(batch, -1, windows, 3, self.heads, self.head_dim)
+        qkv = run_linear(self.qkv, x).view(batch, -1, windows, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(3, 0, 2, 4, 1, 5).reshape(3, batch * windows, self.heads, -1, self.head_dim).unbind(0)
         if self.q_stride > 1:
             q = max_over(q.view(batch * windows, self.heads, self.q_stride, -1, self.head_dim), dim=2)
         x = attention(q, k, v)
         # [B*W, h, L, d] -> [B, L, W, h*d]: back to unrolled token order.
         x = x.view(batch, windows, self.heads, -1, self.head_dim).permute(0, 3, 1, 2, 4)
-        return self.proj(x.reshape(batch, -1, self.dim_out))
+        return run_linear(self.proj, x.reshape(batch, -1, self.dim_out))
 
     def extra_repr(self) -> str:
         return (
@@ -214,7 +216,7 @@ class MaskUnitAttention(nn.Module):
         )
 
 
-class HieraBlock(nn.Module):
+class HieraBlock(RepacksOnModeChange):
     """Pre-norm transformer block; when ``dim != dim_out`` the residual is projected and pooled.
 
     timm's extensions: ``init_values`` adds layer scale (``ls1``, ``ls2``) and
@@ -248,7 +250,7 @@ class HieraBlock(nn.Module):
         if dim != dim_out:
             if not use_expand_proj and dim_out != 2 * dim:
                 raise ValueError(f"use_expand_proj=False needs dim_out == 2 * dim, got {dim} -> {dim_out}")
-            self.proj = Linear(dim, dim_out) if use_expand_proj else None
+            self.proj = nn.Linear(dim, dim_out) if use_expand_proj else None
         if init_values is not None:
             self.ls1 = LayerScale(dim_out, init_values)
             self.ls2 = LayerScale(dim_out, init_values)
@@ -259,7 +261,7 @@ class HieraBlock(nn.Module):
         x_norm = self.norm1(x)
         if self.dim != self.dim_out:
             if self.proj is not None:
-                x = do_pool(self.proj(x_norm), stride=self.attn.q_stride)
+                x = do_pool(run_linear(self.proj, x_norm), stride=self.attn.q_stride)
             else:
                 pooled = x.view(x.shape[0], self.attn.q_stride, -1, x.shape[-1])
                 x = torch.cat([pooled.amax(dim=1), pooled.mean(dim=1)], dim=-1)
@@ -272,7 +274,7 @@ def softmax_last_dim(x: torch.Tensor) -> torch.Tensor:
     return x.softmax(dim=-1)
 
 
-class Head(nn.Module):
+class Head(RepacksOnModeChange):
     """Dropout + linear classifier. In eval mode ``act_func`` (softmax by default) is applied to the
     logits, as in the official package; ``act_func=None`` keeps logits in every mode."""
 
@@ -285,11 +287,11 @@ class Head(nn.Module):
     ):
         super().__init__()
         self.dropout = nn.Dropout(dropout_rate) if dropout_rate > 0 else nn.Identity()
-        self.projection = Linear(dim, num_classes)
+        self.projection = nn.Linear(dim, num_classes)
         self.act_func = act_func
 
     def forward(self, x: torch.Tensor, logits: bool = False) -> torch.Tensor:
-        x = self.projection(self.dropout(x))
+        x = run_linear(self.projection, self.dropout(x))
         if not self.training and not logits and self.act_func is not None:
             x = self.act_func(x)
         return x

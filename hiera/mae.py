@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from .config import records_config
-from .fast import Linear, _eager_cpu, linear
+from .fast import _eager_cpu, linear, run_linear
 from .layers import HieraBlock, conv_nd
 from .model import Hiera, _norm_layer
 from .pos_embed import resize_pos_embed
@@ -148,7 +148,7 @@ class MaskedAutoencoderHiera(Hiera):
             )
         self.multi_scale_fusion_heads.append(nn.Identity())
 
-        self.decoder_embed = Linear(encoder_dim_out, decoder_embed_dim)
+        self.decoder_embed = nn.Linear(encoder_dim_out, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.decoder_pos_embed = nn.Parameter(
             torch.zeros(1, math.prod(self.tokens_spatial_shape_final), decoder_embed_dim)
@@ -168,7 +168,7 @@ class MaskedAutoencoderHiera(Hiera):
         self.decoder_norm = norm_layer(decoder_embed_dim)
         # Each prediction token covers pred_stride x pred_stride pixels (of one frame for video).
         self.pred_stride = patch_stride[-1] * (self.q_stride[-1] ** self.q_pool)
-        self.decoder_pred = Linear(decoder_embed_dim, (self.pred_stride ** min(2, ndim)) * in_chans)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, (self.pred_stride ** min(2, ndim)) * in_chans)
         self.initialize_weights()
 
     def _finalize_config(self):
@@ -243,7 +243,7 @@ class MaskedAutoencoderHiera(Hiera):
         """Decode: -> (predictions ``[B, N_pred, pixels]`` in raster order, visibility ``[B, N_pred]``).
         ``input_size`` is needed only for inputs of another size than the model's."""
         grid = self.final_grid(input_size)
-        x = self.decoder_embed(x)
+        x = run_linear(self.decoder_embed, x)
         # Place the visible units among mask tokens: [B, #units, *mu_final, C]. Visible units come in
         # ascending order, so unit u takes kept entry (#visible units before u): a gather and a where
         # with static shapes (no boolean indexing), which torch.compile traces as one graph.
@@ -261,7 +261,7 @@ class MaskedAutoencoderHiera(Hiera):
         mask = mask.reshape(x.shape[0], -1)
         for blk in self.decoder_blocks:
             x = self._run_block(blk, x)
-        return self.decoder_pred(self.decoder_norm(x)), mask
+        return run_linear(self.decoder_pred, self.decoder_norm(x)), mask
 
     def forward_loss(
         self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor

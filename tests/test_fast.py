@@ -11,6 +11,7 @@ from unittest import mock
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import hiera
@@ -27,7 +28,7 @@ def fast_paths_off():
 
 def _layer(cin=24, cout=40, seed=0):
     torch.manual_seed(seed)
-    layer = fast.Linear(cin, cout)
+    layer = nn.Linear(cin, cout)
     with torch.no_grad():
         layer.bias.normal_()
     return layer
@@ -43,8 +44,8 @@ def test_linear_fast_path_matches_stock(shape, act):
     if act == "gelu":
         expected = F.gelu(expected)
     with torch.inference_mode():
-        got = layer(x, act=act)
-    assert layer._packed is not None, "the oneDNN path was not taken in inference mode"
+        got = fast.run_linear(layer, x, act=act)
+    assert layer in fast._packed, "the oneDNN path was not taken in inference mode"
     assert got.shape == expected.shape and got.dtype == torch.float32
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -53,8 +54,8 @@ def test_linear_fast_path_matches_stock(shape, act):
 def test_linear_packs_no_weight_when_gradients_are_on():
     layer = _layer()
     x = torch.randn(3, 24, requires_grad=True)
-    y = layer(x, act="gelu")
-    assert layer._packed is None
+    y = fast.run_linear(layer, x, act="gelu")
+    assert layer not in fast._packed
     y.sum().backward()
     assert x.grad is not None and layer.weight.grad is not None
 
@@ -65,14 +66,14 @@ def test_linear_bf16_autocast_and_bf16_weights():
     x = torch.randn(6, 24)
     ref = F.linear(x, layer.weight, layer.bias)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        got = layer(x)
+        got = fast.run_linear(layer, x)
         stock = F.linear(x, layer.weight, layer.bias)
     assert got.dtype == stock.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), ref, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(got, stock, rtol=1e-2, atol=1e-2)
     layer_bf16 = copy.deepcopy(layer).bfloat16()
     with torch.inference_mode():
-        got = layer_bf16(x.bfloat16())
+        got = fast.run_linear(layer_bf16, x.bfloat16())
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), ref, rtol=2e-2, atol=2e-2)
 
@@ -82,18 +83,19 @@ def test_packed_weight_follows_weight_changes():
     layer, other = _layer(seed=0), _layer(seed=1)
     x = torch.randn(4, 24)
     with torch.inference_mode():
-        first = layer(x)
+        first = fast.run_linear(layer, x)
     layer.load_state_dict(other.state_dict())  # in-place copy: the version counter moves
     with torch.inference_mode():
-        torch.testing.assert_close(layer(x), other(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast.run_linear(layer, x), fast.run_linear(other, x), rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         layer.weight.mul_(2.0)
     with torch.inference_mode():
-        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast.run_linear(layer, x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
     layer.weight = torch.nn.Parameter(torch.zeros_like(layer.weight))  # another storage
     with torch.inference_mode():
-        torch.testing.assert_close(layer(x), layer.bias.expand(4, -1))
-    assert not torch.allclose(first, layer(x).detach())
+        torch.testing.assert_close(fast.run_linear(layer, x), layer.bias.expand(4, -1))
+    assert layer in fast._packed
+    assert not torch.allclose(first, fast.run_linear(layer, x).detach())
 
 
 @needs_onednn
@@ -129,7 +131,7 @@ def test_packed_weight_follows_updates_that_bump_no_version(optimizer):
     with torch.inference_mode():
         before = model(x, return_logits=True)
     layer = model.blocks[0].attn.qkv
-    assert layer._packed is not None
+    assert layer in fast._packed
     if optimizer == "data-write":
         version = layer.weight._version
         layer.weight.data.copy_(torch.randn_like(layer.weight))
@@ -165,9 +167,9 @@ def test_models_with_packed_weights_pickle_and_copy():
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         out = model(x)
-    assert model.blocks[0].attn.qkv._packed is not None
+    assert model.blocks[0].attn.qkv in fast._packed
     for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
-        assert clone.blocks[0].attn.qkv._packed is None
+        assert clone.blocks[0].attn.qkv not in fast._packed
         with torch.inference_mode():
             torch.testing.assert_close(clone(x), out)
 
@@ -337,3 +339,55 @@ def test_vmap_takes_the_stock_path_and_agrees():
         mapped = torch.vmap(model)(x)
         looped = torch.stack([model(xi) for xi in x])
     torch.testing.assert_close(mapped, looped, rtol=1e-5, atol=1e-6)
+
+
+def test_linear_layers_are_plain_and_dynamic_quantization_swaps_them():
+    """The model's linear layers are exact ``nn.Linear`` modules, so
+    ``torch.ao.quantization.quantize_dynamic`` replaces every one of them (it matches exact types),
+    and the int8 model runs and stays close to the float one."""
+    torch.manual_seed(0)
+    model = hiera.Hiera(embed_dim=16, num_heads=1, input_size=(64, 64), num_classes=5).train()
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    assert linears and all(type(model.get_submodule(n)) is nn.Linear for n in linears)
+    x = torch.randn(2, 3, 64, 64)
+    quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+    swapped = [n for n in linears if type(quantized.get_submodule(n)) is torch.ao.nn.quantized.dynamic.Linear]
+    assert swapped == linears
+    with torch.inference_mode():
+        want = model.eval()(x, return_logits=True)
+        got = quantized(x, return_logits=True)
+    assert (got - want).norm() < 0.2 * want.norm()
+
+
+@pytest.mark.parametrize("mode", ["inference", "train"])
+def test_hooks_on_linear_layers_fire_and_can_replace_the_output(mode):
+    """A forward hook on a linear layer sees the layer's input and output and may replace the
+    output, as on the official model's layers (the fast path steps aside for a hooked layer)."""
+    torch.manual_seed(0)
+    model = hiera.Hiera(embed_dim=16, num_heads=1, input_size=(64, 64), num_classes=5)
+    model.train(mode == "train")
+    x = torch.randn(2, 3, 64, 64)
+    seen = []
+
+    def record(layer, args, out):
+        seen.append((args[0], out))
+
+    layer = model.blocks[0].mlp.fc1
+    handle = layer.register_forward_hook(record)
+    with torch.inference_mode(mode == "inference"):
+        before = model(x, return_logits=True)
+    (inp, out), = seen
+    with torch.no_grad():
+        torch.testing.assert_close(out, F.linear(inp, layer.weight, layer.bias))
+    handle.remove()
+    layer.register_forward_hook(lambda layer, args, out: torch.zeros_like(out))
+    with torch.inference_mode(mode == "inference"):
+        after = model(x, return_logits=True)
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.bias.fill_(-10.0)  # GELU(-10) = 0: the same as a zeroed output
+    layer._forward_hooks.clear()
+    with torch.inference_mode(mode == "inference"):
+        expected = model(x, return_logits=True)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-6)
