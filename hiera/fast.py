@@ -70,8 +70,9 @@ def _tracing() -> bool:
 
 def _dispatch_mode() -> bool:
     """True while a Python dispatch mode (``torch.utils.flop_counter.FlopCounterMode``, fake
-    tensors, ...) intercepts operators."""
-    return _dispatch_stack_len() > 0
+    tensors, ...) intercepts operators in eager mode. (Never while tracing: a tracer cannot follow
+    the C call, and its own fake tensors must not count.)"""
+    return not _tracing() and _dispatch_stack_len() > 0
 
 
 _dispatch_stack_len = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
@@ -79,8 +80,9 @@ _dispatch_stack_len = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
 
 def _transformed() -> bool:
     """True inside a functorch transform (``torch.func.vmap``, ``grad``, ``jacrev``, ...): the
-    custom autograd Functions of the fast paths have no vmap rule, so the stock operators run."""
-    return _peek_interpreter() is not None
+    custom autograd Functions of the fast paths have no vmap rule, so the stock operators run.
+    (Never while tracing, as :func:`_dispatch_mode`.)"""
+    return not _tracing() and _peek_interpreter() is not None
 
 
 _peek_interpreter = getattr(torch._C._functorch, "peek_interpreter_stack", lambda: None)
@@ -92,9 +94,9 @@ def _eager_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
     the standard operators to count them) and PyTorch built with oneDNN."""
     if not _HAS_ONEDNN_LINEAR or type(x) is not torch.Tensor:
         return False
-    if x.device.type != "cpu" or weight.device.type != "cpu" or _tracing() or _dispatch_mode():
+    if x.device.type != "cpu" or weight.device.type != "cpu" or _tracing():
         return False
-    return not _transformed()
+    return _dispatch_stack_len() == 0 and _peek_interpreter() is None  # _dispatch_mode, _transformed
 
 
 def inference_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:

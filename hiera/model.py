@@ -370,7 +370,7 @@ class Hiera(nn.Module, HubMixin):
         """What every forward entry point does first: check the input, and on CPU switch the
         process to reusing freed memory (see :func:`hiera.fast.reuse_memory`)."""
         self._check_input(x, mask)
-        if x.device.type == "cpu":
+        if x.device.type == "cpu" and not fast._tracing():  # a tracer cannot follow the C call
             fast.reuse_memory()
 
     def _check_mask(self, mask: torch.Tensor, batch: int, mask_grid: Sequence[int]) -> None:

@@ -329,6 +329,28 @@ def test_reuse_memory_stops_page_faults():
     assert faults_kept <= 2 * buffer, f"freed memory was not reused ({faults_kept} faults)"
 
 
+_COMPILE_FIRST = textwrap.dedent("""
+    import torch, hiera
+    torch.manual_seed(0)
+    model = hiera.Hiera(embed_dim=16, num_heads=1, stages=(1, 1, 1, 1), input_size=(64, 64), num_classes=5)
+    x = torch.randn(2, 3, 64, 64)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    compiled(x, return_logits=True).sum().backward()  # training, the process's first forward
+    with torch.inference_mode():
+        got = compiled.eval()(x, return_logits=True)
+        want = model(x, return_logits=True)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    print(hiera.fast._memory_done)
+""")
+
+
+def test_compiled_first_forward_traces_in_one_graph():
+    """``torch.compile(model, fullgraph=True)`` as the first thing a fresh process runs: the
+    one-time memory setting (a C call no tracer can follow) waits for the first eager forward."""
+    out = subprocess.run([sys.executable, "-c", _COMPILE_FIRST], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-1] == "True"  # the eager forward applied it
+
 
 @needs_onednn
 def test_vmap_takes_the_stock_path_and_agrees():
