@@ -63,12 +63,12 @@ def max_over(x: torch.Tensor, dim: int) -> torch.Tensor:
     if not (x.requires_grad and torch.is_grad_enabled()) or _exporting() or _transformed() or x.shape[dim] == 1:
         return x.amax(dim=dim)
     shape = x.shape[:dim] + x.shape[dim + 1 :]
-    return _FirstMax.apply(x.reshape(math.prod(x.shape[:dim]), x.shape[dim], -1)).view(shape)
+    return _FirstMax.apply(x.reshape(math.prod(x.shape[:dim]), x.shape[dim], math.prod(x.shape[dim + 1 :]))).view(shape)
 
 
 def do_pool(x: torch.Tensor, stride: int) -> torch.Tensor:
     """Max-pool unrolled tokens by a flattened ``stride``: ``[B, N, C]`` -> ``[B, N // stride, C]``."""
-    return max_over(x.view(x.shape[0], stride, -1, x.shape[-1]), dim=1)
+    return max_over(x.view(x.shape[0], stride, x.shape[1] // stride, x.shape[-1]), dim=1)
 
 
 def get_resized_mask(target_size: Sequence[int], mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -200,14 +200,15 @@ class MaskUnitAttention(RepacksOnModeChange):
         windows = n // (self.q_stride * self.window_size) if self.use_mask_unit_attn else 1
         # Token n sits in window n % windows (see token_order). Windows are folded into the batch
         # so attention gets 4-D inputs (5-D sends scaled_dot_product_attention to its slow path).
-        qkv = run_linear(self.qkv, x).view(batch, -1, windows, 3, self.heads, self.head_dim)
-        q, k, v = qkv.permute(3, 0, 2, 4, 1, 5).reshape(3, batch * windows, self.heads, -1, self.head_dim).unbind(0)
+        length = n // windows  # tokens per window (explicit sizes: a batch of 0 has no -1 to infer)
+        qkv = run_linear(self.qkv, x).view(batch, length, windows, 3, self.heads, self.head_dim)
+        q, k, v = qkv.permute(3, 0, 2, 4, 1, 5).reshape(3, batch * windows, self.heads, length, self.head_dim).unbind(0)
         if self.q_stride > 1:
-            q = max_over(q.view(batch * windows, self.heads, self.q_stride, -1, self.head_dim), dim=2)
+            q = max_over(q.view(batch * windows, self.heads, self.q_stride, length // self.q_stride, self.head_dim), dim=2)
         x = attention(q, k, v)
         # [B*W, h, L, d] -> [B, L, W, h*d]: back to unrolled token order.
-        x = x.view(batch, windows, self.heads, -1, self.head_dim).permute(0, 3, 1, 2, 4)
-        return run_linear(self.proj, x.reshape(batch, -1, self.dim_out))
+        x = x.view(batch, windows, self.heads, length // self.q_stride, self.head_dim).permute(0, 3, 1, 2, 4)
+        return run_linear(self.proj, x.reshape(batch, n // self.q_stride, self.dim_out))
 
     def extra_repr(self) -> str:
         return (
@@ -263,7 +264,7 @@ class HieraBlock(RepacksOnModeChange):
             if self.proj is not None:
                 x = do_pool(run_linear(self.proj, x_norm), stride=self.attn.q_stride)
             else:
-                pooled = x.view(x.shape[0], self.attn.q_stride, -1, x.shape[-1])
+                pooled = x.view(x.shape[0], self.attn.q_stride, x.shape[1] // self.attn.q_stride, x.shape[-1])
                 x = torch.cat([pooled.amax(dim=1), pooled.mean(dim=1)], dim=-1)
         x = x + self.drop_path(self.ls1(self.attn(x_norm)))
         return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))

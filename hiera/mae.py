@@ -285,6 +285,10 @@ class MaskedAutoencoderHiera(Hiera):
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``[B, C, *S]`` -> ``(loss, preds, labels, mask)``; see the class docstring."""
         self._prepare(x, mask)
+        if x.shape[0] == 0:
+            raise ValueError(
+                f"the MAE needs at least one sample (a loss over no pixels is undefined), got input of shape {tuple(x.shape)}"
+            )
         latent, mask = self.forward_encoder(x, mask_ratio, mask=mask)
         pred, pred_mask = self.forward_decoder(latent, mask, x.shape[2:])  # pred_mask: visibility per token
         return (*self.forward_loss(x, pred, ~pred_mask), mask)

@@ -384,12 +384,17 @@ class Hiera(nn.Module, HubMixin):
                 f"mask must have shape [B, #mask units] = [{batch}, {units}] "
                 f"(mask unit grid {tuple(mask_grid)}), got {tuple(mask.shape)}"
             )
+        if batch == 0:  # (an unmasked forward takes an empty batch; a masked one has no row to count)
+            raise ValueError(
+                "a masked forward needs at least one sample: the number of kept mask units is read "
+                "from the mask's rows, and an empty batch has none"
+            )
         kept = mask.sum(dim=1)
-        if batch > 0 and not torch.all(kept == kept[0]):
+        if not torch.all(kept == kept[0]):
             raise ValueError(
                 f"every row of mask must keep the same number of mask units, got {kept.tolist()}"
             )
-        if batch > 0 and int(kept[0]) == 0:
+        if int(kept[0]) == 0:
             raise ValueError("mask keeps no mask unit: at least one must be True per row")
 
     # ------------------------------------------------------------------ forward

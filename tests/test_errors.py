@@ -79,6 +79,27 @@ def test_mae_mask_ratio_range():
         mae(torch.randn(1, 3, 64, 64), mask_ratio=1.0)
 
 
+def test_empty_batch_runs_unmasked_and_is_refused_masked(model, video):
+    """An empty batch gives empty outputs of the right shapes (classifier, feature maps, video,
+    training mode); a masked forward and the MAE, which count kept units per row, say why not."""
+    with torch.inference_mode():
+        assert model(torch.randn(0, 3, 64, 64)).shape == (0, 4)
+        out, maps = model(torch.randn(0, 3, 64, 64), return_intermediates=True)
+        assert [tuple(m.shape) for m in maps] == [(0, 16, 16, 16), (0, 8, 8, 32), (0, 4, 4, 64), (0, 2, 2, 128)]
+        assert video(torch.randn(0, 3, 4, 32, 32)).shape == (0, 3)
+    model.train()
+    try:
+        assert model(torch.randn(0, 3, 64, 64, requires_grad=True)).shape == (0, 4)
+    finally:
+        model.eval()
+    with pytest.raises(ValueError, match="masked forward needs at least one sample"):
+        model(torch.randn(0, 3, 64, 64), mask=torch.ones(0, 4, dtype=torch.bool))
+    mae = MaskedAutoencoderHiera(input_size=(64, 64), embed_dim=8, stages=(1, 1, 1, 1), q_pool=2,
+                                 decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=1)
+    with pytest.raises(ValueError, match="MAE needs at least one sample"):
+        mae(torch.randn(0, 3, 64, 64))
+
+
 def test_config_that_does_not_tile():
     with pytest.raises(ValueError, match="does not tile"):
         Hiera(input_size=(100, 100))
