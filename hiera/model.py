@@ -16,7 +16,7 @@ from .config import records_config
 from .hub import HubMixin
 from .layers import Head, HieraBlock, PatchEmbed
 from .pos_embed import resize_pos_embed
-from .token_order import Reroll, Unroll
+from .token_order import Reroll, Unroll, _IndexTables
 
 
 class Geometry(NamedTuple):
@@ -46,6 +46,18 @@ def _tuple(value, name: str) -> tuple:
 class InputMismatchError(TypeError, RuntimeError):
     """The input's dtype or device is not the model's. A TypeError, and the RuntimeError that
     PyTorch (and so the official package) raised for it, so code catching either keeps working."""
+
+
+def _index_tables_follow_the_weights(model: nn.Module, incompatible_keys) -> None:
+    """``load_state_dict`` post-hook: a model built on the meta device and loaded with
+    ``assign=True`` has real weights but still meta token-order tables (they are not in the state
+    dict); rebuild those beside the weights."""
+    device = next(model.parameters()).device
+    if device.type == "meta":
+        return
+    for module in model.modules():
+        if isinstance(module, _IndexTables) and any(b.is_meta for b in module.buffers(recurse=False)):
+            module.materialise(device)
 
 
 class Hiera(nn.Module, HubMixin):
@@ -136,6 +148,7 @@ class Hiera(nn.Module, HubMixin):
         self._unroll_schedule = [q_stride] * len(self.stage_ends[:-1])
         self.unroll = Unroll(input_size, patch_stride, self._unroll_schedule)
         self.reroll = Reroll(input_size, patch_stride, self._unroll_schedule, self.stage_ends, q_pool)
+        self.register_load_state_dict_post_hook(_index_tables_follow_the_weights)
         # Other input sizes (see dynamic_size) get their own token order, built on first use.
         self.dynamic_size = False
         self._geometries: Dict[tuple, Geometry] = {}

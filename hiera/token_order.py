@@ -44,7 +44,7 @@ def unroll_positions(size: Sequence[int], schedule: Sequence[Sequence[int]]) -> 
     size = list(size)
     ndim = len(size)
     # [batch-like prefix, *grid]; the prefix collects the offsets r_1, r_2, ... in order.
-    pos = torch.arange(math.prod(size)).view(1, *size)
+    pos = torch.arange(math.prod(size), device="cpu").view(1, *size)  # (not meta under a device context)
     for strides in schedule:
         if any(n % s for n, s in zip(size, strides)):
             raise ValueError(f"token grid {tuple(size)} is not divisible by the pooling stride {tuple(strides)}")
@@ -71,26 +71,56 @@ def undo_windowing(x: torch.Tensor, shape: Sequence[int], mu_shape: Sequence[int
     return x.permute(perm).reshape(batch, *shape, channels)
 
 
-class Unroll(nn.Module):
+class _IndexTables(nn.Module):
+    """Base of :class:`Unroll` and :class:`Reroll`, whose buffers are index tables that the sizes
+    alone determine. They are not in the state dict, so a model built on the meta device would get
+    them back as uninitialised memory from ``to_empty()``: instead, the originals are kept on the
+    CPU and every move (``.to()``, ``.cuda()``, ``to_empty()``) rebuilds the buffers from them, as
+    does :meth:`materialise` (which the model calls after ``load_state_dict(assign=True)``)."""
+
+    def __init__(self):
+        super().__init__()
+        self._tables = {}
+
+    def _add_table(self, name: str, table: torch.Tensor) -> None:
+        self._tables[name] = table  # built on the CPU whatever the default device
+        # the buffer where the default device puts it (meta under torch.device("meta"))
+        self.register_buffer(name, table.to(torch.empty(0).device, copy=True), persistent=False)
+
+    def materialise(self, device: torch.device) -> None:
+        """Rebuild the tables on ``device``."""
+        for name, table in getattr(self, "_tables", {}).items():  # (modules pickled before: none)
+            setattr(self, name, table.to(device, copy=True))
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        tables = getattr(self, "_tables", {})
+        device = getattr(self, next(iter(tables))).device if tables else None
+        if device is not None and device.type != "meta":
+            self.materialise(device)
+        return self
+
+
+class Unroll(_IndexTables):
     """Raster-ordered tokens ``[B, N, C]`` -> unrolled order ``[B, N, C]`` (see module docstring)."""
 
     def __init__(self, input_size: Sequence[int], patch_stride: Sequence[int], unroll_schedule: Sequence[Sequence[int]]):
         super().__init__()
         self.size = [i // s for i, s in zip(input_size, patch_stride)]
         self.schedule = [tuple(s) for s in unroll_schedule]
-        self.register_buffer("order", unroll_positions(self.size, self.schedule), persistent=False)
+        self._add_table("order", unroll_positions(self.size, self.schedule))
         # The unroll window: the tokens that share a_K (the product of all strides per dim). The
         # unrolled index is (position within the window) * #windows + (window, raster order), and
         # positions within every window follow ``window_order`` (raster positions in unrolled order).
         ndim = len(self.size)
         self.window = tuple(math.prod(s[d] for s in self.schedule) for d in range(ndim))
-        self.register_buffer("window_order", unroll_positions(self.window, self.schedule), persistent=False)
+        self._add_table("window_order", unroll_positions(self.window, self.schedule))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.index_select(1, self.order)
 
 
-class Reroll(nn.Module):
+class Reroll(_IndexTables):
     """Unrolled tokens after block ``i`` -> spatial order, for intermediate feature maps.
 
     After a stage that q-pools, the first stride of the schedule has been consumed, so each block
@@ -134,11 +164,11 @@ class Reroll(nn.Module):
             self._grids.append(grid)
             # Whole map: raster position -> unrolled position.
             order = unroll_positions(grid, sched)
-            self.register_buffer(f"to_raster_{k}", torch.argsort(order), persistent=False)
+            self._add_table(f"to_raster_{k}", torch.argsort(order))
             # One mask unit: tokens of a unit are strided by #units; within a unit they follow
             # the unrolled order of a single unit-sized grid.
-            within = unroll_positions(mu, sched) if sched else torch.zeros(1, dtype=torch.long)
-            self.register_buffer(f"within_raster_{k}", torch.argsort(within), persistent=False)
+            within = unroll_positions(mu, sched) if sched else torch.zeros(1, dtype=torch.long, device="cpu")
+            self._add_table(f"within_raster_{k}", torch.argsort(within))
 
     def mask_unit_shape(self, block_idx: int) -> Size:
         return self._mu_shapes[self._state_of_block[block_idx]]

@@ -186,6 +186,37 @@ def test_model_pickles_and_deepcopies():
     assert isinstance(mae, MaskedAutoencoderHiera)
 
 
+@pytest.mark.parametrize("load", ["to_empty", "assign"])
+def test_meta_device_construction_then_loading(load):
+    """Built on the meta device (no memory, no init), then materialised by ``to_empty()`` +
+    ``load_state_dict`` or by ``load_state_dict(assign=True)``: the token-order index tables, which
+    are not in the state dict, are rebuilt, so the outputs are the original model's."""
+    torch.manual_seed(0)
+    kwargs = dict(input_size=(64, 64), embed_dim=16, num_heads=1, stages=(1, 1, 2, 1), num_classes=4)
+    for cls, extra in ((Hiera, {}), (MaskedAutoencoderHiera, dict(decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=1))):
+        reference = cls(**kwargs, **extra).eval()
+        with torch.device("meta"):
+            model = cls(**kwargs, **extra)
+        if load == "to_empty":
+            model = model.to_empty(device="cpu")
+            model.load_state_dict(reference.state_dict())
+        else:
+            model.load_state_dict(reference.state_dict(), assign=True)
+        model.eval()
+        for name, buf in reference.named_buffers():
+            assert torch.equal(model.get_buffer(name), buf), name
+        x = torch.randn(2, 3, 64, 64)
+        with torch.inference_mode():
+            if cls is Hiera:
+                out, maps = model(x, return_intermediates=True)
+                want, want_maps = reference(x, return_intermediates=True)
+                torch.testing.assert_close(maps[-1], want_maps[-1])
+            else:
+                mask = reference.get_random_mask(x, 0.6)
+                out, want = model(x, mask=mask)[0], reference(x, mask=mask)[0]
+        torch.testing.assert_close(out, want)
+
+
 def test_config_round_trip_and_explicit_arguments_win():
     model = small_image(head_mul=1.0)
     assert model.config["head_mul"] == 1.0 and model.config["input_size"] == (64, 64)
