@@ -39,6 +39,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.autograd.forward_ad as _forward_ad
 import torch.nn.functional as F
 from torch.nn.modules import module as _module_hooks
 
@@ -79,10 +80,15 @@ _dispatch_stack_len = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
 
 
 def _transformed() -> bool:
-    """True inside a functorch transform (``torch.func.vmap``, ``grad``, ``jacrev``, ...): the
-    custom autograd Functions of the fast paths have no vmap rule, so the stock operators run.
-    (Never while tracing, as :func:`_dispatch_mode`.)"""
-    return not _tracing() and _peek_interpreter() is not None
+    """True inside a functorch transform (``torch.func.vmap``, ``grad``, ``jacrev``, ...) or a
+    forward-mode AD level (``torch.autograd.forward_ad.dual_level``): the custom autograd Functions
+    of the fast paths have neither a vmap rule nor a jvp, so the stock operators run. (Never while
+    tracing, as :func:`_dispatch_mode`.)"""
+    return not _tracing() and _transform_active()
+
+
+def _transform_active() -> bool:
+    return _peek_interpreter() is not None or getattr(_forward_ad, "_current_level", -1) >= 0
 
 
 _peek_interpreter = getattr(torch._C._functorch, "peek_interpreter_stack", lambda: None)
@@ -96,7 +102,7 @@ def _eager_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False
     if x.device.type != "cpu" or weight.device.type != "cpu" or _tracing():
         return False
-    return _dispatch_stack_len() == 0 and _peek_interpreter() is None  # _dispatch_mode, _transformed
+    return _dispatch_stack_len() == 0 and not _transform_active()  # _dispatch_mode, _transformed
 
 
 def inference_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:

@@ -287,3 +287,21 @@ def test_per_sample_gradients_through_torch_func():
         for name in ("blocks.1.attn.qkv.weight", "blocks.0.mlp.fc1.weight", "head.projection.weight"):
             want = dict(model.named_parameters())[name].grad
             torch.testing.assert_close(grads[name][i], want, rtol=1e-4, atol=1e-6)
+
+
+def test_forward_mode_ad_through_the_training_paths():
+    """Forward-mode AD (``torch.autograd.forward_ad``) in train mode, where the custom autograd
+    Functions (first-maximum pooling, float32 oneDNN products) would run: they have no jvp, so
+    they step aside. The tangent equals a central difference (float64, no ties among maxima)."""
+    import torch.autograd.forward_ad as fwAD
+
+    torch.manual_seed(0)
+    model = hiera.Hiera(embed_dim=16, num_heads=1, stages=(1, 1, 2, 1), input_size=(64, 64), num_classes=5)
+    x, t = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    with fwAD.dual_level():
+        tangent = fwAD.unpack_dual(model.train()(fwAD.make_dual(x, t))).tangent
+    model = model.double()
+    with torch.no_grad():
+        eps = 1e-6
+        central = (model(x.double() + eps * t.double()) - model(x.double() - eps * t.double())) / (2 * eps)
+    torch.testing.assert_close(tangent.double(), central, rtol=1e-3, atol=1e-5)
