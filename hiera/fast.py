@@ -150,6 +150,14 @@ class _TrainLinear(torch.autograd.Function):
         grad2 = grad.reshape(-1, grad.shape[-1])  # [N, out]
         x2 = x.reshape(-1, x.shape[-1])  # [N, in]
         grad_x = grad_w = grad_b = None
+        if torch.is_grad_enabled():  # double backward (create_graph=True): oneDNN's calls have no derivative
+            if ctx.needs_input_grad[0]:
+                grad_x = grad @ weight
+            if ctx.needs_input_grad[1]:
+                grad_w = grad2.t() @ x2
+            if ctx.needs_input_grad[2]:
+                grad_b = grad2.sum(0)
+            return grad_x, grad_w, grad_b
         if ctx.needs_input_grad[0]:
             grad_x = _onednn_linear(grad2, weight.t(), None, "none", [], "").view(x.shape)
         if ctx.needs_input_grad[1]:

@@ -48,7 +48,9 @@ class _FirstMax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (index,) = ctx.saved_tensors
-        if _tracing():  # torch.compile: one broadcast select, which it fuses (it cannot trace out=)
+        # torch.compile (which cannot trace out=) and double backward (create_graph=True, which
+        # needs differentiable operators): one broadcast select, which the compiler also fuses
+        if _tracing() or torch.is_grad_enabled():
             slices = torch.arange(ctx.slices, dtype=index.dtype, device=index.device).view(1, -1, 1)
             return torch.where(index.unsqueeze(1) == slices, grad.unsqueeze(1), grad.new_zeros(()))
         grad = grad.contiguous()

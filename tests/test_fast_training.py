@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import hiera
 from hiera import fast, layers
@@ -145,6 +146,36 @@ def test_training_step_matches_stock_paths(kind, monkeypatch):
         scale = ref_grads[name].abs().max().clamp(min=1e-8)
         err = (g - ref_grads[name]).abs().max() / scale
         assert err < 1e-4, f"{name}: gradient differs from the stock path by {err:.2e} of its scale"
+
+
+def test_double_backward_matches_stock_paths(monkeypatch):
+    """A gradient penalty (``create_graph=True``, then a backward through the input gradient)
+    runs through the fast training paths, whose backward then uses differentiable operators, and
+    gives the stock paths' parameter gradients."""
+    torch.manual_seed(0)
+    model = hiera.Hiera(num_classes=5, embed_dim=16, num_heads=1, stages=(1, 2, 2, 1), input_size=(64, 64)).train()
+    with torch.no_grad():
+        model.head.projection.weight.mul_(100.0)  # logits of order 1: a penalty worth comparing
+    x = torch.randn(2, 3, 64, 64)
+
+    def loss_fn():
+        inp = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(model(inp).logsumexp(-1).sum(), inp, create_graph=True)
+        return g.square().sum()
+
+    loss, grads = _grads(model, loss_fn)
+    _stock_paths(monkeypatch)
+
+    def math_attention(q, k, v):  # the CPU's fused kernel has no double backward
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v)
+
+    monkeypatch.setattr(layers, "attention", math_attention)
+    ref_loss, ref_grads = _grads(model, loss_fn)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=0)
+    for name, g in grads.items():
+        scale = ref_grads[name].abs().max().clamp(min=1e-12)
+        assert (g - ref_grads[name]).abs().max() / scale < 1e-3, name
 
 
 def test_training_compiles_without_graph_breaks_and_matches_eager():
