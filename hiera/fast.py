@@ -221,7 +221,8 @@ def run_linear(layer: nn.Module, x: torch.Tensor, act: str = "none") -> torch.Te
     or a replacement such as ``torch.ao.quantization.quantize_dynamic``'s int8 layer or a
     parametrized one, so tools that swap or watch ``nn.Linear`` modules get what they expect.
     """
-    if type(layer) is not nn.Linear or _hooked(layer):
+    # (Tracers too get the module call: jit traces and exported graphs then name the layer.)
+    if type(layer) is not nn.Linear or _hooked(layer) or _tracing():
         y = layer(x)
         return F.gelu(y) if act == "gelu" else y
     weight, bias = layer.weight, layer.bias

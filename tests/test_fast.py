@@ -413,3 +413,16 @@ def test_hooks_on_linear_layers_fire_and_can_replace_the_output(mode):
         expected = model(x, return_logits=True)
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_exported_graph_names_every_linear_layer():
+    """Under a tracer the linear layers are called as modules, so ``torch.export`` records each
+    one in its module stack (as for the official model), not only its parent."""
+    model = hiera.Hiera(embed_dim=16, num_heads=1, stages=(1, 1, 2, 1), input_size=(64, 64), num_classes=5).eval()
+    program = torch.export.export(model, (torch.randn(1, 3, 64, 64),))
+    named = {
+        list(node.meta["nn_module_stack"].values())[-1][0]
+        for node in program.graph.nodes
+        if node.target == torch.ops.aten.linear.default
+    }
+    assert named == {name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
