@@ -88,6 +88,7 @@ def _transformed() -> bool:
 
 
 def _transform_active() -> bool:
+    """:func:`_transformed` without the tracing check, for callers that made it already."""
     return _peek_interpreter() is not None or getattr(_forward_ad, "_current_level", -1) >= 0
 
 
@@ -222,19 +223,15 @@ def run_linear(layer: nn.Module, x: torch.Tensor, act: str = "none") -> torch.Te
     parametrized one, so tools that swap or watch ``nn.Linear`` modules get what they expect.
     """
     # (Tracers too get the module call: jit traces and exported graphs then name the layer.)
-    if type(layer) is not nn.Linear or _hooked(layer) or _tracing():
-        y = layer(x)
-        return F.gelu(y) if act == "gelu" else y
-    weight, bias = layer.weight, layer.bias
-    dtype = inference_dtype(x, weight)
+    called = type(layer) is not nn.Linear or _hooked(layer) or _tracing()
+    dtype = None if called else inference_dtype(x, layer.weight)
     # Weights made under inference_mode (a model built or converted inside it) have no version
     # counter, so a packed copy could not tell when they change: those run unpacked.
-    if dtype is None or weight.is_inference():
-        y = linear(x, weight, bias)
-        return F.gelu(y) if act == "gelu" else y
-    if x.dtype != dtype:
+    if dtype is not None and not layer.weight.is_inference():
         x = x.to(dtype)
-    return _onednn_linear(x, _packed_weight(layer, dtype), bias, act, [], "none" if act == "gelu" else "")
+        return _onednn_linear(x, _packed_weight(layer, dtype), layer.bias, act, [], "none" if act == "gelu" else "")
+    y = layer(x) if called else linear(x, layer.weight, layer.bias)
+    return F.gelu(y) if act == "gelu" else y
 
 
 def _packed_weight(layer: nn.Linear, dtype: torch.dtype) -> torch.Tensor:
@@ -250,7 +247,8 @@ def _packed_weight(layer: nn.Linear, dtype: torch.dtype) -> torch.Tensor:
 
 class RepacksOnModeChange(nn.Module):
     """Base of the modules whose linear layers run through :func:`run_linear`: ``train()`` and
-    ``eval()`` drop the packed copies, since writes through ``weight.data`` move no version counter."""
+    ``eval()`` drop the packed copies (every model's; each repacks on its next inference call),
+    since writes through ``weight.data`` move no version counter."""
 
     def train(self, mode: bool = True):
         _packed.clear()
