@@ -154,3 +154,154 @@ def test_compiled_training_step_on_gpu_matches_eager():
     F.cross_entropy(model(x), y).backward()
     F.cross_entropy(compiled(x), y).backward()
     _assert_same_grads(_grads(twin), _grads(model), 1e-9)
+
+
+# --------------------------------------------------------------------------- the CUDA fast paths
+# hiera.gpu: fused residual-add + LayerNorm kernels (eager inference), heads-last attention and a
+# channels-last stem (everywhere on CUDA). Held against the stock layers (hiera.gpu.set_enabled
+# False), on the same device and in the same dtype.
+from hiera import gpu as fastgpu  # noqa: E402
+
+
+def _stock_and_fast(fn):
+    previous = fastgpu.set_enabled(False)
+    try:
+        ref = fn()
+    finally:
+        fastgpu.set_enabled(True)
+    try:
+        out = fn()
+    finally:
+        fastgpu.set_enabled(previous)
+    return ref, out
+
+
+def _outputs(model, x, mask, autocast):
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        out, maps = model(x, return_intermediates=True, return_logits=True)
+        masked = model(x, mask=mask, return_intermediates=True)[1]
+    return [out] + maps + masked
+
+
+@pytest.mark.parametrize("precision", ["fp32", "autocast", "bf16-weights"])
+def test_fast_paths_match_stock_in_inference(precision):
+    """float32: the stock outputs to rounding. bfloat16: as close to float32 as the stock bf16
+    path (the products' roundings differ, so the two bf16 paths are compared through float32)."""
+    torch.manual_seed(0)
+    model = hiera.hiera_small_224().eval().cuda()
+    with torch.no_grad():
+        for p in model.parameters():  # a trained-like scale, not the tiny initial head
+            p.add_(torch.randn_like(p) * 0.02)
+    x = torch.randn(4, 3, 224, 224, device="cuda")
+    mask = model.get_random_mask(x, 0.5)
+    previous = fastgpu.set_enabled(False)
+    try:
+        ref32 = _outputs(model, x, mask, autocast=False)
+    finally:
+        fastgpu.set_enabled(previous)
+    if precision == "bf16-weights":
+        model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
+    ref, out = _stock_and_fast(lambda: _outputs(model, x, mask, autocast=precision == "autocast"))
+    for i, (a, b, r) in enumerate(zip(out, ref, ref32)):
+        assert a.dtype == b.dtype and a.shape == b.shape, i
+        if precision == "fp32":
+            assert rel_err(a, b) < GPU_RTOL, (i, rel_err(a, b))
+        else:
+            assert rel_err(a, r) <= 1.25 * rel_err(b, r) + 2e-3, (i, rel_err(a, r), rel_err(b, r))
+            assert rel_err(a, r) < BF16_REL, i
+
+
+def test_fused_kernels_run_in_cuda_inference(monkeypatch):
+    """The fused paths are taken (not silently skipped) in eager CUDA inference, and only there."""
+    calls = {"norm": 0, "window": 0, "gelu": 0}
+
+    def counting(name, real):
+        def wrapper(*a, **k):
+            calls[name] += 1
+            return real(*a, **k)
+        return wrapper
+
+    monkeypatch.setattr(fastgpu, "add_layer_norm", counting("norm", fastgpu.add_layer_norm))
+    monkeypatch.setattr(fastgpu, "window_attention", counting("window", fastgpu.window_attention))
+    monkeypatch.setattr(fastgpu, "linear_gelu", counting("gelu", fastgpu.linear_gelu))
+    model = hiera.hiera_tiny_224().eval().cuda()
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        model(torch.randn(2, 3, 224, 224, device="cuda"))
+    # windows of at most 16 queries (stage 2 and the pooling blocks into stages 2 and 3)
+    windowed = sum(b.attn.use_mask_unit_attn and b.attn.window_size <= 16 for b in model.blocks)
+    assert windowed == 3
+    assert calls == {"norm": 2 * len(model.blocks), "window": windowed, "gelu": len(model.blocks)}, calls
+    for k in calls:
+        calls[k] = 0
+    model(torch.randn(2, 3, 224, 224, device="cuda"))  # gradients on: stock norms and attention
+    assert calls == {"norm": 0, "window": 0, "gelu": 0}, calls
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_window_attention_kernel_on_gpu(dtype):
+    shapes = [(256, 49, 1, 64, 16, 96), (64, 49, 2, 16, 16, 96), (64, 49, 2, 64, 16, 96), (64, 49, 4, 16, 4, 96),
+              (3, 7, 3, 9, 9, 40), (2, 5, 1, 16, 16, 64)]
+    for b, w, h, lk, lq, d in shapes:
+        torch.manual_seed(lk + lq)
+        q, k, v = (torch.randn(b, n, w * h, d, device="cuda", dtype=dtype) for n in (lq, lk, lk))
+        assert fastgpu.window_attention_fits(q, k)
+        out = fastgpu.window_attention(q, k, v)
+        ref = F.scaled_dot_product_attention(*(t.transpose(1, 2).float() for t in (q, k, v))).transpose(1, 2)
+        assert rel_err(out, ref) < 8e-3, (b, w, h, lk, lq, d)
+        assert torch.isfinite(out).all()
+
+
+def test_gelu_epilogue_close_to_exact_gelu():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(96, 384).cuda()
+    x = torch.randn(4096, 96, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        got = fastgpu.linear_gelu(layer, x, torch.bfloat16).float()
+        ref = F.gelu(F.linear(x.float(), layer.weight.bfloat16().float(), layer.bias.bfloat16().float()))
+    assert (got - ref).abs().max().item() < 2e-2
+    assert rel_err(got, ref) < 4e-3
+
+
+@pytest.mark.parametrize("channels", [96, 100, 384, 768, 2048])
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.bfloat16, torch.bfloat16),
+                                    (torch.bfloat16, torch.bfloat16, torch.bfloat16),
+                                    (torch.float32, torch.float32, torch.float32),
+                                    (torch.float16, torch.float16, torch.float16),
+                                    (torch.float32, None, torch.bfloat16)])
+def test_add_layer_norm_kernel_on_gpu(channels, dtypes):
+    x_dtype, y_dtype, out_dtype = dtypes
+    torch.manual_seed(channels)
+    norm = torch.nn.LayerNorm(channels, eps=1e-6).cuda()
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    x = torch.randn(3, 1001, channels, device="cuda", dtype=x_dtype)
+    y = None if y_dtype is None else torch.randn(3, 1001, channels, device="cuda", dtype=y_dtype)
+    with torch.no_grad():
+        s, n = fastgpu.add_layer_norm(x, y, norm, out_dtype)
+        ref_s = x if y is None else x + y
+        ref_n = F.layer_norm(ref_s.float(), (channels,), norm.weight, norm.bias, 1e-6).to(out_dtype)
+    assert s.dtype == ref_s.dtype and n.dtype == out_dtype
+    assert torch.equal(s, ref_s)
+    assert rel_err(n, ref_n) < (1e-6 if out_dtype == torch.float32 else 5e-3)
+    assert torch.isfinite(n).all()
+
+
+def test_training_takes_the_stock_layers():
+    """With gradients the stock layers run (heads-last attention measured slower in training):
+    the gradients equal those with the fast paths off, in float64 (the math attention kernel)."""
+    torch.manual_seed(0)
+    model = hiera.hiera_tiny_224(drop_path_rate=0.0).train().cuda().double()
+    twin = copy.deepcopy(model)
+    x = torch.randn(2, 3, 224, 224, device="cuda", dtype=torch.float64)
+    y = torch.tensor([1, 5], device="cuda")
+    previous = fastgpu.set_enabled(False)
+    try:
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        fastgpu.set_enabled(True)
+        twin_loss = F.cross_entropy(twin(x), y)
+        twin_loss.backward()
+    finally:
+        fastgpu.set_enabled(previous)
+    assert rel_err(twin_loss, loss) < 1e-12
+    _assert_same_grads(_grads(twin), _grads(model), 1e-9)
