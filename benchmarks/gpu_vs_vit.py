@@ -345,12 +345,13 @@ CATEGORIES = [  # first match wins; kernel names of cuBLAS, cuDNN, flash, induct
     ("attention", r"flash|fmha|attention|sdpa|softmax"),
     ("matmul", r"gemm|nvjet|cutlass|xmma|cublas|matmul|sm90_|sm80_|ampere_|splitK|bmm"),
     ("conv", r"conv|implicit|winograd|cudnn"),
-    ("layer norm", r"layer_norm|layernorm|LayerNorm|add_layer_norm"),
+    ("layer norm", r"layer_norm|layernorm|LayerNorm"),
     ("inductor fused", r"^triton_"),
-    ("copy / cast / gather", r"copy|Copy|cast|index|gather|cat|Cat|permute|transpose|unroll"),
     ("gelu", r"gelu|GeLU|Gelu"),
+    ("elementwise (adds)", r"Functor_add|Functor_mul|AddFunctor|MulFunctor"),  # before copies: their names say Cast too
+    ("copy / cast / gather", r"copy|Copy|cast|index|gather|CatArray|permute|transpose"),
     ("reduce (pool, mean)", r"reduce|max|amax|mean|Reduce"),
-    ("elementwise", r"elementwise|vectorized|add|mul"),
+    ("elementwise", r"elementwise|vectorized"),
 ]
 
 

@@ -8,6 +8,8 @@ implementation it was started for:
     official  the official ``hiera-transformer`` package (also ``import hiera``: its own environment)
     timm      ``timm.models.hiera``
     hf        Hugging Face ``transformers`` (``HieraForImageClassification`` / ``HieraForPreTraining``)
+    vit_b16   timm's plain ViT-B/16 (``vit_base_patch16_224`` at the case's image size): a reference,
+    vit_s16   and ViT-S/16, that Hiera is measured against (classification only)
 
 This file must never import anything from the package it sits in: in the official environment
 ``hiera`` is the official package. That is also why it is started with ``-P`` / ``-I``: the script's
@@ -37,7 +39,8 @@ import sys
 import time
 import traceback
 
-IMPLS = ("ours", "official", "timm", "hf")
+IMPLS = ("ours", "official", "timm", "hf", "vit_b16", "vit_s16")
+VIT_MODELS = {"vit_b16": "vit_base_patch16_224", "vit_s16": "vit_small_patch16_224"}  # timm's names
 DTYPES = ("fp32", "bf16", "fp16")
 
 
@@ -105,7 +108,7 @@ def import_impl(impl):
         if not hasattr(hiera, "load_model"):  # the official package has no load_model
             raise RuntimeError(f"`import hiera` found {path}, which is not this toolkit")
         return {"version": getattr(hiera, "__version__", None), "file": path}
-    if impl == "timm":
+    if impl == "timm" or impl in VIT_MODELS:
         import timm
         import timm.models.hiera  # noqa: F401
 
@@ -179,6 +182,14 @@ def build_model(impl, case):
         if plain and name in timm.list_models("hiera*"):
             return timm.create_model(name, pretrained=False)
         return Hiera(**timm_kwargs(arch))
+    if impl in VIT_MODELS:
+        size = tuple(case["input_size"])
+        if task == "mae" or len(size) != 2:
+            raise ValueError(f"{impl} is an image classifier reference: no MAE, no video")
+        import timm
+
+        return timm.create_model(VIT_MODELS[impl], pretrained=False, img_size=size,
+                                 num_classes=int(arch.get("num_classes", 1000)), in_chans=int(arch.get("in_chans", 3)))
     if impl == "hf":
         from transformers import HieraForImageClassification, HieraForPreTraining
 

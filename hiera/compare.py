@@ -51,8 +51,13 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-IMPLS = ("ours", "official", "timm", "hf")
-NAMES = {"ours": "ours", "official": "official", "timm": "timm", "hf": "HF transformers"}
+IMPLS = ("ours", "official", "timm", "hf", "vit_b16", "vit_s16")
+NAMES = {"ours": "ours", "official": "official", "timm": "timm", "hf": "HF transformers",
+         "vit_b16": "timm ViT-B/16", "vit_s16": "timm ViT-S/16"}
+# Plain ViTs (timm's, at the case's image size): what Hiera claims to beat, measured beside it. They
+# are references, not Hiera implementations: no ratio to the official package, never a "peer", and
+# only in a run that names them (--impl / --variants).
+REFERENCES = ("vit_b16", "vit_s16")
 DTYPES = ("fp32", "bf16", "fp16")
 TASKS = ("classify", "mae")
 SECTIONS = ("inference", "train", "scaling")
@@ -203,6 +208,10 @@ def resolve_model(name: str, task: str, overrides: Optional[dict] = None) -> Tup
 
 
 def _unsupported(variant: Variant, task: str, size: Sequence[int]) -> Optional[str]:
+    if variant.impl in REFERENCES and task == "mae":
+        return f"{NAMES[variant.impl]} is a classifier reference (no MAE)"
+    if variant.impl in REFERENCES and len(size) != 2:
+        return f"{NAMES[variant.impl]} takes images only"
     if variant.impl == "timm" and task == "mae":
         return "timm has no Hiera MAE"
     if variant.impl == "hf" and len(size) == 3:
@@ -310,7 +319,8 @@ class Settings:
     mask_ratio: float = 0.6
     seed: int = 0
     timeout: float = 1800.0
-    peak_tflops: Optional[float] = None  # the device's peak for MFU (default: known GPUs only)
+    peak_tflops: Optional[float] = None  # the device's peak for MFU (default: measured in the run)
+    measure_peak: bool = True  # measure the device's matrix-product rate after the cases, for MFU
 
     def check(self) -> None:
         if self.rounds < 1:
@@ -475,9 +485,10 @@ def launchers(official_python: Optional[str] = None) -> Tuple[Dict[str, Launcher
     else:
         # Absolute, not resolved: a venv's python is a link that finds its venv through its own path.
         found["official"] = Launcher(os.path.abspath(python), isolated=True)
-    for impl, module, pip in (("timm", "timm", "timm"), ("hf", "transformers", "transformers")):
+    others = [("timm", "timm"), ("hf", "transformers")] + [(impl, "timm") for impl in REFERENCES]
+    for impl, module in others:
         if importlib.util.find_spec(module) is None:
-            missing[impl] = f"{module} is not installed (pip install {pip})"
+            missing[impl] = f"{module} is not installed (pip install {module})"
         else:
             found[impl] = Launcher(sys.executable)
     return found, missing
@@ -647,7 +658,7 @@ def _ratio(a, b) -> Optional[float]:
 
 
 # Dense bf16/fp16 tensor-core and plain fp32 peaks from the vendor's data sheets, TFLOP/s, by the
-# start of torch.cuda.get_device_name(). Elsewhere MFU needs --peak-tflops.
+# start of torch.cuda.get_device_name(): the fallback when a run measured no ceiling of its own.
 PEAK_TFLOPS = {
     "NVIDIA H100 80GB HBM3": {"bf16": 989.4, "fp16": 989.4, "fp32": 66.9},  # SXM
     "NVIDIA H100 PCIe": {"bf16": 756.0, "fp16": 756.0, "fp32": 51.2},
@@ -658,15 +669,61 @@ PEAK_TFLOPS = {
 
 
 def peak_tflops(system: dict, dtype: str, given: Optional[float] = None) -> Optional[float]:
-    """The peak that model FLOP utilisation is measured against: ``given``, else the GPU's from
-    :data:`PEAK_TFLOPS`, else ``None`` (no MFU reported)."""
+    """The peak that model FLOP utilisation is measured against: ``given``, else the rate measured
+    in this run (:func:`measure_peak`, in ``system["measured_peak_tflops"]``), else the GPU's
+    data-sheet figure from :data:`PEAK_TFLOPS`, else ``None`` (no MFU reported)."""
+    return _peak(system, dtype, given)[0]
+
+
+def _peak(system: dict, dtype: str, given: Optional[float] = None) -> Tuple[Optional[float], Optional[str]]:
+    """(peak TFLOP/s, where it comes from: "given", "measured" or "data sheet")."""
     if given:
-        return given
+        return given, "given"
+    measured = (system.get("measured_peak_tflops") or {}).get(dtype)
+    if measured:
+        return measured, "measured"
     name = (system.get("gpu") or {}).get("name", "")
     for prefix, peaks in PEAK_TFLOPS.items():
         if name.startswith(prefix):
-            return peaks.get(dtype)
-    return None
+            return peaks.get(dtype), "data sheet"
+    return None, None
+
+
+def measure_peak(device: str, dtypes: Iterable[str], threads: Optional[int] = None) -> Dict[str, float]:
+    """The dense matrix-product rate of ``device`` now, TFLOP/s per dtype: square products of random
+    data (8192 on a GPU, 2048 on a CPU, with ``threads`` torch threads), the best of a few. It is
+    the ceiling that a model's FLOP utilisation is read against; float32 on a GPU is full float32
+    (TF32 off), as the benchmark's float32 rows run."""
+    import torch
+
+    dev = torch.device(device)
+    n = 8192 if dev.type == "cuda" else 2048
+    types = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    saved_threads, saved_tf32 = torch.get_num_threads(), torch.backends.cuda.matmul.allow_tf32
+    if threads:
+        torch.set_num_threads(threads)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    out: Dict[str, float] = {}
+    try:
+        for dtype in dict.fromkeys(dtypes):
+            a = torch.randn(n, n, device=dev).to(types[dtype])
+            b = torch.randn(n, n, device=dev).to(types[dtype])
+            times = []
+            for i in range(5):
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                t0 = time.perf_counter()
+                a @ b
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                if i:  # the first is a warm-up
+                    times.append(time.perf_counter() - t0)
+            out[dtype] = 2 * n**3 / min(times) / 1e12
+            del a, b
+    finally:
+        torch.set_num_threads(saved_threads)
+        torch.backends.cuda.matmul.allow_tf32 = saved_tf32
+    return out
 
 
 _FLOPS: Dict[tuple, Optional[float]] = {}
@@ -716,6 +773,39 @@ def model_flops(task: str, mode: str, arch: dict, input_size: Sequence[int], mas
     return _FLOPS[key]
 
 
+def reference_flops(impl: str, mode: str, input_size: Sequence[int], num_classes: int = 1000) -> Optional[float]:
+    """FLOPs per image of one step of a reference ViT (:data:`REFERENCES`), counted as
+    :func:`model_flops` counts Hiera: timm's model on the meta device, the reference attention."""
+    key = (impl, mode, tuple(input_size), num_classes)
+    if key in _FLOPS:
+        return _FLOPS[key]
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        import timm
+
+        from .bench_worker import VIT_MODELS  # timm's names, kept where the worker builds them
+
+        with torch.device("meta"):
+            model = timm.create_model(VIT_MODELS[impl], img_size=tuple(input_size), num_classes=num_classes)
+        model.train(mode == "train")
+        x = torch.randn(1, 3, *input_size, device="meta")
+        with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+            with torch.set_grad_enabled(mode == "train"):
+                out = model(x)
+                if mode == "train":
+                    F.cross_entropy(out.float(), out.new_zeros(1, dtype=torch.long)).backward()
+        flops = float(counter.get_total_flops())
+    except Exception:  # noqa: BLE001  (a report without MFU beats no report)
+        flops = None
+    _FLOPS[key] = flops
+    return flops
+
+
+
 def add_flops(results: List[dict], system: dict, settings: "Settings") -> List[dict]:
     """Add to each measured result ``gflop_per_item``, ``tflops`` (model FLOP/s achieved) and, where
     the device's peak is known, ``mfu`` (model FLOP utilisation: achieved / peak)."""
@@ -723,14 +813,18 @@ def add_flops(results: List[dict], system: dict, settings: "Settings") -> List[d
         if not r.get("throughput"):
             continue
         _, arch, _ = resolve_model(r["model"], r["task"], r.get("overrides"))
-        flops = model_flops(r["task"], r["mode"], arch, r["input_size"], settings.mask_ratio)
+        if r["impl"] in REFERENCES:
+            flops = reference_flops(r["impl"], r["mode"], r["input_size"], int(arch.get("num_classes", 1000)))
+        else:
+            flops = model_flops(r["task"], r["mode"], arch, r["input_size"], settings.mask_ratio)
         if flops is None:
             continue
         r["gflop_per_item"] = flops / 1e9
         r["tflops"] = flops * r["throughput"] / 1e12
-        peak = peak_tflops(system, r["dtype"], settings.peak_tflops)
+        peak, source = _peak(system, r["dtype"], settings.peak_tflops)
         if peak:
             r["mfu"] = r["tflops"] / peak
+            r["peak_tflops"], r["peak_source"] = peak, source
     return results
 
 
@@ -741,14 +835,21 @@ def add_ratios(results: List[dict]) -> List[dict]:
     other implementation at the same precision, eager or compiled."""
     ok = [r for r in results if r.get("throughput")]
     official = {_key(r): r for r in ok if r["impl"] == "official"}
+    references = {(r["impl"], _key(r)): r for r in ok if r["impl"] in REFERENCES}
     for r in ok:
+        if r["impl"] in REFERENCES:
+            continue
+        for ref in REFERENCES:  # Hiera against the plain ViT at the same settings
+            v = references.get((ref, _key(r)))
+            if v is not None:
+                r[f"vs_{ref}"] = _ratio(r["throughput"], v["throughput"])
         o = official.get(_key(r))
         if o is not None and r["impl"] != "official":
             r["vs_official"] = _ratio(r["throughput"], o["throughput"])
             r["memory_vs_official"] = _ratio(r.get("peak_rss_mb"), o.get("peak_rss_mb"))
             r["step_memory_vs_official"] = _ratio(r.get("peak_above_idle_mb"), o.get("peak_above_idle_mb"))
         if r["impl"] == "ours":
-            peers = [p for p in ok if p["impl"] != "ours" and _key(p, False) == _key(r, False)]
+            peers = [p for p in ok if p["impl"] not in ("ours",) + REFERENCES and _key(p, False) == _key(r, False)]
             if peers:
                 best = max(peers, key=lambda p: p["throughput"])
                 r["vs_best_peer"] = r["throughput"] / best["throughput"]
@@ -767,6 +868,12 @@ def headline(results: List[dict]) -> List[dict]:
             rows.append({"what": f"{what}: throughput ours / official", "ratio": r["vs_official"]})
             if r["mode"] == "train" and r.get("memory_vs_official") is not None:
                 rows.append({"what": f"{what}: peak RSS ours / official", "ratio": r["memory_vs_official"]})
+    for r in results:
+        for ref in REFERENCES:
+            if r["impl"] == "ours" and r.get(f"vs_{ref}") is not None:
+                what = (f"{r['section']} {r['task'] + ' ' if r['mode'] == 'train' else ''}{r['dtype']}"
+                        f"{_compiled(r['compile'], r.get('graphs', False))}, batch {r['batch']}")
+                rows.append({"what": f"{what}: throughput ours / {NAMES[ref]}", "ratio": r[f"vs_{ref}"]})
     series = collections.defaultdict(dict)
     for r in results:
         if r["section"] == "inference" and r.get("throughput"):
@@ -806,6 +913,10 @@ def run_plan(cases: List[Case], settings: Settings, launch: Optional[Dict[str, L
         results += runner.run_group(group)
     add_ratios(results)
     record = make_record(results, settings, runner.impl_info, missing, time.perf_counter() - t0)
+    if settings.measure_peak and any(r.get("throughput") for r in results):
+        log("measuring the device's matrix-product rate (the MFU ceiling) ...")
+        dtypes = sorted({r["dtype"] for r in results if r.get("throughput")})
+        record["system"]["measured_peak_tflops"] = measure_peak(settings.device, dtypes, settings.threads)
     add_flops(results, record["system"], settings)
     return record
 
@@ -896,10 +1007,13 @@ def markdown(record: dict) -> str:
                 continue
             out.append(f"| {label} | " + " | ".join(_cell(by_batch.get(b)) for b in batches) + " |")
         out.append("")
+        peaks = system.get("measured_peak_tflops") or {}
+        ceiling = ("; the ceiling measured in this run: " + ", ".join(f"{d} {_fmt(t)} TFLOP/s" for d, t in peaks.items())
+                   if peaks else "")
         out.append("In parentheses: throughput / the official package's at the same precision and compilation, "
                    "measured in the same run. TFLOP/s: the model's matrix-product and attention FLOPs "
-                   "(counted once, the same for every implementation) per second; MFU: that over the "
-                   "device's peak at the row's precision.")
+                   "(counted once, the same for every Hiera implementation; a ViT reference's own) per second; "
+                   f"MFU: that over the device's dense matrix-product rate at the row's precision{ceiling}.")
         out.append("")
         out.append("| implementation | batch | img/s | x official | x best peer | latency median ms | p90 ms "
                    f"| {_memory_header(inf)} | above imports MB | round spread | TFLOP/s | MFU |")
@@ -1141,7 +1255,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         ".cache/reference/venv/bin/python)")
     g.add_argument("--peak-tflops", type=float, default=None, metavar="T",
                    help="the device's peak TFLOP/s at the compared precision, for model FLOP utilisation "
-                        "(known GPUs have a default; CPUs have none)")
+                        "(default: the matrix-product rate measured at the end of the run)")
     g.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="seconds to wait for a worker's answer (a build includes compilation; default 1800)")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
@@ -1192,7 +1306,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if args.variants:
             variants = parse_variants(args.variants, backend)
         else:
-            impls = args.impl or [i for i in IMPLS if i in launch]
+            impls = args.impl or [i for i in IMPLS if i in launch and i not in REFERENCES]
             variants = cross_variants(impls, args.dtype or ["fp32", "bf16"], args.compile)
         train_variants = parse_variants(args.train_variants, backend) if args.train_variants else None
         if args.impl and args.variants:

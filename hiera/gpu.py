@@ -1,20 +1,27 @@
-"""CUDA fast paths: fused residual-add + LayerNorm kernels for eager GPU inference.
+"""CUDA fast paths: what makes eager GPU inference fast, and the Triton kernels behind it.
 
 Eager GPU inference in reduced precision spends most of its time moving activations, not
-multiplying them: under ``torch.autocast`` every LayerNorm reads and writes float32, every linear
-layer then casts its input to bfloat16 in a pass of its own, and each residual add is another
-pass. In Hiera's first stages (3136 tokens of 96 channels per image) those passes cost more than
-the matrix products. :func:`add_layer_norm` does the residual add, the normalisation and the cast
-in one pass written in Triton: it reads the residual and the branch output once and writes the new
-residual and the normalised tokens, the latter directly in the dtype the next linear layer
-computes in.
+multiplying them: in Hiera's first stages (3136 tokens of 96 channels per image) a pass over the
+tokens costs more than the products. The layers (:mod:`hiera.layers`) therefore take, on CUDA:
 
-Used by :class:`hiera.layers.HieraBlock` in eager CUDA inference only (no gradients, no tracer,
-no dispatch mode or functorch transform, a plain ``nn.LayerNorm``); everywhere else the stock
-operators run. :func:`set_enabled` turns the CUDA fast paths off (``HIERA_FAST=0`` is its
-default). The kernels are compiled on first use; ``import hiera`` never imports Triton. Under
-``TRITON_INTERPRET=1`` they run on CPU tensors too, which is how the test suite checks them
-without a GPU.
+* **heads-last attention** (inference, eager or compiled): q, k and v from three products, read
+  as ``[B, L, windows * heads, head_dim]``, which is attention's own layout, so no permute copy
+  is made before or after attention;
+* **a fused residual add + LayerNorm** (:func:`add_layer_norm`, eager inference): one Triton pass
+  that reads the residual and the branch output once and writes the new residual and the
+  normalised tokens, the latter in the dtype the next product computes in (under autocast the
+  stock operators make three float32 passes of it);
+* **a window attention kernel** (:func:`window_attention`, eager inference, bf16 / fp16): short
+  windows, several to a tile, where the fused attention kernels would fill little of theirs;
+* **GELU in the product's epilogue** (:func:`linear_gelu`, eager inference, bf16 / fp16);
+* **a channels-last stem** (inference, eager or compiled).
+
+Training keeps the stock layers (the heads-last layout measured slower with gradients). The
+Triton kernels need an Ampere or newer GPU and never run under a tracer, a dispatch mode
+(``FlopCounterMode``) or a functorch transform; elsewhere the stock operators run.
+:func:`set_enabled` turns every path here off (``HIERA_FAST=0`` is its default). The kernels are
+compiled on first use and ``import hiera`` never imports Triton. Under ``TRITON_INTERPRET=1`` they
+run on CPU tensors too, which is how the test suite checks them without a GPU.
 """
 
 from __future__ import annotations
@@ -49,6 +56,18 @@ def enabled() -> bool:
 def _device_ok(x: torch.Tensor) -> bool:
     """A CUDA tensor, or a CPU one while Triton interprets (the test suite's way to run these paths)."""
     return x.is_cuda or (x.device.type == "cpu" and interpreting())
+
+
+@functools.lru_cache(maxsize=None)
+def _ampere_or_newer(index: int) -> bool:
+    """The Triton kernels' bfloat16 products need compute capability 8.0 or newer."""
+    return torch.cuda.get_device_capability(index) >= (8, 0)
+
+
+def _kernels_run_on(x: torch.Tensor) -> bool:
+    if x.is_cuda:
+        return _ampere_or_newer(x.device.index if x.device.index is not None else torch.cuda.current_device())
+    return interpreting()
 
 
 def heads_last(x: torch.Tensor) -> bool:
@@ -90,7 +109,7 @@ def fused_path(x: torch.Tensor) -> bool:
         return False
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or _tracing():
         return False
-    return _dispatch_stack_len() == 0 and not _transform_active() and triton_available()
+    return _dispatch_stack_len() == 0 and not _transform_active() and triton_available() and _kernels_run_on(x)
 
 
 def channels_last_stem(x: torch.Tensor) -> bool:
@@ -103,7 +122,7 @@ def plain_layer_norm(norm: nn.Module) -> bool:
     """An ``nn.LayerNorm`` over the last dim with weight and bias, unhooked: what the kernel computes."""
     return (
         type(norm) is nn.LayerNorm and len(norm.normalized_shape) == 1 and norm.weight is not None
-        and norm.bias is not None and not (norm._forward_hooks or norm._forward_pre_hooks)
+        and norm.bias is not None and not _hooked(norm)
     )
 
 

@@ -89,6 +89,7 @@ def test_parse_variants():
     assert graphs.label == "ours bf16 + compile + CUDA graphs"
     case = compare.plan(["inference"], "hiera_tiny_224", [graphs, Variant("ours", "bf16", "inductor")], batches=[1])
     assert [c.spec(Settings())["compile_mode"] for c in case] == ["reduce-overhead", None]
+    assert compare.parse_variant("vit_s16:bf16:compile") == Variant("vit_s16", "bf16", "inductor")
     for bad in ("mine:fp32", "ours:int8", "ours:fp32:jit", "a:b:c:d", "", "ours:fp32:graphs=eager"):
         with pytest.raises(CompareError, match="bad variant"):
             compare.parse_variant(bad)
@@ -204,6 +205,50 @@ def test_ratios_and_headline():
     assert rows["train classify fp32, batch 8: peak RSS ours / official"] == pytest.approx(800 / 900)
     assert rows["inference ours fp32: batch 32 / batch 8 throughput"] == pytest.approx(14 / 15)
     assert rows["inference official fp32: batch 32 / batch 8 throughput"] == pytest.approx(1.1)
+
+
+def test_vit_references():
+    """timm's ViT-B/16 and ViT-S/16 are measured beside Hiera: images only, no MAE; each Hiera row
+    gets its ratio to them; they get no ratio to the official package and are never a peer."""
+    variants = compare.parse_variants(["ours:bf16", "vit_b16:bf16", "vit_s16:bf16"])
+    assert variants[1].label == "timm ViT-B/16 bf16"
+    cases = compare.plan(["inference", "train"], "hiera_small_224", variants, batches=[8], train_batch=4)
+    skips = {(c.impl, c.task): c.skip for c in cases if c.impl != "ours"}
+    assert skips[("vit_b16", "classify")] is None and "no MAE" in skips[("vit_b16", "mae")]
+    video = compare.plan(["inference"], "hiera_base_16x224", variants, batches=[1])
+    assert [c.skip is not None for c in video] == [False, True, True]
+    results = [result("ours", 8, 12.0, dtype="bf16"), result("vit_b16", 8, 8.0, dtype="bf16"),
+               result("vit_s16", 8, 16.0, dtype="bf16"), result("official", 8, 4.0, dtype="bf16"),
+               result("timm", 8, 6.0, dtype="bf16")]
+    compare.add_ratios(results)
+    ours, vit_b = results[0], results[1]
+    assert ours["vs_vit_b16"] == pytest.approx(1.5) and ours["vs_vit_s16"] == pytest.approx(0.75)
+    assert ours["vs_official"] == pytest.approx(3.0) and ours["best_peer"] == "timm bf16"  # not a ViT
+    assert "vs_official" not in vit_b and "vs_vit_b16" not in vit_b
+    rows = {h["what"]: h["ratio"] for h in compare.headline(results)}
+    assert rows["inference bf16, batch 8: throughput ours / timm ViT-B/16"] == pytest.approx(1.5)
+    # a ViT row is credited with the ViT's FLOPs (ViT-B/16 at 224: 17.6 G multiply-adds), not Hiera's
+    compare.add_flops(results, {"measured_peak_tflops": {"bf16": 2.0}}, Settings())
+    assert vit_b["gflop_per_item"] == pytest.approx(35.1, abs=0.3)
+    assert results[2]["gflop_per_item"] == pytest.approx(9.2, abs=0.2)
+    assert ours["gflop_per_item"] == pytest.approx(12.81, abs=0.01)
+    assert vit_b["mfu"] == pytest.approx(vit_b["tflops"] / 2.0) and vit_b["peak_source"] == "measured"
+    train = compare.reference_flops("vit_b16", "train", (224, 224))
+    assert 2.9 < train / compare.reference_flops("vit_b16", "inference", (224, 224)) < 3.1
+
+
+def test_measured_peak_is_the_mfu_ceiling():
+    peaks = compare.measure_peak("cpu", ["fp32", "fp32"], threads=1)
+    assert list(peaks) == ["fp32"] and 0.001 < peaks["fp32"] < 100
+    system = {"measured_peak_tflops": peaks, "gpu": {"name": "NVIDIA H100 80GB HBM3"}}
+    assert compare.peak_tflops(system, "fp32") == peaks["fp32"]  # measured beats the data sheet
+    assert compare.peak_tflops(system, "bf16") == pytest.approx(989.4)  # not measured: the data sheet
+    assert compare.peak_tflops(system, "fp32", given=3.0) == 3.0
+    record = compare.make_record([result("ours", 8, 20.0)], Settings(), {}, {}, 1.0)
+    record["system"]["measured_peak_tflops"] = {"fp32": 0.25}
+    compare.add_flops(record["results"], record["system"], Settings())
+    assert record["results"][0]["mfu"] == pytest.approx(record["results"][0]["tflops"] / 0.25)
+    assert "the ceiling measured in this run: fp32 0.25 TFLOP/s" in compare.markdown(record)
 
 
 def test_model_flops_counts_the_architecture():
@@ -363,7 +408,7 @@ def test_missing_official_environment_is_skipped(tmp_path, monkeypatch):
 def test_compare_cli_end_to_end(tmp_path, capsys):
     """ours and timm on a tiny model through `hiera benchmark --compare`; no official environment."""
     out = tmp_path / "out"
-    code = run_cli(["benchmark", "--compare", "--variants", "ours:fp32", "timm:fp32", "official:fp32",
+    code = run_cli(["benchmark", "--compare", "--variants", "ours:fp32", "timm:fp32", "official:fp32", "vit_s16:fp32",
                     "--mode", "inference", "--batch-size", "2", "--kwargs", json.dumps(TINY), "--rounds", "2",
                     "--iters", "1", "--warmup", "1", "--official-python", str(tmp_path / "none" / "python"),
                     "--json", str(out / "r.json"), "--plot", str(out / "r.png")])
@@ -373,8 +418,11 @@ def test_compare_cli_end_to_end(tmp_path, capsys):
     assert "official skipped" in captured.out and "official_env.py" in captured.err
     assert "[inference batch 2] round 2/2 timm fp32" in captured.err
     record = json.loads((out / "r.json").read_text())
-    ours, timm_, official = record["results"]
+    ours, timm_, official, vit = record["results"]
     assert ours["throughput"] > 0 and timm_["throughput"] > 0 and official["skipped"]
+    assert vit["throughput"] > 0 and vit["input_size"] == [64, 64] and ours["vs_vit_s16"] > 0
+    assert "| timm ViT-S/16 fp32 |" in captured.out and "throughput ours / timm ViT-S/16" in captured.out
+    assert record["system"]["measured_peak_tflops"]["fp32"] > 0 and ours["mfu"] > 0
     assert ours["params_m"] == pytest.approx(timm_["params_m"])  # the same architecture
     assert ours["input_size"] == [64, 64] and ours["rounds"] == 2 and ours["peak_rss_mb"] > 10
     assert ours["vs_best_peer"] > 0 and ours["best_peer"] == "timm fp32"
