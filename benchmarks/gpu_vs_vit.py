@@ -216,6 +216,16 @@ def micro(device, timer: Timer, batch: int, quick: bool) -> list:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     rows = []
+
+    def timed(label, fn):
+        """Add a row: the median ms of ``fn`` (10 calls, 3 times), or why it cannot run."""
+        try:
+            fn()
+            timer.sync()
+            rows.append((label, statistics.median(timer.time(fn, 10) for _ in range(3)) * 1e3))
+        except Exception as e:  # a backend that refuses a shape is a finding, not a failure
+            rows.append((label, f"n/a ({type(e).__name__})"))
+
     # (what, windows, tokens per window, queries per window, heads, head dim)
     shapes = [("stage 1", 49, 64, 64, 1, 96), ("stage 2 pooling", 49, 64, 16, 2, 96), ("stage 2", 49, 16, 16, 2, 96),
               ("stage 3", 1, 196, 196, 4, 96), ("stage 4", 1, 49, 49, 8, 96)]
@@ -232,27 +242,18 @@ def micro(device, timer: Timer, batch: int, quick: bool) -> list:
                                    for t in (q, qkv[1], qkv[2])),
         }
         if gpu.window_attention_fits(q, qkv[1]):
-            try:
-                fn = lambda: gpu.window_attention(q, qkv[1], qkv[2])  # noqa: E731
-                fn()
-                timer.sync()
-                rows.append((f"attention {what}, heads-last views, hiera window kernel",
-                             statistics.median(timer.time(fn, 10) for _ in range(3)) * 1e3))
-            except Exception as e:
-                rows.append((f"attention {what}, hiera window kernel", f"n/a ({type(e).__name__}: {e})"))
+            timed(f"attention {what}, heads-last views, hiera window kernel",
+                  lambda: gpu.window_attention(q, qkv[1], qkv[2]))
         for layout, (qq, kk, vv) in layouts.items():
             for name, backend in backends.items():
                 if name == "math" and layout == "heads-last views":
                     continue
-                try:
+
+                def attend(qq=qq, kk=kk, vv=vv, backend=backend):
                     with sdpa_kernel([backend]):
-                        fn = lambda: F.scaled_dot_product_attention(qq, kk, vv)  # noqa: E731
-                        fn()
-                        timer.sync()
-                        t = statistics.median(timer.time(fn, 10) for _ in range(3))
-                    rows.append((f"attention {what}, {layout}, {name}", t * 1e3))
-                except Exception as e:
-                    rows.append((f"attention {what}, {layout}, {name}", f"n/a ({type(e).__name__})"))
+                        return F.scaled_dot_product_attention(qq, kk, vv)
+
+                timed(f"attention {what}, {layout}, {name}", attend)
     for what, m, c in (("stage 1", batch * 3136, 96), ("stage 3", batch * 196, 384)):
         if quick:
             m = 64
@@ -267,13 +268,7 @@ def micro(device, timer: Timer, batch: int, quick: bool) -> list:
             "1 linear of 3C (qkv)": lambda: F.linear(x, w1[:3 * c], b1[:3 * c]),
         }
         for name, fn in variants.items():
-            try:
-                fn()
-                timer.sync()
-                t = statistics.median(timer.time(fn, 10) for _ in range(3))
-                rows.append((f"mlp {what} M={m} C={c}: {name}", t * 1e3))
-            except Exception as e:
-                rows.append((f"mlp {what}: {name}", f"n/a ({type(e).__name__})"))
+            timed(f"mlp {what} M={m} C={c}: {name}", fn)
     log("\n### Kernels on Hiera-B's shapes\n\n| what | ms |\n|---|---:|")
     for what, t in rows:
         log(f"| {what} | {t if isinstance(t, str) else f'{t:.3f}'} |")

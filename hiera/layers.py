@@ -302,14 +302,19 @@ class HieraBlock(RepacksOnModeChange):
         if gpu.fused_path(x) and self._fusable():
             return self._forward_fused(x)
         x_norm = self.norm1(x)
-        if self.dim != self.dim_out:
-            if self.proj is not None:
-                x = do_pool(run_linear(self.proj, x_norm), stride=self.attn.q_stride)
-            else:
-                pooled = x.view(x.shape[0], self.attn.q_stride, x.shape[1] // self.attn.q_stride, x.shape[-1])
-                x = torch.cat([pooled.amax(dim=1), pooled.mean(dim=1)], dim=-1)
+        x = self._residual(x, x_norm)
         x = x + self.drop_path(self.ls1(self.attn(x_norm)))
         return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+
+    def _residual(self, x: torch.Tensor, x_norm: torch.Tensor) -> torch.Tensor:
+        """The residual stream the attention branch adds to: ``x``, or, when the block widens and
+        pools, its projection (of the normalised tokens) or its max- and mean-pool, concatenated."""
+        if self.dim == self.dim_out:
+            return x
+        if self.proj is not None:
+            return do_pool(run_linear(self.proj, x_norm), stride=self.attn.q_stride)
+        pooled = x.view(x.shape[0], self.attn.q_stride, x.shape[1] // self.attn.q_stride, x.shape[-1])
+        return torch.cat([pooled.amax(dim=1), pooled.mean(dim=1)], dim=-1)
 
     def _fusable(self) -> bool:
         return (
@@ -323,12 +328,7 @@ class HieraBlock(RepacksOnModeChange):
         (Inference only, so drop path is the identity.)"""
         dtype = gpu.compute_dtype(x)
         _, x_norm = gpu.add_layer_norm(x, None, self.norm1, dtype)
-        if self.dim != self.dim_out:
-            if self.proj is not None:
-                x = do_pool(run_linear(self.proj, x_norm), stride=self.attn.q_stride)
-            else:
-                pooled = x.view(x.shape[0], self.attn.q_stride, x.shape[1] // self.attn.q_stride, x.shape[-1])
-                x = torch.cat([pooled.amax(dim=1), pooled.mean(dim=1)], dim=-1)
+        x = self._residual(x, x_norm)
         x, x_norm = gpu.add_layer_norm(x, self.attn(x_norm), self.norm2, dtype)
         return x + self.mlp(x_norm)
 
