@@ -86,7 +86,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:  # whatever the command: one line and the shell's code for Ctrl-C
+        print(f"hiera {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -8,30 +8,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from .cli import fail
-from .weights import CheckpointError
+from .weights import CheckpointError, save_atomic, write_atomic
 
 TARGETS = ("official", "safetensors", "timm", "hf")
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _atomic_safetensors(state, path: Path, metadata=None) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    tensors = {k: v.contiguous() for k, v in state.items()}
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def convert_checkpoint(src, dst, to: str, model: Optional[str] = None) -> Path:
@@ -64,17 +54,18 @@ def convert_checkpoint(src, dst, to: str, model: Optional[str] = None) -> Path:
     dst = Path(dst)
 
     if to == "official" and dst.suffix in (".pth", ".pt"):
-        _atomic_torch_save({"model_state": state}, dst)
+        save_atomic({"model_state": state}, dst)
     elif to in ("official", "hf"):
         if config is None:
             raise CheckpointError(f"{src} carries no config and matches no zoo model: pass --model NAME")
-        dst.mkdir(parents=True, exist_ok=True)
         if to == "official":
             weights, cfg = state, {k: v for k, v in config.items() if not k.startswith("_")}
         else:
             weights, cfg = formats.official_to_hf(state, config)
-        (dst / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=list) + "\n")
+        text = json.dumps(cfg, indent=2, sort_keys=True, default=list) + "\n"
+        # Weights first: a folder with a config.json but no weights would look like a finished repo.
         _atomic_safetensors(weights, dst / "model.safetensors", metadata={"format": "pt"})
+        write_atomic(dst / "config.json", lambda tmp: tmp.write_text(text))
     elif to == "safetensors":
         meta = {"format": "pt", "layout": "official"}
         if config is not None:
@@ -85,7 +76,7 @@ def convert_checkpoint(src, dst, to: str, model: Optional[str] = None) -> Path:
         if dst.suffix == ".safetensors":
             _atomic_safetensors(timm_state, dst, metadata={"format": "pt"})
         else:
-            _atomic_torch_save(timm_state, dst)
+            save_atomic(timm_state, dst)
     return dst
 
 
@@ -109,6 +100,12 @@ def add_parser(subparsers) -> None:
 
 
 def _run(args) -> int:
+    from .predict import exit_on_interrupt
+
+    return exit_on_interrupt("hiera convert")(_convert)(args)
+
+
+def _convert(args) -> int:
     try:
         out = convert_checkpoint(args.input, args.out, args.to, model=args.model)
     except (CheckpointError, ValueError, OSError) as e:

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .media import IMAGE_EXTENSIONS, MediaError, load_image
+from .media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, MediaError, load_image
+from .model import kept_mask_units
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,7 +63,8 @@ class _SeededRandomness:
 def random_unit_mask(num_units: int, mask_ratio: float, generator: torch.Generator) -> torch.Tensor:
     """MAE mask over mask units, ``[num_units]`` bool, True = keep: the same rule as
     ``Hiera.get_random_mask`` (keep the units with the smallest noise), seeded per sample."""
-    keep = int(num_units * (1 - mask_ratio))
+    # (checked: outside [0, 1) slicing would quietly turn a ratio into another, 1.5 into 0.5)
+    keep = kept_mask_units(mask_ratio, num_units)
     noise = torch.rand(num_units, generator=generator)
     mask = torch.zeros(num_units, dtype=torch.bool)
     mask[torch.argsort(noise)[:keep]] = True
@@ -110,6 +112,12 @@ class ImageFiles(Dataset):
         if not root.is_dir():
             raise ValueError(f"image folder not found: {root}")
         items, classes = folder_items(root, _images_in, labelled)
+        if not items:
+            hint = "looked for " + ", ".join(sorted(IMAGE_EXTENSIONS)[:8]) + ", ..."
+            if classes is not None and _images_in(root, recursive=True):
+                raise ValueError(f"{root} has no class sub-folders holding images: labelled data needs one "
+                                 "sub-folder of images per class")
+            raise ValueError(f"no images found in {root} ({hint})")
         return cls(items, classes=classes, **kwargs)
 
     @classmethod
@@ -119,14 +127,15 @@ class ImageFiles(Dataset):
         list_file = Path(list_file)
         root = Path(root) if root is not None else list_file.parent
         rows = []
-        with open(list_file, newline="") as f:
-            for n, row in enumerate(csv.reader(f), 1):
-                if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
-                    continue
-                if len(row) > 2:
-                    raise ValueError(f"{list_file}:{n}: expected 'path' or 'path,label', got {row}")
-                rows.append((row[0].strip(), row[1].strip() if len(row) == 2 else None))
-        items, classes = labelled_items(rows, root, classes)
+        for n, row in read_list_rows(list_file):
+            if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
+                continue
+            if len(row) > 2:
+                raise ValueError(f"{list_file}:{n}: expected 'path' or 'path,label', got {row}")
+            rows.append((row[0].strip(), row[1].strip() if len(row) == 2 else None))
+        if not rows:
+            raise ValueError(f"{list_file} lists no images (expected lines 'path' or 'path,label')")
+        items, classes = labelled_items(rows, root, classes, source=list_file)
         return cls(items, classes=classes, **kwargs)
 
     @classmethod
@@ -134,6 +143,7 @@ class ImageFiles(Dataset):
         """The dataset of a folder (:meth:`from_folder`) or of a list file (:meth:`from_list`);
         ``labelled=True`` refuses a list with unlabelled rows."""
         source = Path(source)
+        check_list_source(source)
         if not source.is_file():
             return cls.from_folder(source, labelled=labelled, **kwargs)
         dataset = cls.from_list(source, **kwargs)
@@ -152,6 +162,10 @@ class ImageFiles(Dataset):
         """The raw media and label of item ``index``; raises :class:`MediaError` if unreadable."""
         path, label = self.items[index]
         return load_image(path), label
+
+    def probe(self, index: int) -> None:
+        """Raise :class:`MediaError` if item ``index`` cannot be read (see :func:`check_readable`)."""
+        self.load(index)
 
     def __getitem__(self, key):
         epoch, index = key if isinstance(key, tuple) else (0, key)
@@ -189,7 +203,8 @@ def folder_items(root: Path, find: Callable[..., List[Path]], labelled: Optional
     return [(p, -1) for p in find(root, recursive=True)], None
 
 
-def labelled_items(rows: Sequence[Tuple[str, Optional[str]]], root: Path, classes: Optional[List[str]] = None):
+def labelled_items(rows: Sequence[Tuple[str, Optional[str]]], root: Path, classes: Optional[List[str]] = None,
+                   source=None):
     """``(items, classes)`` from list-file rows ``(path, label or None)``: a label is a class index
     or a class name (names are sorted into ``classes`` unless given); no label gives -1."""
     names = sorted({lab for _, lab in rows if lab is not None and not lab.lstrip("-").isdigit()})
@@ -200,10 +215,78 @@ def labelled_items(rows: Sequence[Tuple[str, Optional[str]]], root: Path, classe
             label = -1
         elif lab.lstrip("-").isdigit():
             label = int(lab)
-        else:
+            if label < 0:
+                raise ValueError(f"{source or 'the list'}: label {label} of {path} is negative; labels are class "
+                                 "indices from 0, or class names")
+        elif lab in classes:
             label = classes.index(lab)
+        else:
+            raise ValueError(f"{source or 'the list'}: the label {lab!r} of {path} is not one of the classes {classes}")
         items.append((root / path, label))
     return items, classes
+
+
+def read_list_rows(list_file: Path):
+    """``(line number, cells)`` of a CSV / text list; a file that is not text says so."""
+    try:
+        with open(list_file, newline="", encoding="utf-8-sig") as f:
+            return list(enumerate(csv.reader(f), 1))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{list_file} is not a text list of paths ({type(e).__name__}: {e}); give a folder, "
+                         "or a .txt / .csv file of 'path[,label]' lines") from None
+
+
+def check_list_source(source: Path) -> None:
+    """Refuse a media file given where a folder or list file is expected (``--data photo.jpg``)."""
+    suffix = source.suffix.lower()
+    if source.is_file() and (suffix in IMAGE_EXTENSIONS or suffix in VIDEO_EXTENSIONS):
+        kind = "an image" if suffix in IMAGE_EXTENSIONS else "a video"
+        raise ValueError(f"{source} is {kind} file, not a dataset; give a folder of {kind[2:].strip()}s (one "
+                         "sub-folder per class, or flat) or a .txt / .csv list of paths")
+
+
+def check_readable(dataset: "ImageFiles", source, limit: int = 64) -> None:
+    """Fail early, naming a file and the reason, when the files of ``dataset`` cannot be read:
+    the files are tried in order until one opens, at most ``limit`` of them (all of a small
+    dataset). A run on a dataset none of whose files reads would otherwise stop at its first
+    batch, or an evaluation report NaN."""
+    n = len(dataset)
+    picks = range(n) if n <= limit else [i * n // limit for i in range(limit)]
+    first = None
+    for i in picks:
+        try:
+            dataset.probe(i)
+            return
+        except (MediaError, OSError, ValueError) as e:
+            first = first or e
+    what = "file" if n == 1 else "files"
+    tried = f"none of the {n} {what}" if n <= limit else f"none of {limit} {what} tried, spread over the {n},"
+    raise ValueError(f"{tried} in {source} could be read (e.g. {first}); check the data")
+
+
+def relabel(dataset: "ImageFiles", classes: Sequence[str], source, owner: str) -> None:
+    """Give the items of a labelled ``dataset`` the indices of their class names in ``classes`` (the
+    model's or the training data's, described by ``owner``): labels are matched by name, never by
+    the position of a folder among the folders found. Classes missing from the data are fine; a
+    class the owner does not know is an error naming it. A list with integer labels keeps them
+    (they are indices already) if they are in range."""
+    classes = list(classes)
+    if dataset.classes is None:
+        high = max((label for _, label in dataset.items), default=-1)
+        if high >= len(classes):
+            raise ValueError(f"{source} has the label {high}, but {owner} has {len(classes)} classes (0 to "
+                             f"{len(classes) - 1})")
+        dataset.classes = classes
+        return
+    unknown = [name for name in dataset.classes if name not in classes]
+    if unknown:
+        shown = ", ".join(repr(c) for c in classes[:20]) + (", ..." if len(classes) > 20 else "")
+        raise ValueError(f"{source} has the class{'es' if len(unknown) > 1 else ''} "
+                         f"{', '.join(repr(u) for u in unknown[:10])}{', ...' if len(unknown) > 10 else ''} that "
+                         f"{owner} does not know; its classes are {shown}")
+    index = [classes.index(name) for name in dataset.classes]
+    dataset.items = [(path, index[label] if label >= 0 else label) for path, label in dataset.items]
+    dataset.classes = classes
 
 
 def _images_in(folder: Path, recursive: bool = False) -> List[Path]:

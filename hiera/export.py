@@ -192,6 +192,32 @@ def export_onnx(
     example_batch = max(int(batch), 2) if dynamic_batch else int(batch)
     x = torch.randn(example_batch, model.in_chans, *size, device=param.device, dtype=param.dtype)
 
+    before = _identity(path)
+    try:
+        used = _export(model, x, path, exporter, other_size, dynamic_batch, opset, external_data)
+    except BaseException:
+        # A failed or interrupted export can leave a truncated graph that onnxruntime would choke
+        # on; a file the export never touched stays.
+        if path.is_file() and _identity(path) != before:
+            path.unlink()
+        if stale.is_file():
+            stale.unlink()
+        raise
+    ext = Path(str(path) + ".data").exists() if used == "dynamo" else bool(external_data)
+    shape = ("batch" if dynamic_batch else int(batch), model.in_chans, *size)
+    return OnnxExport(path, used, _file_opset(path), shape, bool(dynamic_batch), ext)
+
+
+def _identity(path: Path):
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _export(model, x, path, exporter, other_size, dynamic_batch, opset, external_data) -> str:
+    """Write the graph; returns the exporter that did ("dynamo" or "torchscript")."""
     used = exporter
     with _eval_mode(model, dynamic_size=True if other_size else None), torch.no_grad():
         wrapper = LogitsModule(model).eval()
@@ -206,14 +232,12 @@ def export_onnx(
                     f"torch.export-based ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                     "falling back to the TorchScript exporter",
                     RuntimeWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
                 used = "torchscript"
         if used == "torchscript":
             _export_torchscript(wrapper, x, path, dynamic_batch, opset)
-    ext = Path(str(path) + ".data").exists() if used == "dynamo" else bool(external_data)
-    shape = ("batch" if dynamic_batch else int(batch), model.in_chans, *size)
-    return OnnxExport(path, used, _file_opset(path), shape, bool(dynamic_batch), ext)
+    return used
 
 
 class OnnxRuntimeMissing(ImportError):
@@ -292,6 +316,12 @@ def _error(msg: str, code: int) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from .predict import exit_on_interrupt
+
+    return exit_on_interrupt("hiera export")(_export_command)(args)
+
+
+def _export_command(args: argparse.Namespace) -> int:
     from .resolve import load_model
     from .weights import CheckpointError
 
@@ -304,7 +334,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if not args.atol > 0:
         return _error(f"--atol must be > 0, got {args.atol}", 2)
     try:
-        model = load_model(args.model, args.weights, mae=False)
+        # The graph outputs classifier logits: a head left at its random init would export nonsense.
+        model = load_model(args.model, args.weights, mae=False, need_head=True)
     except (CheckpointError, ValueError, TypeError, OSError) as e:
         return _error(f"could not load the model: {e}", 1)
     if hasattr(model, "forward_decoder"):

@@ -26,6 +26,7 @@ from .predict import (
     add_model_arguments,
     cli_load_model,
     error,
+    exit_on_interrupt,
     is_video_model,
     load_batches,
     make_loader,
@@ -171,19 +172,28 @@ def extract_features(
 
 
 def _write(tensors: Dict[str, torch.Tensor], stem: Path, fmt: str, metadata: Dict[str, str]) -> List[str]:
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    # Each file whole or not at all: a run stopped by a full disk or Ctrl-C leaves no truncated file
+    # that a later reader would take for features.
+    from .weights import write_atomic
+
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
         path = stem.with_name(stem.name + ".safetensors")
-        save_file(tensors, str(path), metadata=metadata)
+        write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
         return [str(path)]
     import numpy as np
 
     written = []
     for key, t in tensors.items():
         path = stem.with_name(f"{stem.name}.{key}.npy")
-        np.save(path, t.numpy())
+        arr = t.numpy()
+
+        def save(tmp: Path, arr=arr) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.save would append .npy to the name
+                np.save(f, arr)
+
+        write_atomic(path, save)
         written.append(str(path))
     return written
 
@@ -225,7 +235,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, nargs="+", metavar="N",
                    help="run at this input size: H W (video: T H W, or H W to keep T); each a multiple of "
                         "the model's size multiple (32 for the zoo image models)")
-    p.add_argument("--fit", choices=("stretch", "crop"), default="stretch",
+    p.add_argument("--fit", choices=("stretch", "crop"), default=None,
                    help="with --size: stretch = resize to exactly that size; crop = keep the aspect ratio, "
                         "crop the centre (default: stretch)")
     p.add_argument("--output-fmt", choices=("NCHW", "NHWC"), default="NCHW",
@@ -239,6 +249,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+@exit_on_interrupt("hiera features")
 def run_features(args: argparse.Namespace) -> int:
     """The ``hiera features`` command; returns the exit code."""
     prog = "hiera features"
@@ -246,6 +257,9 @@ def run_features(args: argparse.Namespace) -> int:
         return error(prog, "--batch-size must be >= 1, --num-workers >= 0")
     if args.size is not None and len(args.size) not in (2, 3):
         return error(prog, f"--size takes H W (or T H W for video), got {len(args.size)} numbers")
+    if args.fit is not None and args.size is None:
+        return error(prog, f"--fit {args.fit} applies with --size only; without --size inputs get the model's "
+                           "evaluation transform (resize, centre crop)")
     try:
         device = resolve_device(args.device)
     except ValueError as e:
@@ -261,7 +275,7 @@ def run_features(args: argparse.Namespace) -> int:
     try:
         results = extract_features(
             model, args.inputs, args.out, stages=args.stages, output_fmt=args.output_fmt, pooled=args.pooled,
-            fmt=args.format, size=args.size, fit=args.fit, batch_size=args.batch_size, device=device,
+            fmt=args.format, size=args.size, fit=args.fit or "stretch", batch_size=args.batch_size, device=device,
             num_workers=args.num_workers, progress=not args.no_progress,
         )
     except (ValueError, TypeError, OSError) as e:  # bad --stages, unwritable --out

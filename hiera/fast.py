@@ -223,7 +223,7 @@ def run_linear(layer: nn.Module, x: torch.Tensor, act: str = "none") -> torch.Te
     parametrized one, so tools that swap or watch ``nn.Linear`` modules get what they expect.
     """
     # (Tracers too get the module call: jit traces and exported graphs then name the layer.)
-    called = type(layer) is not nn.Linear or _hooked(layer) or _tracing()
+    called = type(layer) is not nn.Linear or _hooked(layer) or _tracing() or layer.weight.numel() == 0
     dtype = None if called else inference_dtype(x, layer.weight)
     # Weights made under inference_mode (a model built or converted inside it) have no version
     # counter, so a packed copy could not tell when they change: those run unpacked.

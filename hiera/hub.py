@@ -22,7 +22,7 @@ from huggingface_hub.errors import (
     OfflineModeIsEnabled,
 )
 
-from .weights import CheckpointError, load_weights, read_checkpoint
+from .weights import CheckpointError, default_file_mode, load_weights, read_checkpoint
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -88,7 +88,13 @@ class HubMixin(
             json.dumps(config)
         except TypeError as e:
             raise TypeError(f"config must be JSON-serialisable to be saved ({e}); got {config}") from e
-        return super().save_pretrained(save_directory, config=config, **kwargs)
+        result = super().save_pretrained(save_directory, config=config, **kwargs)
+        # safetensors writes through a private temporary file (mode 0600): give the weights the
+        # mode every other file gets
+        weights = Path(save_directory) / "model.safetensors"
+        if weights.exists():
+            os.chmod(weights, default_file_mode())
+        return result
 
 
 def _find_weights(model_id, revision, cache_dir, force_download, local_files_only, token) -> Path:

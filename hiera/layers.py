@@ -6,6 +6,7 @@ All token tensors are ``[B, N, C]`` in the unrolled order of :mod:`hiera.token_o
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Optional, Sequence, Type
 
 import torch
@@ -340,7 +341,10 @@ def softmax_last_dim(x: torch.Tensor) -> torch.Tensor:
 
 class Head(RepacksOnModeChange):
     """Dropout + linear classifier. In eval mode ``act_func`` (softmax by default) is applied to the
-    logits, as in the official package; ``act_func=None`` keeps logits in every mode."""
+    logits, as in the official package; ``act_func=None`` keeps logits in every mode. With
+    ``num_classes=0`` it returns its input, the pooled features (timm's convention; the official
+    model returned an empty ``[B, 0]``); the projection stays, empty, so state dicts keep the
+    official layout."""
 
     def __init__(
         self,
@@ -351,10 +355,14 @@ class Head(RepacksOnModeChange):
     ):
         super().__init__()
         self.dropout = nn.Dropout(dropout_rate) if dropout_rate > 0 else nn.Identity()
-        self.projection = nn.Linear(dim, num_classes)
+        with warnings.catch_warnings():  # num_classes=0: an empty projection is meant (see above)
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+            self.projection = nn.Linear(dim, num_classes)
         self.act_func = act_func
 
     def forward(self, x: torch.Tensor, logits: bool = False) -> torch.Tensor:
+        if getattr(self.projection, "out_features", None) == 0:
+            return x  # no classes: the pooled features, as timm's num_classes=0 gives
         x = run_linear(self.projection, self.dropout(x))
         if not self.training and not logits and self.act_func is not None:
             x = self.act_func(x)

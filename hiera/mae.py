@@ -12,7 +12,7 @@ import torch.nn as nn
 from .config import records_config
 from .fast import _eager_cpu, linear, run_linear
 from .layers import HieraBlock, conv_nd
-from .model import Hiera, _norm_layer
+from .model import Hiera, _is_int, _norm_layer
 from .pos_embed import resize_pos_embed
 from .token_order import undo_windowing
 
@@ -76,6 +76,8 @@ class MaskedAutoencoderHiera(Hiera):
     Pass ``mask_ratio=0.9`` for video. An explicit ``mask`` (True = keep) overrides ``mask_ratio``.
     """
 
+    _masks_are_predicted = True  # a mask ratio must mask at least one unit (check_mask_ratio)
+
     @records_config
     def __init__(
         self,
@@ -121,6 +123,10 @@ class MaskedAutoencoderHiera(Hiera):
         norm_layer = _norm_layer(norm_layer)
         patch_stride = tuple(patch_stride)
         ndim = len(self.q_stride)
+        for name, value, least in (("decoder_embed_dim", decoder_embed_dim, 1), ("decoder_depth", decoder_depth, 0),
+                                   ("decoder_num_heads", decoder_num_heads, 1)):
+            if not _is_int(value) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         if decoder_embed_dim % decoder_num_heads:
             raise ValueError(
                 f"decoder_embed_dim={decoder_embed_dim} must be divisible by decoder_num_heads={decoder_num_heads}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from functools import partial
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -14,7 +15,7 @@ import torch.utils.checkpoint
 from . import fast
 from .config import records_config
 from .hub import HubMixin
-from .layers import Head, HieraBlock, PatchEmbed
+from .layers import Head, HieraBlock, PatchEmbed, softmax_last_dim
 from .pos_embed import resize_pos_embed
 from .token_order import Reroll, Unroll, _IndexTables
 
@@ -41,6 +42,42 @@ def _tuple(value, name: str) -> tuple:
         return tuple(value)
     except TypeError:
         raise TypeError(f"{name} must be a sequence (e.g. a tuple), got {value!r}") from None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def mask_ratio_value(mask_ratio) -> float:
+    """``mask_ratio`` as a float in [0, 1), else a TypeError / ValueError saying so."""
+    try:
+        if isinstance(mask_ratio, (str, bytes, bool)):
+            raise TypeError
+        ratio = float(mask_ratio)
+    except (TypeError, ValueError):
+        raise TypeError(f"mask_ratio must be a number in [0, 1), got {mask_ratio!r}") from None
+    if not 0.0 <= ratio < 1.0:  # (NaN fails this too)
+        raise ValueError(f"mask_ratio must be in [0, 1) (the fraction of mask units hidden), got {mask_ratio}")
+    return ratio
+
+
+def kept_mask_units(mask_ratio, num_units: int, mask_one: bool = False) -> int:
+    """How many of ``num_units`` mask units a random mask at ``mask_ratio`` keeps,
+    ``int(num_units * (1 - mask_ratio))``: the one rule of every mask in this package. A
+    ValueError says why a ratio cannot work: outside [0, 1), one that keeps no unit, or (with
+    ``mask_one``, for the MAE, whose loss is over the masked units) one that masks none."""
+    keep = int(num_units * (1 - mask_ratio_value(mask_ratio)))
+    if keep < 1:
+        raise ValueError(
+            f"mask_ratio {mask_ratio} keeps no mask unit of {num_units}: it must be at most "
+            f"{math.floor((1 - 1 / num_units) * 1e4) / 1e4:g} for this input (at least one unit kept)"
+        )
+    if mask_one and keep >= num_units:
+        raise ValueError(
+            f"mask_ratio {mask_ratio} masks no mask unit of {num_units}, and the MAE loss is computed over "
+            "the masked ones: it must be above 0"
+        )
+    return keep
 
 
 class InputMismatchError(TypeError, RuntimeError):
@@ -111,6 +148,8 @@ class Hiera(nn.Module, HubMixin):
         patch_stride = _tuple(patch_stride, "patch_stride")
         self._check_config(input_size, in_chans, stages, q_pool, q_stride, mask_unit_size, mask_unit_attn,
                            patch_kernel, patch_stride, patch_padding, sep_pos_embed)
+        self._check_widths(embed_dim, num_heads, num_classes, stages, dim_mul, head_mul, mlp_ratio,
+                           drop_path_rate, head_dropout)
 
         depth = sum(stages)
         self.input_size = input_size
@@ -207,6 +246,15 @@ class Hiera(nn.Module, HubMixin):
     @staticmethod
     def _check_config(input_size, in_chans, stages, q_pool, q_stride, mask_unit_size, mask_unit_attn,
                       patch_kernel, patch_stride, patch_padding, sep_pos_embed):
+        for name, value, least in (("input_size", input_size, 1), ("q_stride", q_stride, 1),
+                                   ("mask_unit_size", mask_unit_size, 1), ("patch_kernel", patch_kernel, 1),
+                                   ("patch_stride", patch_stride, 1), ("patch_padding", patch_padding, 0),
+                                   ("stages", stages, 1)):
+            if any(not _is_int(v) or v < least for v in value):
+                raise ValueError(f"{name} must hold integers >= {least}, got {tuple(value)}")
+        for name, value, least in (("in_chans", in_chans, 1), ("q_pool", q_pool, 0)):
+            if not _is_int(value) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         ndim = len(input_size)
         for name, value in (("q_stride", q_stride), ("mask_unit_size", mask_unit_size),
                             ("patch_kernel", patch_kernel), ("patch_stride", patch_stride),
@@ -234,6 +282,34 @@ class Hiera(nn.Module, HubMixin):
                 )
         if in_chans < 1:
             raise ValueError(f"in_chans must be positive, got {in_chans}")
+
+    @staticmethod
+    def _check_widths(embed_dim, num_heads, num_classes, stages, dim_mul, head_mul, mlp_ratio,
+                      drop_path_rate, head_dropout):
+        """Widths and rates that can build a model: every stage's channels split evenly into its
+        heads (as the constructor computes them: ``int(embed_dim * dim_mul**i)`` channels,
+        ``int(num_heads * head_mul**i)`` heads)."""
+        for name, value, least in (("embed_dim", embed_dim, 1), ("num_heads", num_heads, 1),
+                                   ("num_classes", num_classes, 0)):
+            if not _is_int(value) or value < least:
+                extra = " (0 gives the pooled features, as in timm)" if name == "num_classes" else ""
+                raise ValueError(f"{name} must be an integer >= {least}{extra}, got {value!r}")
+        for name, value in (("dim_mul", dim_mul), ("head_mul", head_mul), ("mlp_ratio", mlp_ratio)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        for name, value in (("drop_path_rate", drop_path_rate), ("head_dropout", head_dropout)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        dim, heads = embed_dim, num_heads
+        for stage in range(len(stages)):
+            if stage:
+                dim, heads = int(dim * dim_mul), int(heads * head_mul)
+            if dim < 1 or heads < 1 or dim % heads:
+                raise ValueError(
+                    f"stage {stage + 1} would have {dim} channels in {heads} heads: the channels must be a "
+                    f"positive multiple of the heads (embed_dim={embed_dim}, num_heads={num_heads}, "
+                    f"dim_mul={dim_mul}, head_mul={head_mul})"
+                )
 
     def _init_weights(self, m: nn.Module, init_bias: float = 0.02):
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
@@ -280,14 +356,22 @@ class Hiera(nn.Module, HubMixin):
     def num_mask_units(self) -> int:
         return math.prod(self.mask_spatial_shape)
 
+    def check_mask_ratio(self, mask_ratio: float, num_units: Optional[int] = None) -> int:
+        """The number of mask units a random mask at ``mask_ratio`` keeps, or the error that says
+        why the ratio cannot work (see :func:`kept_mask_units`; the MAE must mask at least one
+        unit). ``num_units`` defaults to the model's own input size."""
+        units = self.num_mask_units if num_units is None else int(num_units)
+        return kept_mask_units(mask_ratio, units, mask_one=self._masks_are_predicted)
+
+    _masks_are_predicted = False  # True for the MAE (see check_mask_ratio)
+
     def get_random_mask(self, x: torch.Tensor, mask_ratio: float) -> torch.Tensor:
         """Random mask over mask units, ``[B, #units]`` bool, True = keep (the opposite of MAE's
-        convention). ``int(#units * (1 - mask_ratio))`` units are kept in every row."""
-        if not 0.0 <= float(mask_ratio) < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        convention). ``int(#units * (1 - mask_ratio))`` units are kept in every row (see
+        :meth:`check_mask_ratio` for the ratios that work)."""
         batch = x.shape[0]
         num_windows = math.prod(self.geometry(x.shape[2:], x.device).mask_grid)
-        len_keep = int(num_windows * (1 - mask_ratio))
+        len_keep = self.check_mask_ratio(mask_ratio, num_windows)
         noise = torch.rand(batch, num_windows, device=x.device)
         ids_shuffle = torch.argsort(noise, dim=1)  # ascending: the smallest noise is kept
         ids_restore = torch.argsort(ids_shuffle, dim=1)
@@ -530,13 +614,27 @@ class Hiera(nn.Module, HubMixin):
         """Final tokens ``[B, N, C]`` -> logits ``[B, num_classes]`` (never softmaxed), or the pooled,
         normalised features ``[B, C]`` with ``pre_logits=True``."""
         x = self.norm(x.mean(dim=1))
-        return x if pre_logits else self.head(x, logits=True)
+        return x if pre_logits else self._classify(x, logits=True)
+
+    def _classify(self, x: torch.Tensor, logits: bool) -> torch.Tensor:
+        """The head on pooled features ``[B, C]``. Any module may stand in for the head (code written
+        for the official package replaces it with ``nn.Identity()``, ``nn.Linear``, ...): it is called
+        as the official model calls it, with the features alone."""
+        if isinstance(self.head, Head):
+            return self.head(x, logits=logits)
+        return self.head(x)
 
     def reset_classifier(self, num_classes: int, head_dropout: Optional[float] = None) -> None:
-        """Replace the head by a fresh ``num_classes``-way one (initialised as at construction)."""
+        """Replace the head by a fresh ``num_classes``-way one (initialised as at construction);
+        ``num_classes=0`` makes the model return its pooled features, as in timm."""
+        if not _is_int(num_classes) or num_classes < 0:
+            raise ValueError(f"num_classes must be an integer >= 0 (0: the pooled features), got {num_classes!r}")
         dropout = self.config.get("head_dropout", 0.0) if head_dropout is None else head_dropout
-        ref = self.head.projection.weight
-        self.head = Head(self.num_features, num_classes, dropout_rate=dropout, act_func=self.head.act_func)
+        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"head_dropout must be in [0, 1), got {dropout!r}")
+        ref = self.patch_embed.proj.weight  # (the head may be any module a user put there)
+        act = getattr(self.head, "act_func", softmax_last_dim)
+        self.head = Head(self.num_features, num_classes, dropout_rate=dropout, act_func=act)
         self.head.to(device=ref.device, dtype=ref.dtype)
         self._init_weights(self.head.projection)
         scale = self.config.get("head_init_scale", 0.001)
@@ -565,7 +663,7 @@ class Hiera(nn.Module, HubMixin):
         x, intermediates = self.forward_tokens(x, mask, return_intermediates)
         if mask is None:
             x = self.norm(x.mean(dim=1))
-            x = self.head(x, logits=return_logits)
+            x = self._classify(x, logits=return_logits)
         if return_intermediates:
             return x, intermediates
         return x

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -31,9 +32,25 @@ from .media import MediaError, MediaList, Skipped, find_media
 # Helpers the feature extractor (hiera.extract) shares with predict.
 
 
+def available_devices() -> List[str]:
+    """The devices torch can use here, e.g. ``["cpu", "cuda:0", "cuda:1"]``."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        found += [f"xpu:{i}" for i in range(xpu.device_count())]
+    return found
+
+
 def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
     """``None`` / ``"auto"``: the GPU if there is one, else the CPU; anything else as torch reads it.
-    A device that is not present raises a ValueError saying so (rather than failing at first use)."""
+
+    Every tool resolves ``--device`` here, so a device that is not present fails at once with a
+    ValueError naming it and the devices there are (rather than at the first tensor moved to it)."""
     if device is None or str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -41,12 +58,22 @@ def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.d
         return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"unknown device {device!r} ({e}); use auto, cpu, cuda, cuda:1, mps, ...") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU here")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r} asked for, but there are only {torch.cuda.device_count()} GPUs")
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {str(device)!r}; use auto, cpu, cuda, cuda:N or mps "
+                         f"(available here: {', '.join(available_devices())})") from None
+    if dev.type == "cpu":
+        return dev
+    have = available_devices()
+    names = {"cuda": "CUDA GPU", "mps": "Apple (mps) GPU", "xpu": "Intel (xpu) GPU"}
+    present = [d for d in have if d.split(":")[0] == dev.type]
+    if not present:
+        raise ValueError(f"device {str(device)!r} asked for, but torch sees no {names.get(dev.type, dev.type + ' device')} "
+                         f"here; available: {', '.join(have)}")
+    index_ok = dev.index is None or (dev.index == 0 if dev.type == "mps" else f"{dev.type}:{dev.index}" in present)
+    if not index_ok:
+        raise ValueError(f"device {str(device)!r} asked for, but there {'is' if len(present) == 1 else 'are'} only "
+                         f"{len(present)} {names.get(dev.type, dev.type)}{'' if len(present) == 1 else 's'}; "
+                         f"available: {', '.join(have)}")
     return dev
 
 
@@ -117,7 +144,13 @@ class _ImageLoader:
         self.transform, self.read = transform, read
 
     def __call__(self, path: Path) -> torch.Tensor:
-        return self.transform(self.read(path)).unsqueeze(0)
+        from .transforms import ResizeTooLarge
+
+        image = self.read(path)
+        try:
+            return self.transform(image).unsqueeze(0)
+        except ResizeTooLarge as e:
+            raise MediaError(path, str(e)) from None
 
 
 # ------------------------------------------------------------------------------------------ library
@@ -143,7 +176,7 @@ def predict(
         class_names: ``num_classes`` names, or a file / ImageFolder folder of them; default
             ImageNet-1k or Kinetics-400 names when the head matches, else ``class_i``.
         views: video only: ``"single"`` (centre clip, centre crop) or ``"multi"`` (5 clips x 3
-            crops, probabilities averaged).
+            crops, probabilities averaged); ``"multi"`` with an image model raises a ValueError.
         device: ``"auto"`` (default: GPU when present), ``"cpu"``, ``"cuda"``, ...
         transform: replaces the evaluation transform (a callable PIL -> ``[3, H, W]`` for images;
             an object with ``.load(path) -> [V, 3, T, H, W]`` for videos).
@@ -153,7 +186,8 @@ def predict(
         a :class:`hiera.media.MediaList` of ``{"path": str, "labels": [(name, probability), ...],
         "indices": [class index, ...]}`` in input order, best first; probabilities are softmax
         scores (averaged over views). ``.skipped`` lists ``(path, reason)`` for every input that was
-        left out (missing, wrong kind, corrupt).
+        left out (missing, wrong kind, corrupt, or so elongated that resizing it would take
+        gigabytes: see :func:`hiera.transforms.check_resize`).
     """
     from tqdm.auto import tqdm
 
@@ -169,6 +203,8 @@ def predict(
         raise ValueError(f"topk must be >= 1, got {topk}")
     num_classes = model.head.projection.out_features
     video = is_video_model(model)
+    if views == "multi" and not video:
+        raise ValueError(MULTI_VIEW_IMAGE)
     if class_names is None or isinstance(class_names, (str, Path)):
         names = default_names(num_classes, video=video, source=class_names)
     else:
@@ -283,19 +319,25 @@ def error(prog: str, message: str) -> int:
     return fail(prog.removeprefix("hiera "), message)
 
 
-def cli_load_model(args: argparse.Namespace, prog: str):
-    """``load_model(args.model, args.weights)``, or (None, exit code) after a one-line error."""
+MULTI_VIEW_IMAGE = ("views='multi' (5 clips x 3 crops, averaged) is for video models; this is an image model, "
+                    "which sees each image once (resize, centre crop): use views='single'")
+
+
+def cli_load_model(args: argparse.Namespace, prog: str, need_head: bool = False):
+    """``load_model(args.model, args.weights)``, or (None, exit code) after a one-line error.
+    ``need_head``: refuse weights whose classification head was not loaded (see ``load_model``)."""
     from .resolve import load_model
 
     if args.model is None and args.weights is None:
         return None, error(prog, "say which model: --model NAME (see `hiera zoo`) or --weights PATH")
     try:
-        return load_model(model=args.model, weights=args.weights), 0
+        return load_model(model=args.model, weights=args.weights, need_head=need_head), 0
     except KeyboardInterrupt:
         raise
     except Exception as e:  # whatever the cause (missing file, bad config, network), one clear line
-        what = args.weights or args.model
-        return None, error(prog, f"could not load the model {what}: {e}")
+        what = str(args.weights or args.model)
+        message = str(e) if str(e).startswith(what) else f"could not load the model {what}: {e}"
+        return None, error(prog, message)
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -371,6 +413,26 @@ def _output_format(args: argparse.Namespace) -> str:
     return {".json": "json", ".csv": "csv"}.get(suffix, "table")
 
 
+def exit_on_interrupt(prog: str):
+    """Decorate a command so that Ctrl-C ends it with one line on stderr and exit code 130 (the
+    shell's code for SIGINT) instead of a traceback. Outputs are written whole or not at all, so
+    nothing half-written is left behind."""
+    def wrap(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        @functools.wraps(command)
+        def run(args: argparse.Namespace) -> int:
+            try:
+                return command(args)
+            except KeyboardInterrupt:
+                sys.stdout.flush()
+                # A progress bar on a terminal may leave the cursor mid-line: start a fresh one.
+                lead = "\n" if sys.stderr.isatty() else ""
+                print(f"{lead}{prog}: interrupted", file=sys.stderr)
+                return 130
+        return run
+    return wrap
+
+
+@exit_on_interrupt("hiera predict")
 def run_predict(args: argparse.Namespace) -> int:
     """The ``hiera predict`` command; returns the exit code."""
     prog = "hiera predict"
@@ -380,13 +442,12 @@ def run_predict(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
     except ValueError as e:
         return error(prog, str(e))
-    model, code = cli_load_model(args, prog)
+    model, code = cli_load_model(args, prog, need_head=True)
     if model is None:
         return code
-    from .mae import MaskedAutoencoderHiera
-
-    if isinstance(model, MaskedAutoencoderHiera):
-        return error(prog, "this is an MAE (pretraining) model, it has no classifier; use a fine-tuned checkpoint")
+    if args.views == "multi" and not is_video_model(model):
+        return error(prog, "--views multi (5 clips x 3 crops) is for video models; this is an image model, "
+                           "which sees each image once: leave --views out")
     fmt = _output_format(args)
     try:
         results = predict(model, args.inputs, topk=args.topk, batch_size=args.batch_size,
@@ -399,9 +460,11 @@ def run_predict(args: argparse.Namespace) -> int:
         return error(prog, "no input could be classified")
     name = args.model or str(args.weights)
     if args.output:
+        from .weights import write_atomic
+
+        text = format_results(results, fmt, results.skipped, name)
         try:
-            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.output).write_text(format_results(results, fmt, results.skipped, name), encoding="utf-8")
+            write_atomic(args.output, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         except OSError as e:
             return error(prog, f"cannot write {args.output}: {e}")
     elif not (fmt == "table" and sys.stdout.isatty() and _print_rich_table(results, name)):

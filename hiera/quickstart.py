@@ -38,8 +38,21 @@ def quickstart(out="quickstart", per_class: int = 200, val_per_class: int = 50, 
     from .synthetic import make_dataset
     from .train import evaluate, finetune, pretrain
 
+    from .synthetic import CLASSES
+
+    for name, value, low in (("--per-class", per_class, 1), ("val_per_class", val_per_class, 1),
+                             ("--pretrain-epochs", pretrain_epochs, 1), ("--finetune-epochs", finetune_epochs, 1),
+                             ("batch_size", batch_size, 1), ("--workers", workers, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+    if len(CLASSES) * per_class < batch_size:
+        raise ValueError(f"--per-class {per_class} gives {len(CLASSES) * per_class} training images, fewer than one "
+                         f"batch of {batch_size}; use --per-class {-(-batch_size // len(CLASSES))} or more")
     out = Path(out)
-    run = dict(progress=progress, log_every=10, num_workers=workers, seed=seed)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    # The runs are the quickstart's own sub-folders: running it again replaces them.
+    run = dict(progress=progress, log_every=10, num_workers=workers, seed=seed, overwrite=True)
     times = {}
     start = time.perf_counter()
     data = make_dataset(out / "data", per_class, val_per_class, size=64, seed=seed)
@@ -121,7 +134,8 @@ def add_parser(subparsers) -> None:
         "quickstart", help="generate data, MAE-pretrain, fine-tune, evaluate and report, offline in minutes",
         description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  hiera quickstart --out quickstart/    # then open quickstart/report.md")
-    p.add_argument("--out", "-o", default="quickstart", help="folder for the data, runs and report")
+    p.add_argument("--out", "-o", default="quickstart",
+                   help="folder for the data, runs and report (running again replaces the runs in it)")
     p.add_argument("--per-class", type=int, default=200, help="training images per class")
     p.add_argument("--pretrain-epochs", type=int, default=12)
     p.add_argument("--finetune-epochs", type=int, default=10)
@@ -132,11 +146,21 @@ def add_parser(subparsers) -> None:
 
 
 def _run(args) -> int:
-    report = quickstart(args.out, per_class=args.per_class, pretrain_epochs=args.pretrain_epochs,
-                        finetune_epochs=args.finetune_epochs, workers=args.workers, seed=args.seed,
-                        progress=not args.no_progress)
-    print(f"top-1 on held-out images: MAE-pretrained {report['mae_pretrained']['acc1']:.1f}%, "
-          f"from scratch {report['from_scratch']['acc1']:.1f}% (chance {report['chance_acc1']:.1f}%); "
-          f"{report['seconds']['total']:.0f} s. Report: {Path(args.out) / 'report.md'}")
-    return 0 if report["mae_pretrained"]["acc1"] > report["chance_acc1"] else 1
+    from .train import _guard
+
+    def go() -> int:
+        from .engine import RunInterrupted
+
+        try:
+            report = quickstart(args.out, per_class=args.per_class, pretrain_epochs=args.pretrain_epochs,
+                                finetune_epochs=args.finetune_epochs, workers=args.workers, seed=args.seed,
+                                progress=not args.no_progress)
+        except KeyboardInterrupt:  # (a run's own message would offer --resume, which quickstart has not)
+            raise RunInterrupted(f"interrupted; {args.out} holds what was done so far, and running "
+                                 "`hiera quickstart` again starts over") from None
+        print(f"top-1 on held-out images: MAE-pretrained {report['mae_pretrained']['acc1']:.1f}%, "
+              f"from scratch {report['from_scratch']['acc1']:.1f}% (chance {report['chance_acc1']:.1f}%); "
+              f"{report['seconds']['total']:.0f} s. Report: {Path(args.out) / 'report.md'}")
+        return 0 if report["mae_pretrained"]["acc1"] > report["chance_acc1"] else 1
+    return _guard("quickstart", go)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -96,6 +97,7 @@ def load_model(
     model: Optional[str] = None,
     weights: Optional[os.PathLike] = None,
     mae: bool = False,
+    need_head: bool = False,
     **kwargs,
 ) -> nn.Module:
     """Build and load a model for a tool.
@@ -108,8 +110,90 @@ def load_model(
             training checkpoints, ``save_pretrained`` directories, safetensors, timm, transformers).
         mae: build the MAE model (encoder + decoder) rather than the classifier; the checkpoint's
             own kind does not decide, the tool does (``load_weights`` reports any mismatch).
+        need_head: the caller classifies: raise a :class:`CheckpointError` unless the
+            classification head was loaded from the weights (an MAE or features-only checkpoint, a
+            head missing from the state dict, under other key names, or of another size than
+            ``num_classes`` would leave a randomly initialised head that still gives confident
+            answers).
         kwargs: constructor overrides (e.g. ``num_classes``, ``input_size``).
     """
+    if not need_head:
+        return _load_model(model, weights, mae, **kwargs)
+    if mae:
+        raise ValueError("need_head=True asks for a classifier; an MAE model (mae=True) has no head")
+    if weights is None and model is not None:
+        known = _zoo_checkpoint_without_head(model)
+        if known:  # said before downloading hundreds of megabytes only to refuse them
+            raise CheckpointError(f"{model}: {known}")
+    # The load warns about a missing head; when that ends in a refusal the warning only repeats it.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        built = _load_model(model, weights, mae, **kwargs)
+    problem = head_problem(built)
+    if problem:
+        raise CheckpointError(f"{weights if weights is not None else model}: {problem}")
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return built
+
+
+_HEADLESS_USES = ("use its weights with `hiera features` (feature maps), `hiera mae-viz` (MAE reconstructions), "
+                  "or fine-tune a classifier from them with `hiera finetune --init`")
+
+
+def _zoo_checkpoint_without_head(model: str) -> Optional[str]:
+    """Why a zoo classifier's named checkpoint has no head (None when it has one, or is unknown):
+    the official MAE-pretraining files (``mae_hiera_*.pth``) hold encoder + decoder only."""
+    from .model import Hiera
+    from .zoo import MODELS
+
+    name, _, checkpoint = model.partition(".")
+    spec = MODELS.get(name)
+    if spec is None:
+        return None
+    if spec.cls is not Hiera:  # the MAE constructors
+        return (f"an MAE model (encoder + decoder), without a classification head; {_HEADLESS_USES}"
+                f"; to classify, use {name.removeprefix('mae_')}")
+    url = spec.checkpoints.get(checkpoint or spec.default or "", "")
+    if not url.rsplit("/", 1)[-1].startswith("mae_"):
+        return None
+    tuned = [f"{name}.{c}" for c in spec.checkpoints if "_ft_" in c]
+    return (f"the {checkpoint} checkpoint is MAE-pretrained (encoder + decoder), without a trained "
+            f"classification head; {_HEADLESS_USES}" + (f"; to classify, use {' or '.join(tuned)}" if tuned else ""))
+
+
+def head_problem(model: nn.Module) -> Optional[str]:
+    """Why ``model`` cannot classify with a trained head (None when it can), judged from the
+    ``load_report`` that loading left on it."""
+    from .mae import MaskedAutoencoderHiera
+    from .weights import _HEAD_KEYS
+
+    inner = getattr(model, "model", model)  # HieraFeatures wraps the Hiera
+    uses = _HEADLESS_USES
+    if isinstance(inner, MaskedAutoencoderHiera) or not hasattr(inner, "head"):
+        return f"{type(inner).__name__} is an MAE / feature model without a classification head; {uses}"
+    report = getattr(inner, "load_report", None)
+    if report is None:
+        return "no weights were loaded, so the classification head is random"
+    if report.fresh_head:
+        return (f"the checkpoint's classification head has another number of classes than the "
+                f"{inner.head.projection.out_features} asked for, so the head is new and untrained; drop "
+                "num_classes to use the checkpoint's head, or fine-tune (`hiera finetune`)")
+    missing = [k for k in _HEAD_KEYS if k in report.missing]
+    if not missing:
+        return None
+    if report.checkpoint_kind == "mae":
+        what = "an MAE-pretrained checkpoint (encoder + decoder): it was never trained to classify"
+    else:
+        heads = [k for k in report.unexpected if "head" in k or "classifier" in k or "fc." in k]
+        what = ("weights without a classification head (an encoder / features-only checkpoint)" if not heads
+                else f"a checkpoint whose head keys {heads[:4]} do not match this model's {list(_HEAD_KEYS)}")
+    return (f"{what}, so the classifier's head ({', '.join(missing)}) would keep its random initialisation and "
+            f"give meaningless classes; {uses}; to classify, pass fine-tuned weights (e.g. a zoo name ending in "
+            "_ft_in1k or _ft_k400)")
+
+
+def _load_model(model, weights, mae, **kwargs) -> nn.Module:
     from .mae import MaskedAutoencoderHiera
     from .model import Hiera
     from .zoo import MODELS, create_model

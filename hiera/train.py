@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import numbers
+import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 from .cli import fail
+from .model import mask_ratio_value
 from .weights import CheckpointError
 
 
@@ -27,11 +31,14 @@ def _build(name: str, mae: bool, overrides: dict):
     from .model import Hiera
     from .zoo import create_model
 
-    if name == "custom":
-        return (MaskedAutoencoderHiera if mae else Hiera)(**overrides)
-    base = name.split(".", 1)[0]
-    base = base[len("mae_"):] if base.startswith("mae_") else base
-    return create_model(("mae_" + base) if mae else base, **overrides)
+    try:
+        if name == "custom":
+            return (MaskedAutoencoderHiera if mae else Hiera)(**overrides)
+        base = name.split(".", 1)[0]
+        base = base[len("mae_"):] if base.startswith("mae_") else base
+        return create_model(("mae_" + base) if mae else base, **overrides)
+    except TypeError as e:  # an unknown or mistyped --config key
+        raise ValueError(f"--config does not fit the model: {e}") from None
 
 
 def _init_weights(model, init: Optional[str], strict=None):
@@ -125,6 +132,66 @@ def _with(recipe, **fields):
     return dataclasses.replace(recipe, **fields) if fields else recipe
 
 
+# ---------------------------------------------------------------------------------- checks
+def _whole(value, flag: str, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{flag} must be a whole number >= {low}, got {value!r}")
+
+
+def _positive(value, flag: str, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{flag} must be a positive {what}, got {value!r}")
+
+
+def _check_run(batch_size, accum, lr, epochs, run: dict) -> None:
+    """Every number a run takes, checked before any work: a bad one fails at once with what is
+    expected instead of being ignored (a negative --save-every), misread or failing hours later."""
+    _whole(batch_size, "--batch-size", 1)
+    _whole(accum, "--accum", 1)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if batch_size % (world * accum):
+        raise ValueError(f"--batch-size {batch_size} must be divisible by processes x --accum = {world} x {accum}")
+    if lr is not None:
+        _positive(lr, "--lr", "learning rate")
+    if epochs is not None:
+        _positive(epochs, "--epochs", "number")
+    for key, flag, low in (("save_every", "--save-every", 0), ("eval_every", "--eval-every", 0),
+                           ("log_every", "--log-every", 1), ("num_workers", "--workers", 0)):
+        if key in run:
+            _whole(run[key], flag, low)
+    if run.get("clip_grad") is not None:
+        _positive(run["clip_grad"], "--clip-grad", "gradient norm")
+    if run.get("precision", "fp32") not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"--precision must be fp32, bf16 or fp16, got {run['precision']!r}")
+    from .predict import resolve_device
+
+    resolve_device(run.get("device", "auto"))
+
+
+def _check_video_options(video: bool, data, num_frames, frame_stride, repeat_aug) -> None:
+    given = [flag for flag, value in (("--frames", num_frames), ("--frame-stride", frame_stride),
+                                      ("--repeat-aug", repeat_aug)) if value is not None]
+    if not video and given:
+        raise ValueError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for video runs, and this run "
+                         f"is on images ({data}); drop {'it' if len(given) == 1 else 'them'}, or train a video model")
+    if num_frames is not None:
+        _whole(num_frames, "--frames", 1)
+    if frame_stride is not None:
+        _positive(frame_stride, "--frame-stride", "number of frames")
+    if repeat_aug is not None:
+        _whole(repeat_aug, "--repeat-aug", 1)
+
+
+
+
+def _interrupted(out):
+    from .engine import RunInterrupted, checkpoint_step, describe_checkpoint
+
+    last = Path(out) / "last.pt"
+    return RunInterrupted(f"interrupted; {describe_checkpoint(last)}"
+                          + ("; continue with --resume" if checkpoint_step(last) is not None else ""))
+
+
 # ---------------------------------------------------------------------------------- commands
 def pretrain(
     data,
@@ -143,12 +210,16 @@ def pretrain(
     num_frames: Optional[int] = None,
     frame_stride: Optional[float] = None,
     repeat_aug: Optional[int] = None,
+    overwrite: bool = False,
     **run,
 ) -> dict:
     """MAE pretraining on an image or video folder (labels, if any, are ignored) with the paper's
     recipe for the model's size, shrunk to ``epochs`` and ``batch_size``. ``init`` continues from
-    existing weights; ``resume`` continues an interrupted run in ``out``. ``run``: fields of
-    :class:`hiera.engine.RunConfig` (precision, clip_grad, compile, save_every, seed, ...).
+    existing weights; ``resume`` continues an interrupted run in ``out``; ``overwrite`` replaces the
+    run already in ``out`` (without either, a folder holding a run is refused; see
+    :class:`hiera.engine.RunFolder`). ``run``: fields of :class:`hiera.engine.RunConfig`
+    (precision, clip_grad, compile, save_every, seed, ...). Bad arguments raise ValueError before
+    any work; Ctrl-C raises :class:`hiera.engine.RunInterrupted` saying where the last checkpoint is.
 
     Video (``video=True``, a ``*_16x224`` / 3-D custom model, or a folder / list of videos; the
     default model is then ``hiera_base_16x224``): clips of the model's frame count (``num_frames``
@@ -156,11 +227,29 @@ def pretrain(
     flip per clip, Kinetics statistics, mask ratio 0.9 over 1x8x8-token mask units, the
     time-strided normalised-pixel loss of the official video MAE, and ``repeat_aug`` clips per
     decoded video (default 1). ``val``: the centre clip of each video, as ``hiera mae-viz`` reads it."""
-    from .data import open_images, pretrain_transform
+    from .engine import RunFolder, RunInterrupted
+
+    _check_run(batch_size, accum, lr, epochs, run)
+    if mask_ratio is not None:  # the range now, before anything is built; the model then says
+        mask_ratio_value(mask_ratio)  # which ratios its input allows (check_mask_ratio)
+    video = _video_run(data, model, config, video)
+    _check_video_options(video, data, num_frames, frame_stride, repeat_aug)
+    try:
+        with RunFolder(out, resume=resume, overwrite=overwrite):
+            return _pretrain(data, out, model, epochs, batch_size, accum, lr, mask_ratio, init, resume, val, config,
+                             video, num_frames, frame_stride, repeat_aug, run)
+    except KeyboardInterrupt as e:
+        if isinstance(e, RunInterrupted):
+            raise
+        raise _interrupted(out) from None
+
+
+def _pretrain(data, out, model, epochs, batch_size, accum, lr, mask_ratio, init, resume, val, config, video,
+              num_frames, frame_stride, repeat_aug, run) -> dict:
+    from .data import check_readable, open_images, pretrain_transform
     from .engine import MAETask, RunConfig, Trainer
     from .recipes import build_optimizer, pretrain_recipe, video_pretrain_recipe
 
-    video = _video_run(data, model, config, video)
     model = model or ("hiera_base_16x224" if video else "hiera_base_224")
     name = "base" if model == "custom" else model
     recipe = (video_pretrain_recipe(name) if video else pretrain_recipe(name)).scaled(epochs=epochs, batch_size=batch_size)
@@ -176,8 +265,9 @@ def pretrain(
         train_set = open_videos(data, seed=seed)
     torch.manual_seed(seed)  # the same initial weights in every process and every rerun
     net = _build(model, mae=True, overrides=overrides)
-    report = _init_weights(net, init, strict=False)
     ratio = recipe.mask_ratio if mask_ratio is None else mask_ratio
+    net.check_mask_ratio(ratio)  # e.g. 0.98 keeps no unit of 49: say so before any data is read
+    report = _init_weights(net, init, strict=False)
     size = tuple(net.input_size)
     extra = {}
     if video:
@@ -203,6 +293,9 @@ def pretrain(
             mask_units=net.num_mask_units, mask_ratio=ratio)
         train_set = make(data)
         val_set = make(val) if val else None
+    check_readable(train_set, data)
+    if val_set is not None:
+        check_readable(val_set, val)
     steps_per_epoch = len(train_set) // batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_set)} {'videos' if video else 'images'} are fewer than one batch of {batch_size}")
@@ -241,24 +334,46 @@ def finetune(
     num_frames: Optional[int] = None,
     frame_stride: Optional[float] = None,
     repeat_aug: Optional[int] = None,
+    overwrite: bool = False,
     **run,
 ) -> dict:
     """Supervised fine-tuning on a folder with one sub-folder per class (images or videos, or a
     ``path,label`` list), from ``init`` (an MAE checkpoint of ours, an official one such as
     ``mae_hiera_base_224.mae_in1k`` / ``mae_hiera_base_16x224.mae_k400``, or any weights), with
     the paper's fine-tuning recipe for the model's size. ``linear_probe`` freezes the trunk and
-    trains the head only (no mixup, no layer decay).
+    trains the head only (no mixup, no layer decay). ``val`` is labelled by class name against the
+    training classes (a class missing from it is fine, one the training data lacks is an error).
+    ``resume`` / ``overwrite`` and errors as for :func:`pretrain`.
 
     Video (as for :func:`pretrain`): random clips with one crop, flip, RandAugment policy and
     erasing box per clip, mixup / cutmix of whole clips, label smoothing, layer decay, drop path
     and head dropout by size, gradient clipping at 5 unless ``clip_grad`` says otherwise; the
     validation during training uses the centre view (``evaluate`` gives the 3x5-view accuracy)."""
-    from .data import finetune_transform, open_images
+    from .engine import RunFolder, RunInterrupted
+
+    _check_run(batch_size, accum, lr, epochs, run)
+    video = _video_run(data, model, config, video)
+    _check_video_options(video, data, num_frames, frame_stride, repeat_aug)
+    args = dict(val=val, model=model, init=init, epochs=epochs, batch_size=batch_size, accum=accum, lr=lr,
+                linear_probe=linear_probe, ema=ema, resume=resume, config=config, mixup=mixup,
+                recipe_overrides=recipe_overrides, video=video, num_frames=num_frames, frame_stride=frame_stride,
+                repeat_aug=repeat_aug)
+    try:
+        with RunFolder(out, resume=resume, overwrite=overwrite):
+            return _finetune(data, out, run=run, **args)
+    except KeyboardInterrupt as e:
+        if isinstance(e, RunInterrupted):
+            raise
+        raise _interrupted(out) from None
+
+
+def _finetune(data, out, val, model, init, epochs, batch_size, accum, lr, linear_probe, ema, resume, config, mixup,
+              recipe_overrides, video, num_frames, frame_stride, repeat_aug, run) -> dict:
+    from .data import check_readable, finetune_transform, open_images, relabel
     from .engine import ClassifyTask, RunConfig, Trainer
     from .recipes import adamw, build_optimizer, finetune_recipe, video_finetune_recipe
     from .transforms import ImageEvalTransform
 
-    video = _video_run(data, model, config, video)
     model = model or ("hiera_base_16x224" if video else "hiera_base_224")
     name = "base" if model == "custom" else model
     recipe = (video_finetune_recipe(name) if video else finetune_recipe(name)).scaled(epochs=epochs, batch_size=batch_size)
@@ -319,8 +434,11 @@ def finetune(
         if val:
             val_set = open_images(val, labelled=True, seed=seed,
                                   transform=ImageEvalTransform(size, crop_pct=recipe.eval_crop_pct))
-    if val_set is not None and val_set.classes != train_set.classes:
-        raise ValueError(f"validation classes {val_set.classes} differ from training classes {train_set.classes}")
+    check_readable(train_set, data)
+    if val_set is not None:
+        # By name: a validation folder without one class must not shift every later label.
+        relabel(val_set, train_set.classes, val, f"the training data ({data})")
+        check_readable(val_set, val)
     steps_per_epoch = len(train_set) // batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_set)} {'videos' if video else 'images'} are fewer than one batch of {batch_size}")
@@ -351,9 +469,19 @@ def finetune(
 
 
 def evaluate(data, model: Optional[str] = None, weights=None, batch_size: int = 64, device: str = "auto",
-             views: str = "multi", workers: int = 0) -> dict:
+             views: str = "multi", workers: int = 0, classes=None) -> dict:
     """Top-1 / top-5 accuracy, per-class accuracy and the most confused pairs on a folder with one
-    sub-folder per class (or a ``path,label`` list); the classes must be the model's, in sorted order.
+    sub-folder per class (or a ``path,label`` list).
+
+    Labels are matched to the model's outputs by class name: the model's names come from
+    ``classes`` (a list, or a file / folder as ``hiera predict --classes`` reads), else from the
+    weights (``classes.txt`` in a model folder, the class list in a training checkpoint). Classes
+    missing from the data are fine; a class the model does not know is an error. A model without
+    names (a zoo model) is evaluated only where the mapping is unambiguous: integer labels, class
+    folders named by output index, or exactly one folder per output taken in sorted order (the
+    ImageNet / Kinetics convention); ``"assumed"`` in the result then says which.
+
+    The weights must hold a trained classification head (an MAE checkpoint is refused).
 
     Video models are evaluated on 3 spatial x 5 temporal views per video (``views="multi"``, the
     protocol of the Kinetics results) with the softmax averaged over the 15 views, or on the centre
@@ -361,20 +489,28 @@ def evaluate(data, model: Optional[str] = None, weights=None, batch_size: int = 
     processes that decode. ``"unreadable"`` counts the files that could not be decoded (skipped)."""
     from torch.utils.data import DataLoader
 
-    from .data import collate, open_images
+    from .data import check_list_source, check_readable, collate, open_images, relabel
     from .engine import evaluate_classifier
+    from .predict import resolve_device
     from .resolve import load_model
     from .transforms import eval_transform
 
-    net = load_model(model, weights)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    _whole(batch_size, "--batch-size", 1)
+    _whole(workers, "--workers", 0)
+    if views not in ("multi", "single"):
+        raise ValueError(f"views must be 'multi' or 'single', got {views!r}")
+    dev = resolve_device(device)
+    if not Path(data).exists():  # before a model is loaded (or downloaded)
+        raise ValueError(f"--data {data} does not exist; give a folder with one sub-folder per class, or a list file")
+    check_list_source(Path(data))
+    net = load_model(model, weights, need_head=True)
     net.to(dev).eval()
+    num_classes = net.head.projection.out_features
+    names, named_by = _model_class_names(weights, classes, num_classes)
     video = len(tuple(net.input_size)) == 3
     if video:
         from .video_data import ViewAverage, is_video_source, open_videos
 
-        if views not in ("multi", "single"):
-            raise ValueError(f"views must be 'multi' or 'single', got {views!r}")
         if is_video_source(data) is False:
             raise ValueError(f"the model takes video clips {list(net.input_size)}, but {data} holds images")
         transform = eval_transform(net, views=views)
@@ -384,9 +520,12 @@ def evaluate(data, model: Optional[str] = None, weights=None, batch_size: int = 
     else:
         dataset = open_images(data, labelled=True, transform=eval_transform(net))
         runner, per_batch, protocol = net, batch_size, "single view"
-    num_classes = net.head.projection.out_features
-    if len(dataset.classes or []) > num_classes:
-        raise ValueError(f"{data} has {len(dataset.classes)} classes, the model only {num_classes}")
+    assumed = None
+    if names is not None:
+        relabel(dataset, names, data, f"the model ({named_by})")
+    else:
+        names, assumed = _unnamed_mapping(dataset, data, num_classes)
+    check_readable(dataset, data)
     unreadable = 0
     keys = [[(0, i) for i in range(start, min(start + per_batch, len(dataset)))]
             for start in range(0, len(dataset), per_batch)]
@@ -400,8 +539,10 @@ def evaluate(data, model: Optional[str] = None, weights=None, batch_size: int = 
                 yield {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     stats = evaluate_classifier(runner, batches(), num_classes, dev)
-    classes = dataset.classes or [str(i) for i in range(num_classes)]
-    confusion = stats.pop("confusion")[: len(classes), : len(classes)]
+    if not stats["n"]:
+        raise ValueError(f"none of the {len(dataset)} files in {data} could be read ({unreadable} unreadable)")
+    confusion = stats.pop("confusion")
+    present = sorted({label for _, label in dataset.items if label >= 0})
     per_class = (confusion.diag() / confusion.sum(1).clamp(min=1) * 100).tolist()
     off = confusion.clone()
     off.fill_diagonal_(0)
@@ -409,9 +550,87 @@ def evaluate(data, model: Optional[str] = None, weights=None, batch_size: int = 
     for flat in off.flatten().argsort(descending=True)[:5].tolist():
         t, p = divmod(flat, off.shape[1])
         if off[t, p] > 0:
-            pairs.append({"true": classes[t], "predicted": classes[p], "count": int(off[t, p])})
-    return {**stats, "views": protocol, "unreadable": unreadable, "classes": classes,
-            "per_class_acc1": dict(zip(classes, per_class)), "confused": pairs, "confusion": confusion.long().tolist()}
+            pairs.append({"true": names[t], "predicted": names[p], "count": int(off[t, p])})
+    return {**stats, "views": protocol, "unreadable": unreadable, "classes": names, "assumed": assumed,
+            "per_class_acc1": {names[i]: per_class[i] for i in present},
+            "missing_classes": [names[i] for i in range(num_classes) if i not in set(present)][:1000],
+            "confused": pairs, "confusion": confusion.long().tolist()}
+
+
+def _model_class_names(weights, classes, num_classes: int) -> Tuple[Optional[List[str]], Optional[str]]:
+    """The model's class names in output order and where they came from, or (None, None)."""
+    from .labels import read_class_names
+
+    if classes is not None:
+        if isinstance(classes, (list, tuple)):
+            names, where = [str(c) for c in classes], "the class names given"
+        else:
+            names, where = read_class_names(classes), f"class names from {classes}"
+    elif weights is not None:
+        names, where = _stored_class_names(Path(weights))
+    else:
+        names, where = None, None
+    if names is None:
+        return None, None
+    if len(names) != num_classes:
+        raise ValueError(f"{where}: {len(names)} names, but the model has {num_classes} outputs")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{where}: the names {dup[:5]} appear more than once; each output needs its own name")
+    return names, where
+
+
+def _stored_class_names(path: Path) -> Tuple[Optional[List[str]], Optional[str]]:
+    """Class names saved with the weights: ``classes.txt`` of a model folder (``hiera finetune``
+    writes it beside ``config.json``), the ``classes`` a training checkpoint records, or the
+    ``id2label`` of a Hugging Face config that names real classes."""
+    from .labels import read_class_names
+
+    folder = path if path.is_dir() else (path.parent if (path.parent / "config.json").exists() else None)
+    if folder is not None and (folder / "classes.txt").is_file():
+        return read_class_names(folder / "classes.txt"), f"{folder / 'classes.txt'}"
+    if folder is not None and (folder / "config.json").is_file():
+        try:
+            id2label = json.loads((folder / "config.json").read_text()).get("id2label") or {}
+            names = [str(id2label[k]) for k in sorted(id2label, key=int)]
+        except (ValueError, KeyError, TypeError, AttributeError, OSError):
+            names = []
+        if names and not all(n == f"LABEL_{i}" for i, n in enumerate(names)):
+            return names, f"id2label of {folder / 'config.json'}"
+    if path.is_file() and path.suffix != ".safetensors":
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            names = state.get("extra", {}).get("classes") if isinstance(state, dict) else None
+        except Exception:  # unreadable files are load_model's to report
+            names = None
+        if names:
+            return [str(n) for n in names], f"the classes recorded in {path}"
+    return None, None
+
+
+def _unnamed_mapping(dataset, data, num_classes: int) -> Tuple[List[str], Optional[str]]:
+    """Labels for a model without class names, only where the mapping is unambiguous."""
+    from .data import relabel
+
+    indices = [str(i) for i in range(num_classes)]
+    found = dataset.classes
+    if found is None:  # a list with integer labels: output indices by definition
+        relabel(dataset, indices, data, "the model")
+        return indices, None
+    if all(name.isdigit() for name in found):
+        relabel(dataset, indices, data, f"the model (class folders are read as output indices 0-{num_classes - 1})")
+        return indices, (f"the model has no class names; the class folders of {data} are read as output indices")
+    if len(found) > num_classes:
+        raise ValueError(f"{data} has {len(found)} classes, but the model only {num_classes} outputs")
+    if len(found) == num_classes:
+        names = list(found)
+        shown = ", ".join(names[:3]) + (", ..." if num_classes > 3 else "")
+        return names, (f"the model has no class names; its {num_classes} outputs are taken to be the {num_classes} "
+                       f"classes of {data} in sorted order ({shown})")
+    raise ValueError(
+        f"the model has {num_classes} outputs but no class names (no classes.txt with its weights), and {data} has "
+        f"{len(found)} classes, so which output each of them is cannot be told; give the model's class names in "
+        "output order with --classes FILE (one per line)")
 
 
 # ---------------------------------------------------------------------------------- CLI
@@ -433,8 +652,38 @@ def _run_args(p):
     g.add_argument("--workers", type=int, default=2, help="data loading processes")
     g.add_argument("--device", default="auto")
     g.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
-    g.add_argument("--config", type=json.loads, help='constructor overrides as JSON, e.g. \'{"input_size": [256, 256]}\'')
+    g.add_argument("--overwrite", action="store_true",
+                   help="start again in an --out that holds a run (its last.pt, metrics.jsonl, model/ are deleted)")
+    g.add_argument("--config", help='constructor overrides as JSON, e.g. \'{"input_size": [256, 256]}\'')
     g.add_argument("--no-progress", action="store_true")
+
+
+def _parse_config(text: Optional[str]) -> Optional[dict]:
+    if text is None:
+        return None
+    try:
+        config = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"--config is not valid JSON ({e}): {text[:80]!r}; expected an object such as "
+                         "'{\"input_size\": [256, 256]}'") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"--config must be a JSON object of constructor arguments, such as "
+                         f"'{{\"input_size\": [256, 256]}}', got {type(config).__name__} {text[:80]!r}")
+    return config
+
+
+def _check_output_file(path: Optional[str], flag: str) -> None:
+    """A file a command writes at the end: checked before the work, not after it."""
+    if path is None:
+        return
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        raise ValueError(f"{flag} {target} is a folder; give a file name, e.g. {target / 'result.json'}")
+    if not folder.is_dir():
+        raise ValueError(f"{flag} {target}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise ValueError(f"{flag} {target}: cannot write there (permission denied or a read-only file system)")
 
 
 def _run_kwargs(args) -> dict:
@@ -531,22 +780,44 @@ def add_parser(subparsers) -> None:
                    help="videos: multi = 5 clips x 3 crops, softmax averaged; single = centre clip and crop")
     p.add_argument("--workers", type=int, default=2, help="data loading processes")
     p.add_argument("--device", default="auto")
+    p.add_argument("--classes", metavar="FILE",
+                   help="the model's class names in output order (a text file, one per line, a JSON list, or a "
+                        "folder of class sub-folders); default: classes.txt beside the weights")
     p.add_argument("--json", help="also write the full result (confusion matrix included) here")
     p.set_defaults(func=_cmd_evaluate)
 
 
+def _one_line(error) -> str:
+    if isinstance(error, OSError) and error.strerror and not isinstance(error, FileNotFoundError):
+        text = f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
 def _guard(command: str, fn):
+    """Run a command: user errors and Ctrl-C end in one line and an exit code (1; 130 for Ctrl-C),
+    never a traceback."""
+    from .engine import RunInterrupted, TrainingDiverged
+
     try:
         return fn()
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        return fail(command, e)
+    except KeyboardInterrupt as e:
+        message = str(e) if isinstance(e, RunInterrupted) and str(e) else "interrupted; nothing was written"
+        return fail(command, _one_line(message), 130)
+    except (CheckpointError, ValueError, FileNotFoundError, TrainingDiverged, OSError) as e:
+        return fail(command, _one_line(e))
+    except torch.OutOfMemoryError as e:
+        return fail(command, f"out of memory ({_one_line(e)[:200]}); lower --batch-size, or use --accum, "
+                             "--grad-checkpointing or --precision bf16")
 
 
 def _cmd_pretrain(args) -> int:
     def go():
         last = pretrain(args.data, args.out, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                         accum=args.accum, lr=args.lr, mask_ratio=args.mask_ratio, init=args.init, resume=args.resume,
-                        val=args.val, config=args.config, **_video_kwargs(args), **_run_kwargs(args))
+                        val=args.val, config=_parse_config(args.config), overwrite=args.overwrite,
+                        **_video_kwargs(args), **_run_kwargs(args))
         print(json.dumps(last))
         return 0
     return _guard("pretrain", go)
@@ -556,7 +827,7 @@ def _cmd_finetune(args) -> int:
     def go():
         last = finetune(args.data, args.out, val=args.val, model=args.model, init=args.init, epochs=args.epochs,
                         batch_size=args.batch_size, accum=args.accum, lr=args.lr, linear_probe=args.linear_probe,
-                        ema=args.ema, resume=args.resume, config=args.config,
+                        ema=args.ema, resume=args.resume, config=_parse_config(args.config), overwrite=args.overwrite,
                         mixup=False if args.no_mixup else None, **_video_kwargs(args), **_run_kwargs(args))
         print(json.dumps(last))
         return 0
@@ -565,9 +836,12 @@ def _cmd_finetune(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     def go():
+        _check_output_file(args.json, "--json")
         result = evaluate(args.data, model=args.model, weights=args.weights, batch_size=args.batch_size,
-                          device=args.device, views=args.views, workers=args.workers)
+                          device=args.device, views=args.views, workers=args.workers, classes=args.classes)
         what = "videos" if result["views"] != "single view" else "images"
+        if result["assumed"]:
+            print(f"note: {result['assumed']}")
         print(f"top-1 {result['acc1']:.2f}%  top-5 {result['acc5']:.2f}%  ({result['n']} {what}, {result['views']})")
         if result["unreadable"]:
             print(f"skipped {result['unreadable']} unreadable files")

@@ -55,6 +55,34 @@ def _pair(size) -> Tuple[int, int]:
     return size
 
 
+# Bounds on the picture a transform resizes to before cropping. Keeping the aspect ratio, a long
+# thin input (10000 x 1 pixels) would become 256 x 2,560,000 -- gigabytes -- for a 224 crop; the
+# input-size checks (PIL's decompression-bomb limit, the video decoder's budget) never see that.
+# Allowed: RESIZE_MAX_PIXELS, or RESIZE_MAX_FACTOR times the model input where that is more (large
+# --size runs). Real photos and panoramas (up to ~20:1) stay far below either.
+RESIZE_MAX_PIXELS = 2**25  # 32 Mpx: ~100 MB as uint8 RGB (PIL's two-pass resize holds about twice)
+RESIZE_MAX_FACTOR = 16
+
+
+class ResizeTooLarge(ValueError):
+    """An input whose resized size (before the crop) would take an unreasonable amount of memory."""
+
+
+def check_resize(height: int, width: int, size: Sequence[int], target: Sequence[int], frames: int = 1) -> None:
+    """Raise :class:`ResizeTooLarge` when resizing ``frames`` pictures of ``height x width`` to
+    ``size`` would exceed the bounds above for a ``target`` crop (the model's input)."""
+    pixels = int(size[0]) * int(size[1]) * frames
+    limit = max(RESIZE_MAX_PIXELS, RESIZE_MAX_FACTOR * int(target[0]) * int(target[1]) * frames)
+    if pixels > limit:
+        ratio = max(height, width) / max(min(height, width), 1)
+        raise ResizeTooLarge(
+            f"{width}x{height} pixels (aspect ratio {ratio:.0f}:1) would be resized to {size[1]}x{size[0]} "
+            f"({pixels / 1e6:.0f} Mpx{f' over {frames} frames' if frames > 1 else ''}) before the "
+            f"{target[1]}x{target[0]} centre crop, more than the {limit / 1e6:.0f} Mpx allowed; crop or pad "
+            "it to a less extreme aspect ratio"
+        )
+
+
 def cover_size(height: int, width: int, target: Tuple[int, int], crop_pct: float) -> Tuple[int, int]:
     """Size ``(h, w)`` to resize an ``height x width`` frame to, keeping its aspect ratio, so that a
     centred ``target`` crop takes ``crop_pct`` of it along the binding side.
@@ -122,6 +150,7 @@ class ImageEvalTransform:
             image = F.resize(image, list(self.input_size), interpolation=self.interpolation, antialias=True)
         else:
             size = cover_size(height, width, self.input_size, self.crop_pct)
+            check_resize(height, width, size, self.input_size)
             image = F.resize(image, list(size), interpolation=self.interpolation, antialias=True)
             image = F.center_crop(image, list(self.input_size))
         # Resizing uint8 (PIL or tensor) clamps bicubic overshoot to [0, 255] before scaling.
@@ -196,11 +225,14 @@ class VideoEvalTransform:
 
     def load(self, path) -> torch.Tensor:
         """Read the clips of the video at ``path`` and transform them: ``[V, 3, T, H, W]``."""
-        from .media import load_clips
+        from .media import MediaError, load_clips
 
         mode = "uniform" if self.num_clips > 1 else "center"
         clips, _ = load_clips(path, self.num_frames, self.stride, mode, self.num_clips, self.target_fps, self.pad)
-        return self(clips)
+        try:
+            return self(clips)
+        except ResizeTooLarge as e:  # a property of this file: the tools skip it with the reason
+            raise MediaError(path, str(e)) from None
 
     def __call__(self, clips) -> torch.Tensor:
         """uint8 RGB ``[num_clips, T, H, W, 3]`` (or one clip ``[T, H, W, 3]``) -> ``[V, 3, T, h, w]``,
@@ -219,6 +251,7 @@ class VideoEvalTransform:
             positions = [0, 1, 2] if self.num_crops == 3 else list(range(self.num_crops))
         else:
             size, positions = cover_size(height, width, self.crop_size, self.crop_pct), [1]
+        check_resize(height, width, size, self.crop_size, frames=n * t)
         if tuple(size) != (height, width):
             x = F.resize(x, list(size), interpolation=self.interpolation, antialias=True)
         x = x.float().div_(255.0)
@@ -290,7 +323,7 @@ def eval_transform(
     Args:
         model_or_spec: a ``Hiera`` (or ``HieraFeatures``), a ``ModelSpec``, a zoo name, a config
             dict or an input size tuple.
-        views: ``"single"`` or ``"multi"`` (video only; images always have one view).
+        views: ``"single"`` or ``"multi"`` (video only: an image model with ``"multi"`` raises).
         input_size: run at another size than the model's (the model needs ``dynamic_size = True``).
             For video a 2-tuple changes only ``(H, W)``.
         fit: ``"crop"`` (resize keeping the aspect ratio, then crop) or ``"stretch"`` (resize to the
@@ -302,7 +335,12 @@ def eval_transform(
     if input_size is not None:
         input_size = tuple(int(s) for s in input_size)
         size = input_size if len(input_size) == len(size) or len(size) == 2 else size[:1] + input_size
+    if views not in ("single", "multi"):
+        raise ValueError(f"views must be 'single' or 'multi', got {views!r}")
     if len(size) == 2:
+        if views != "single":
+            raise ValueError("views='multi' (5 clips x 3 crops) is for video models; an image model sees each "
+                             "image once (resize, centre crop): use views='single'")
         return ImageEvalTransform(size, crop_pct=_crop_pct(model_or_spec) if fit == "crop" else None)
     if len(size) == 3:
         return VideoEvalTransform(size, views=views, fit=fit)

@@ -27,7 +27,6 @@ Layouts:
 
 from __future__ import annotations
 
-import csv
 import math
 import random
 from dataclasses import dataclass, replace
@@ -38,7 +37,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .data import ImageFiles, _SeededRandomness, folder_items, labelled_items, random_unit_mask, sample_seed
+from .data import (
+    ImageFiles,
+    _SeededRandomness,
+    check_list_source,
+    folder_items,
+    labelled_items,
+    random_unit_mask,
+    read_list_rows,
+    sample_seed,
+)
 from .media import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
@@ -300,9 +308,8 @@ class VideoFiles(ImageFiles):
         list_file = Path(list_file)
         root = Path(root) if root is not None else list_file.parent
         rows, segments = [], []
-        with open(list_file, newline="") as f:
-            lines = [(n, row) for n, row in enumerate(csv.reader(f), 1)
-                     if row and row[0].strip() and not row[0].lstrip().startswith("#")]
+        lines = [(n, row) for n, row in read_list_rows(list_file)
+                 if row and row[0].strip() and not row[0].lstrip().startswith("#")]
         if not lines:
             raise ValueError(f"{list_file} lists no videos")
         columns = _header(lines[0][1], list_file)
@@ -324,7 +331,7 @@ class VideoFiles(ImageFiles):
                 span = tuple(row[columns[k]] if k in columns else None for k in ("start", "end"))
             rows.append((path, label))
             segments.append(_segment(span, list_file, n))
-        items, classes = labelled_items(rows, root, classes)
+        items, classes = labelled_items(rows, root, classes, source=list_file)
         return cls(items, classes=classes, segments=segments, **kwargs)
 
     def load(self, index: int, generator: Optional[torch.Generator] = None):
@@ -336,6 +343,10 @@ class VideoFiles(ImageFiles):
             sampling = replace(sampling, num_clips=self.repeats)
         start, end = self.segments[index] or (None, None)
         return read_clips(path, sampling, generator, start, end), label
+
+    def probe(self, index: int) -> None:
+        """Raise :class:`MediaError` if video ``index`` cannot be opened (its header, not a decode)."""
+        probe_video(self.items[index][0])
 
     def __getitem__(self, key):
         epoch, index = key if isinstance(key, tuple) else (0, key)
@@ -421,19 +432,19 @@ def is_video_source(source) -> Optional[bool]:
     """True for a folder of videos or a list of videos, False for images, None when there is
     nothing to tell by (a missing path, an empty folder). A folder mixing both raises."""
     source = Path(source)
+    check_list_source(source)
     if source.is_file():
-        with open(source, newline="") as f:
-            for row in csv.reader(f):
-                cells = [c.strip() for c in row]
-                if not cells or not cells[0] or cells[0].startswith("#") or cells[0].lower() == "path":
-                    continue
-                if "path" in [c.lower() for c in cells]:
-                    continue
-                suffix = Path(cells[0]).suffix.lower()
-                if suffix in VIDEO_EXTENSIONS:
-                    return True
-                if suffix in IMAGE_EXTENSIONS:
-                    return False
+        for _, row in read_list_rows(source):
+            cells = [c.strip() for c in row]
+            if not cells or not cells[0] or cells[0].startswith("#") or cells[0].lower() == "path":
+                continue
+            if "path" in [c.lower() for c in cells]:
+                continue
+            suffix = Path(cells[0]).suffix.lower()
+            if suffix in VIDEO_EXTENSIONS:
+                return True
+            if suffix in IMAGE_EXTENSIONS:
+                return False
         return None
     if not source.is_dir():
         return None

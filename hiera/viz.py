@@ -327,14 +327,16 @@ def save_grid(
         names = [f"mae_{i}" for i in range(batch)]
     if len(names) != batch:
         raise ValueError(f"got {len(names)} names for {batch} inputs")
+    from .weights import write_atomic
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, name in enumerate(names):
         name = str(name)
         path = out_dir / (name if name.lower().endswith(".png") else name + ".png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        render_grid(result, i, frames=frames, titles=titles, pad=pad, scale=scale).save(path)
+        grid = render_grid(result, i, frames=frames, titles=titles, pad=pad, scale=scale)
+        # Whole or not at all (full disk, Ctrl-C); the temporary name hides the format, so say it.
+        write_atomic(path, lambda tmp: grid.save(tmp, format="PNG"))
         paths.append(path)
     return paths
 
@@ -382,9 +384,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", default="mae_viz", help="output folder (default ./mae_viz)")
     p.add_argument("--frames", type=int, default=None,
                    help="video: how many reconstructed frames to show, evenly spaced (default all: 8 for 16-frame models)")
-    p.add_argument("--frame-stride", type=float, default=4,
+    p.add_argument("--frame-stride", type=float, default=None,
                    help="video: frames between clip samples, at 30 fps (default 4)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps or auto (GPU if present) (default cpu)")
     p.add_argument("--scale", type=int, default=1, help="enlarge each picture this many times (default 1)")
     p.add_argument("--no-titles", action="store_true", help="leave out the column titles")
     p.set_defaults(func=_cmd_mae_viz)
@@ -396,7 +398,14 @@ def _error(msg: str, code: int) -> int:
 
 
 def _cmd_mae_viz(args: argparse.Namespace) -> int:
+    from .predict import exit_on_interrupt
+
+    return exit_on_interrupt("hiera mae-viz")(_mae_viz)(args)
+
+
+def _mae_viz(args: argparse.Namespace) -> int:
     from .media import MediaError, find_media
+    from .predict import resolve_device
     from .resolve import load_model
     from .weights import CheckpointError
 
@@ -404,18 +413,16 @@ def _cmd_mae_viz(args: argparse.Namespace) -> int:
         return _error(f"--mask-ratio must be in [0, 1), got {args.mask_ratio}", 2)
     if args.frames is not None and args.frames < 1:
         return _error(f"--frames must be >= 1, got {args.frames}", 2)
-    if not args.frame_stride > 0:
+    if args.frame_stride is not None and not args.frame_stride > 0:
         return _error(f"--frame-stride must be > 0, got {args.frame_stride}", 2)
     if args.scale < 1:
         return _error(f"--scale must be >= 1, got {args.scale}", 2)
     if args.model is None and args.weights is None:
         return _error("say which model: --model NAME (zoo name or Hub repo id) and/or --weights PATH", 2)
     try:
-        device = torch.device(args.device)
-    except RuntimeError as e:
-        return _error(f"bad --device {args.device!r}: {e}", 2)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return _error("--device cuda, but CUDA is not available", 2)
+        device = resolve_device(args.device)
+    except ValueError as e:
+        return _error(str(e), 2)
 
     try:
         model = load_model(args.model, args.weights, mae=True)
@@ -423,9 +430,12 @@ def _cmd_mae_viz(args: argparse.Namespace) -> int:
         return _error(f"could not load the model: {e}", 1)
     if not _is_mae(model):
         return _error(f"{type(model).__name__} is not an MAE model (it has no decoder)", 1)
-    model = model.to(device).eval()
     video = len(model.input_size) == 3
     kind = "video" if video else "image"
+    given = [opt for opt, value in (("--frames", args.frames), ("--frame-stride", args.frame_stride)) if value is not None]
+    if given and not video:
+        return _error(f"{' and '.join(given)}: only for video models; this is an image model", 2)
+    model = model.to(device).eval()
     files = find_media(args.inputs, kinds=(kind,))
     for skipped in files.skipped:
         print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
@@ -438,7 +448,7 @@ def _cmd_mae_viz(args: argparse.Namespace) -> int:
     for path in files:
         try:
             if video:
-                x = load_video_input(path, model.input_size, stride=args.frame_stride)
+                x = load_video_input(path, model.input_size, stride=args.frame_stride or 4)
             else:
                 x = load_image_input(path, model.input_size)
         except (MediaError, OSError, ValueError) as e:
@@ -454,7 +464,11 @@ def _cmd_mae_viz(args: argparse.Namespace) -> int:
                 k += 1
             name = f"{name}_{k}"
         used.add(name)
-        (written,) = save_grid(result, out_dir, [name], frames=args.frames, titles=not args.no_titles, scale=args.scale)
+        try:
+            (written,) = save_grid(result, out_dir, [name], frames=args.frames, titles=not args.no_titles,
+                                   scale=args.scale)
+        except OSError as e:  # full disk, unwritable --out: the next inputs would fail the same way
+            return _error(str(e), 1)
         print(f"{path} -> {written}  (mask ratio {result.mask_ratio:.2f}, loss {result.loss.item():.4f})")
     if failures:
         print(f"{failures} of {len(files)} inputs could not be read", file=sys.stderr)

@@ -7,12 +7,13 @@ safetensors, so a checkpoint can never run code.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import urllib.error
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Union
+from typing import Callable, Dict, List, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -207,6 +208,41 @@ def _fit_pos_embeds(model: nn.Module, state: StateDict, own: StateDict):
     return state, resized
 
 
+def _check_values(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse weights that would load without complaint and then give nonsense.
+
+    ``load_state_dict`` copies with a cast, so integer tensors land in a float model silently (a
+    truncated or mis-saved checkpoint), and NaN / Inf weights turn every prediction into "nan%".
+    Only the tensors the model takes are checked; a model tensor that is itself integer (or bool)
+    may receive integers.
+    """
+    wrong_type = [
+        f"{k} ({str(v.dtype).removeprefix('torch.')})"
+        for k, v in state.items()
+        if k in own and own[k].is_floating_point() and not v.is_floating_point()
+    ]
+    if wrong_type:
+        raise CheckpointError(
+            f"{source} holds {len(wrong_type)} non-float tensors where the model has float weights: "
+            f"{_first(wrong_type)}; expected float32 / float16 / bfloat16 weights (a damaged or mis-saved checkpoint?)"
+        )
+    bad = []
+    for k, v in state.items():
+        if k in own and v.is_floating_point() and v.device.type != "meta":
+            count = v.numel() - int(torch.isfinite(v).sum())
+            if count:
+                bad.append(f"{k} ({count} of {v.numel()})")
+    if bad:
+        raise CheckpointError(
+            f"{source} holds NaN or Inf values in {len(bad)} tensors: {_first(bad)}; every weight must be "
+            "finite (the training run that saved it diverged, or the file is damaged)"
+        )
+
+
+def _first(items: List[str], limit: int = 5) -> str:
+    return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
 def load_weights(
     model: nn.Module,
     state_dict: Mapping[str, torch.Tensor],
@@ -222,10 +258,14 @@ def load_weights(
     * ``strict=True``: the checkpoint must be of the model's kind and match it exactly (apart from
       a replaced head); otherwise a :class:`CheckpointError` names both kinds.
     * ``strict=False``: load what is shared, silently; the report says the rest.
+
+    Whatever ``strict``, weights that are not finite, or integers where the model has floats, raise
+    a :class:`CheckpointError` naming them: loading them would only give nonsense outputs.
     """
     state = unwrap_state_dict(state_dict, source)
     ckpt_kind, own_kind = checkpoint_kind(state), model_kind(model)
     own = model.state_dict()
+    _check_values(state, own, source)
 
     fresh_head = False
     if _HEAD_KEYS[0] in state and _HEAD_KEYS[0] in own and state[_HEAD_KEYS[0]].shape != own[_HEAD_KEYS[0]].shape:
@@ -262,3 +302,144 @@ def load_weights(
     if strict is None and report.missing:
         warnings.warn(f"Loaded {report}", UserWarning, stacklevel=3)
     return report
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask can only set, and that races other threads)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode a newly created file gets here (``0o666`` less the umask, usually ``0o644``)."""
+    return 0o666 & ~_umask()
+
+
+# ------------------------------------------------------------------ writing files
+def temp_name(path: Path) -> Path:
+    """The temporary file an atomic write of ``path`` goes through: a hidden sibling, so a rename
+    replaces ``path`` in one step (run folders remove leftovers of killed writes by this name)."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def write_atomic(path: Union[str, os.PathLike], write: Callable[[Path], object]) -> Path:
+    """Write ``path`` whole or not at all: ``write(tmp)`` fills a temporary file beside it, which
+    is flushed to disk and then replaces ``path``; a crash leaves the old file or the new one.
+
+    On any failure (a full disk, no permission, Ctrl-C) the temporary file is removed; an
+    OSError says what could not be written and keeps the cause's ``errno``. Parent folders are
+    created. The file gets the usual permissions (``0o666`` less the umask): writers that go
+    through their own temporary files (safetensors' ``save_file``) leave it owner-only.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _os_error_of(f"cannot create the folder {path.parent} for {path.name}", e) from None
+    tmp = temp_name(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, default_file_mode())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if not isinstance(e, Exception):  # Ctrl-C, SystemExit: cleaned up, then on its way
+            raise
+        cause = _os_error(e)
+        if cause is not None:
+            raise _os_error_of(f"cannot write {path}", cause) from None
+        if isinstance(e, RuntimeError) or type(e).__name__ == "SafetensorError":
+            # torch.save reports I/O failures as RuntimeError, safetensors as its own error type
+            raise OSError(f"cannot write {path}: {_first_line(e)}") from None
+        raise
+    _fsync_folder(path.parent)
+    return path
+
+
+def save_atomic(obj, path: Union[str, os.PathLike]) -> Path:
+    """``torch.save(obj, path)`` through :func:`write_atomic`."""
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            sink = _Sink(f)
+            try:
+                torch.save(obj, sink)
+            except RuntimeError as e:
+                if sink.error is not None:
+                    raise sink.error from e
+                raise
+
+    return write_atomic(path, save)
+
+
+class _Sink:
+    """The file ``torch.save`` writes to, keeping the OSError behind a failed write: torch reports
+    it as a RuntimeError ("unexpected pos ...") that no longer says the disk is full."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except BaseException as e:  # OSError, or Ctrl-C landing in the write
+            self.error = e
+            raise
+
+    def flush(self):
+        self.f.flush()
+
+
+class WriteError(OSError):
+    """A failed write: the message says what could not be written and why; ``errno`` and
+    ``strerror`` are the cause's (a full disk stays recognisable as ``ENOSPC``)."""
+
+    def __init__(self, message: str, cause: Optional[OSError] = None):
+        if cause is not None and cause.errno is not None:
+            super().__init__(cause.errno, cause.strerror)
+        else:
+            super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _os_error_of(what: str, cause: OSError) -> WriteError:
+    return WriteError(f"{what}: {cause.strerror or _first_line(cause)}", cause)
+
+
+def _os_error(e: BaseException) -> Optional[OSError]:
+    """The OSError behind ``e`` (torch.save raises RuntimeError over the file's own OSError)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a power cut could otherwise undo it)."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

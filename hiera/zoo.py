@@ -162,14 +162,15 @@ def _hub_file(repo_id: str) -> str:
 
 def create_model(
     name: str,
-    pretrained: bool = False,
+    pretrained: Optional[bool] = None,
     checkpoint: Optional[str] = None,
     strict: Optional[bool] = None,
     progress: bool = True,
     **kwargs,
 ) -> nn.Module:
     """Build zoo model ``name`` (``"hiera_base_224"``, or ``"hiera_base_224.mae_in1k"`` naming the
-    checkpoint too). With ``pretrained=True`` load ``checkpoint`` (default: the model's default);
+    checkpoint too, which loads it unless ``pretrained=False`` is given, as in timm). With
+    ``pretrained=True`` load ``checkpoint`` (default: the model's default);
     ``num_classes=K`` different from the checkpoint's gives a fresh K-way head on the pretrained
     trunk. See :func:`hiera.weights.load_weights` for ``strict``. ``kwargs`` override the config.
 
@@ -183,8 +184,10 @@ def create_model(
         raise ValueError(f"{sorted(features)} only apply with features_only=True")
     if "." in name and checkpoint is None:
         name, checkpoint = name.split(".", 1)
-        pretrained = True
+        pretrained = pretrained is not False  # an explicit pretrained=False wins over the name
     spec = get_spec(name)
+    if checkpoint is not None and not pretrained:
+        resolve_checkpoint(spec, checkpoint)  # a misspelt checkpoint is an error even when nothing loads
     state, source = None, None
     if pretrained:
         source = resolve_checkpoint(spec, checkpoint)

@@ -73,10 +73,77 @@ def test_mask_shape_dtype_and_counts(model):
 
 
 def test_mae_mask_ratio_range():
+    """Every ratio that cannot work is refused where it enters, with the range and the unit count:
+    out of [0, 1) (it used to wrap around), one that keeps no unit (it died in a reshape), and for
+    the MAE one that masks none (its loss over no unit was NaN)."""
     mae = MaskedAutoencoderHiera(input_size=(64, 64), embed_dim=8, stages=(1, 1, 1, 1), q_pool=2,
                                  decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=1)
-    with pytest.raises(ValueError, match=r"mask_ratio must be in \[0, 1\)"):
-        mae(torch.randn(1, 3, 64, 64), mask_ratio=1.0)
+    x = torch.randn(1, 3, 64, 64)
+    for bad in (1.0, 1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match=r"mask_ratio must be in \[0, 1\)"):
+            mae(x, mask_ratio=bad)
+    with pytest.raises(TypeError, match="must be a number"):
+        mae(x, mask_ratio="0.6")
+    assert mae.num_mask_units == 4
+    with pytest.raises(ValueError, match="keeps no mask unit of 4: it must be at most 0.75"):
+        mae(x, mask_ratio=0.8)
+    with pytest.raises(ValueError, match="masks no mask unit of 4.*must be above 0"):
+        mae(x, mask_ratio=0.0)
+    assert mae.check_mask_ratio(0.75) == 1 and mae.check_mask_ratio(0.01) == 3
+    loss = mae(x, mask_ratio=0.75)[0]
+    assert torch.isfinite(loss)
+    big = hiera.mae_hiera_tiny_224()  # 49 units: 0.98 keeps none
+    with pytest.raises(ValueError, match="keeps no mask unit of 49: it must be at most 0.9795"):
+        big.check_mask_ratio(0.98)
+    assert big.check_mask_ratio(0.9795) == 1
+    classifier = Hiera(input_size=(64, 64), embed_dim=8, stages=(1, 1, 1, 1), q_pool=2)
+    assert classifier.get_random_mask(x, 0.0).all()  # a classifier may keep every unit
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_classes": -1}, "num_classes must be an integer >= 0"),
+    ({"num_classes": 2.5}, "num_classes must be an integer >= 0"),
+    ({"input_size": (0, 224)}, "input_size must hold integers >= 1"),
+    ({"input_size": (-224, 224)}, "input_size must hold integers >= 1"),
+    ({"embed_dim": 0}, "embed_dim must be an integer >= 1"),
+    ({"num_heads": 0}, "num_heads must be an integer >= 1"),
+    ({"num_heads": 5}, "stage 1 would have 96 channels in 5 heads"),
+    ({"num_heads": 3, "head_mul": 1.5}, "stage 4 would have 768 channels in 9 heads"),
+    ({"stages": (2, 0, 3, 1)}, "stages must hold integers >= 1"),
+    ({"q_stride": (0, 2)}, "q_stride must hold integers >= 1"),
+    ({"patch_stride": (4, 0)}, "patch_stride must hold integers >= 1"),
+    ({"in_chans": 0}, "in_chans must be an integer >= 1"),
+    ({"mlp_ratio": 0}, "mlp_ratio must be a positive number"),
+    ({"dim_mul": -2.0}, "dim_mul must be a positive number"),
+    ({"drop_path_rate": 1.0}, r"drop_path_rate must be in \[0, 1\)"),
+    ({"head_dropout": -0.5}, r"head_dropout must be in \[0, 1\)"),
+])
+def test_constructor_arguments_that_cannot_work(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Hiera(**kwargs)
+    if "num_classes" not in kwargs:
+        with pytest.raises(ValueError, match=message):
+            MaskedAutoencoderHiera(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"decoder_embed_dim": 0}, "decoder_embed_dim must be an integer >= 1"),
+    ({"decoder_num_heads": 0}, "decoder_num_heads must be an integer >= 1"),
+    ({"decoder_depth": -1}, "decoder_depth must be an integer >= 0"),
+    ({"decoder_embed_dim": 100, "decoder_num_heads": 16}, "must be divisible by decoder_num_heads"),
+])
+def test_mae_decoder_arguments_that_cannot_work(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MaskedAutoencoderHiera(**kwargs)
+
+
+def test_reset_classifier_refuses_a_negative_or_fractional_class_count(model):
+    for bad in (-3, 1.5, "10"):
+        with pytest.raises(ValueError, match="num_classes must be an integer >= 0"):
+            model.reset_classifier(bad)
+    with pytest.raises(ValueError, match=r"head_dropout must be in \[0, 1\)"):
+        model.reset_classifier(3, head_dropout=1.0)
+    assert model.head.projection.out_features == 4  # untouched by the refused calls
 
 
 def test_empty_batch_runs_unmasked_and_is_refused_masked(model, video):
