@@ -523,16 +523,21 @@ def test_bad_data_and_outputs_are_one_line_errors(data, tmp_path, capsys, monkey
 
 
 # ------------------------------------------------------------------------------ 10. Ctrl-C
-def test_ctrl_c_is_a_clean_exit_130_naming_the_checkpoint(data, tmp_path, monkeypatch, capsys):
+def interrupt_at(monkeypatch, step: int) -> None:
+    """Ctrl-C right after step ``step`` is logged."""
     from hiera.engine import Trainer
 
     log = Trainer.log
 
     def interrupted(self, record):
         log(self, record)
-        if record["step"] == 3:
+        if record["step"] == step:
             raise KeyboardInterrupt
     monkeypatch.setattr(Trainer, "log", interrupted)
+
+
+def test_ctrl_c_is_a_clean_exit_130_naming_the_checkpoint(data, tmp_path, monkeypatch, capsys):
+    interrupt_at(monkeypatch, 3)
     out = tmp_path / "run"
     line = one_line_error(capsys, cli_args(data, out), code=130)
     last = out / "last.pt"
@@ -546,15 +551,7 @@ def test_ctrl_c_is_a_clean_exit_130_naming_the_checkpoint(data, tmp_path, monkey
 
 
 def test_ctrl_c_in_finetune(data, tmp_path, monkeypatch, capsys):
-    from hiera.engine import Trainer
-
-    log = Trainer.log
-
-    def interrupted(self, record):
-        log(self, record)
-        if record["step"] == 2:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(Trainer, "log", interrupted)
+    interrupt_at(monkeypatch, 2)
     out = tmp_path / "ft"
     args = ["finetune", "--data", str(data.train_dir), "--model", "custom", "--config", json.dumps(TINY),
             "--epochs", "1", "--batch-size", "16", "--save-every", "1", "--log-every", "1", "--no-mixup",
