@@ -387,6 +387,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "Time a model on random input for each batch size x dtype. Zoo names are built with random "
             "weights (nothing is downloaded); --weights loads real ones."
         ),
+        epilog="""examples:
+  hiera benchmark --model hiera_base_224 --batch-size 1 8 32 --dtype fp32 bf16
+      inference throughput, latency and memory with random weights (on a CUDA GPU if there is one)
+  hiera benchmark --model hiera_tiny_224 --device cpu --threads 2 --mode train --json bench.json
+      training steps on the CPU with 2 threads, the record written to bench.json
+  hiera benchmark --weights quickstart/finetune/model --batch-size 64
+      a model you trained
+  hiera benchmark --compare --quick
+      ours against the official package, timm and transformers, interleaved (see benchmarks/README.md)
+
+On a CPU shared with other work, set --threads to the cores that are free: torch's threads wait
+for each other by spinning, and one thread held up by another process slows every step.""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", help="zoo name (e.g. hiera_base_224, mae_hiera_base_16x224); with --weights it "
                    "names the architecture (optional if the weights carry a config)")
@@ -397,7 +410,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="one or more (default 1; with --compare 1 8 32)")
     p.add_argument("--dtype", nargs="+", default=None, choices=list(DTYPES),
                    help="one or more (default fp32; with --compare fp32 bf16)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available; with --compare cpu)")
+    p.add_argument("--device", default=None,
+                   help="auto (a CUDA GPU if present, else the CPU; Apple mps is not benchmarked), cpu, cuda, cuda:1 "
+                        "(default: auto; with --compare cpu)")
     p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="torch.compile the model (optionally naming the backend; default inductor)")
     p.add_argument("--mode", nargs="+", choices=MODES, default=None,
@@ -410,7 +425,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     stop.add_argument("--min-time", type=float, default=None,
                       help=f"time steps for at least this many seconds (default {DEFAULT_MIN_TIME}; with --compare "
                            "per round, default 2)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice, one per core)")
     p.add_argument("--json", metavar="FILE", help="write a record: machine, versions, date and every measurement")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     compare.add_arguments(p)
@@ -486,7 +502,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         return _error(f"--min-time must be > 0, got {args.min_time}", 2)
     if args.threads is not None and args.threads < 1:
         return _error(f"--threads must be >= 1, got {args.threads}", 2)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device if args.device not in (None, "auto") else ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except RuntimeError as e:

@@ -57,13 +57,56 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+def package_version() -> str:
+    """The installed version of this package (its distribution is hiera-toolkit)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hiera-toolkit")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from . import __version__
+
+        return __version__
+
+
+EPILOG = """\
+examples:
+  hiera quickstart
+      the whole recipe offline in minutes: synthetic data, MAE pretraining, fine-tuning, a report
+  hiera zoo
+      the models, their checkpoints and reported accuracy
+  hiera predict --model hiera_base_224 cat.jpg
+      ImageNet classes of a photo (the checkpoint is downloaded once)
+  hiera predict --weights quickstart/finetune/model photo.png
+      classes from a model you trained, with the class names saved beside it
+  hiera pretrain --data photos/ --model hiera_small_224 --out runs/mae
+  hiera finetune --data train/ --val val/ --model hiera_small_224 --init runs/mae/last.pt --out runs/ft
+  hiera evaluate --data val/ --weights runs/ft/model
+
+Run "hiera COMMAND --help" for a command's options and more examples. --device auto (the default of
+every command that has it) means a CUDA GPU if present, else an Apple mps GPU, else the CPU.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hiera",
-        description="Hiera vision transformers: classify, extract features, visualise MAE, convert, export and benchmark.",
+        description="Hiera vision transformers: classify, extract features, visualise MAE, pretrain and\n"
+                    "fine-tune, convert, export and benchmark.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"hiera {package_version()}",
+                        help="print the version of this package and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("zoo", help="list models, checkpoints, sizes and reported accuracy")
+    p = sub.add_parser("zoo", help="list models, checkpoints, sizes and reported accuracy",
+                       description="List the zoo: every model name, its class, input size, parameters, released "
+                                   "checkpoints (* = default) and the top-1 accuracy the paper reports.",
+                       epilog="""examples:
+  hiera zoo
+  hiera zoo --json > zoo.json
+  hiera predict --model hiera_small_224.mae_in1k_ft_in1k cat.jpg      # a name and checkpoint from the list""",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_zoo)
     from . import benchmark, convert, export, extract, predict, quickstart, train, viz

@@ -1259,7 +1259,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="seconds to wait for a worker's answer (a build includes compilation; default 1800)")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
-                   help="training optimizer (default adamw; adamw-fused is the fused kernel hiera train uses)")
+                   help="training optimizer (default adamw; adamw-fused is the fused kernel that hiera pretrain "
+                        "and hiera finetune use)")
     g.add_argument("--kwargs", default=None, metavar="JSON",
                    help='constructor keyword arguments for every model, e.g. \'{"embed_dim": 48}\' (a smoke test)')
 

@@ -24,15 +24,77 @@ def _atomic_safetensors(state, path: Path, metadata=None) -> None:
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
+def _zoo_name_for(model: str, state) -> str:
+    """The zoo name ``--model`` means for these weights: the ``mae_`` constructor for an MAE
+    checkpoint (encoder + decoder), the classifier for any other."""
+    from .weights import checkpoint_kind
+    from .zoo import MODELS
+
+    name = model.split(".", 1)[0]
+    if name not in MODELS:
+        raise CheckpointError(f"unknown model {model!r}; see `hiera zoo`")
+    mae = checkpoint_kind(state) == "mae"
+    if mae and not name.startswith("mae_") and "mae_" + name in MODELS:
+        return "mae_" + name
+    if not mae and name.startswith("mae_") and name[len("mae_"):] in MODELS:
+        return name[len("mae_"):]
+    return name
+
+
+def fit_problem(state, config: dict) -> Optional[str]:
+    """Why ``state`` does not fit the model ``config`` builds (None when it does): the first tensor
+    whose shape differs, with both shapes, or weights one of the two lacks. A classifier head of
+    another size, or no head or final norm at all (an encoder checkpoint), fits."""
+    import torch
+
+    from .mae import MaskedAutoencoderHiera
+    from .model import Hiera
+    from .weights import checkpoint_kind
+
+    mae = checkpoint_kind(state) == "mae"
+    kwargs = dict(config)
+    if not mae:
+        kwargs = {k: v for k, v in kwargs.items() if not k.startswith("decoder_")}
+    head = state.get("head.projection.weight")
+    if head is not None:
+        kwargs["num_classes"] = int(head.shape[0])
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            own = (MaskedAutoencoderHiera if mae else Hiera)(**kwargs).state_dict()
+    except (TypeError, ValueError) as e:
+        return f"its config cannot build a model ({e})"
+    wrong = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if wrong:
+        key, have, want = wrong[0]
+        more = f" (and {len(wrong) - 1} more tensors differ)" if len(wrong) > 1 else ""
+        resized = "; position embeddings are never resized by convert" if "pos_embed" in key else ""
+        return f"{key} is {list(have)} in the weights but {list(want)} in the model{more}{resized}"
+    extra = [k for k in state if k not in own]
+    if extra:
+        return f"the model has no {extra[0]}" + (f" (nor {len(extra) - 1} more of the weights)" if len(extra) > 1 else "")
+    optional = ("head.projection.", "norm.", "encoder_norm.")
+    missing = [k for k in own if k not in state and not k.startswith(optional)]
+    if missing:
+        return f"the weights lack {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+    return None
+
+
 def convert_checkpoint(src, dst, to: str, model: Optional[str] = None) -> Path:
     """Convert ``src`` (any supported layout) to ``dst`` in the ``to`` layout.
 
     * ``official``: ``.pth`` holding ``{"model_state": ...}`` as the official package's files do,
       or, when ``dst`` is a directory, ``config.json`` + ``model.safetensors`` as its Hub repos;
     * ``safetensors``: one ``.safetensors`` file, official keys, the config in its metadata;
-    * ``timm``: timm's keys (``.safetensors`` or ``.pth``), for ``timm.create_model(...,
-      pretrained_cfg_overlay=dict(file=dst))``;
+    * ``timm``: timm's keys, for ``timm.create_model(..., pretrained_cfg_overlay=dict(file=dst))``:
+      a ``.safetensors`` file with the config in its metadata, or a ``.pth`` holding
+      ``{"state_dict": ..., "config": ...}`` (the layout of timm's own training checkpoints);
     * ``hf``: a directory for transformers' ``Hiera*.from_pretrained`` (config.json + weights).
+
+    The architecture is ``model`` (a zoo name), else the config the input carries, else the zoo
+    model with these weight shapes. The weights must fit it (every shape, no tensor the model
+    lacks): a CheckpointError names the first that does not, before anything is written. The
+    config goes with the weights wherever the layout has room for it, so a converted file of a
+    custom model converts on without naming the architecture.
     """
     from . import formats
     from .resolve import match_zoo, read_any
@@ -42,13 +104,21 @@ def convert_checkpoint(src, dst, to: str, model: Optional[str] = None) -> Path:
         raise ValueError(f"unknown target layout {to!r}; choose one of {list(TARGETS)}")
     state, config, _ = read_any(src)
     if model is not None:
-        name = model.split(".", 1)[0]
-        if name not in MODELS:
-            raise CheckpointError(f"unknown model {model!r}; see `hiera zoo`")
+        name = _zoo_name_for(model, state)
         config = dict(MODELS[name].kwargs)
-    if config is None:
-        name = match_zoo(state)
+        problem = fit_problem(state, config)
+        if problem:
+            raise CheckpointError(f"{src} does not fit --model {model}: {problem}; pass the model the weights "
+                                  "were made for (`hiera zoo`), or leave --model out when the input carries its config")
+    elif config is not None:
+        problem = fit_problem(state, config)
+        if problem:
+            raise CheckpointError(f"{src} does not fit the config it carries: {problem}")
+    else:
+        name = match_zoo(state)  # head and position-embedding sizes aside
         config = dict(MODELS[name].kwargs) if name else None
+        if config is not None and fit_problem(state, config):
+            config = None  # e.g. another input size: no zoo config describes these weights
     if config is not None and "head.projection.weight" in state:
         config["num_classes"] = int(state["head.projection.weight"].shape[0])
     dst = Path(dst)
@@ -73,8 +143,14 @@ def convert_checkpoint(src, dst, to: str, model: Optional[str] = None) -> Path:
         _atomic_safetensors(state, dst, metadata=meta)
     else:  # timm
         timm_state = formats.official_to_timm(state)
+        kept = json.loads(json.dumps(config, default=list)) if config is not None else None
         if dst.suffix == ".safetensors":
-            _atomic_safetensors(timm_state, dst, metadata={"format": "pt"})
+            meta = {"format": "pt", "layout": "timm"}
+            if kept is not None:
+                meta["config"] = json.dumps(kept)
+            _atomic_safetensors(timm_state, dst, metadata=meta)
+        elif kept is not None:
+            save_atomic({"state_dict": timm_state, "config": kept}, dst)
         else:
             save_atomic(timm_state, dst)
     return dst
@@ -84,18 +160,29 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "convert",
         help="convert checkpoints between the official, timm and Hugging Face layouts",
-        description=__doc__.split("\n\n")[0],
+        description="Move a checkpoint between the official, timm and Hugging Face layouts. The input may be in "
+                    "any supported layout (told from its keys); the architecture comes from --model, the config "
+                    "the input carries, or the zoo model whose weight shapes it has. Weights that do not fit that "
+                    "architecture are refused before anything is written.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="""examples:
   hiera convert hiera_base_224.pth --to hf --out hiera-base-hf/        # for transformers
   hiera convert timm_model.safetensors --to official --out base.pth    # for the official package
   hiera convert base.pth --to timm --out base_timm.safetensors
-  hiera convert run/checkpoint.pt --to safetensors --out model.safetensors""",
+  hiera convert runs/ft/model --to timm --out mine_timm.safetensors     # your own model, config kept inside
+  hiera convert mine_timm.safetensors --to hf --out mine-hf/            # ...so it converts on without --model
+  hiera convert runs/ft/last.pt --to safetensors --out model.safetensors
+
+The config travels with the weights wherever the layout has room: safetensors metadata, config.json
+of a folder, or the "config" entry of a timm .pth (timm reads its "state_dict"). Only the official
+.pth layout has no room for it; convert such a file of a custom model with --model, or from the
+folder it came from.""",
     )
     p.add_argument("input", help="weights file or directory (official .pth, ours, timm, transformers, safetensors)")
     p.add_argument("--to", required=True, choices=TARGETS, help="target layout")
     p.add_argument("--out", "-o", required=True, help="output file, or directory for --to hf / official repo layout")
-    p.add_argument("--model", "-m", help="zoo model name, when the input carries no config")
+    p.add_argument("--model", "-m", help="zoo model name the weights are for, when the input carries no config "
+                                         "(checked against every weight shape)")
     p.set_defaults(func=_run)
 
 

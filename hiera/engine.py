@@ -84,6 +84,7 @@ class RunConfig:
     device: str = "auto"
     ema_decay: Optional[float] = None
     progress: bool = True
+    label: Optional[str] = None  # the progress bar's name (default: the task's, pretrain / finetune)
     extra: Dict = field(default_factory=dict)  # recorded with the run (recipe, data, ...)
 
 
@@ -629,7 +630,13 @@ class Trainer:
         if cfg.progress and self.is_main:
             from tqdm import tqdm
 
-            bar = tqdm(total=cfg.total_steps, initial=self.step, desc=self.task.name, dynamic_ncols=True)
+            left = cfg.total_steps - self.step
+            threads = f", {torch.get_num_threads()} CPU threads" if self.device.type == "cpu" else ""
+            print(f"{cfg.label or self.task.name}: {left} steps of {cfg.batch_size} samples "
+                  f"({len(self.train_set)} in the data) on {self.device}{threads}, into {self.out}; the bar below "
+                  "shows the time left once the first steps ran", flush=True)
+
+            bar = tqdm(total=cfg.total_steps, initial=self.step, desc=cfg.label or self.task.name, dynamic_ncols=True)
         try:
             return self._steps(batches, bar)
         finally:
@@ -798,7 +805,7 @@ class MAETask:
             return
         from PIL import Image
 
-        from .viz import mae_reconstruction, render_grid
+        from .viz import CLI_FONT_SIZE, caption_text, mae_reconstruction, render_grid
 
         batch = collate(samples)
         model = _unwrap(trainer.model)
@@ -808,7 +815,11 @@ class MAETask:
             result = mae_reconstruction(model, batch["image"].to(trainer.device), mask=batch["mask"].to(trainer.device))
         model.train(was_training)
         frames = 4 if result.is_video else None  # 4 of the 8 reconstructed frames keep a video sheet readable
-        rows = [render_grid(result, i, frames=frames) for i in range(len(samples))]
+        # Panels scaled up to a readable size; the caption under the last row says what the
+        # columns are and that reconstructions carry each patch's true mean and contrast.
+        rows = [render_grid(result, i, frames=frames, scale=None, raw=True, font_size=CLI_FONT_SIZE,
+                            caption=caption_text(result, frames=frames) if i == len(samples) - 1 else None)
+                for i in range(len(samples))]
         sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
         y = 0
         for r in rows:

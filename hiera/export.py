@@ -290,6 +290,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "export",
         help="export a classifier to ONNX (logits), checked with onnxruntime",
         description="Export a Hiera classifier's logits to ONNX and compare onnxruntime's output with PyTorch's.",
+        epilog="""examples:
+  hiera export --model hiera_base_224 --out hiera_base_224.onnx
+      the ImageNet classifier (downloaded once), symbolic batch, checked with onnxruntime
+  hiera export --weights quickstart/finetune/model --out mine.onnx
+      a classifier you trained (its model/ folder)
+  hiera export --model hiera_base_16x224 --no-dynamic-batch --batch 2
+      a video classifier with a fixed batch of 2: input [2, 3, 16, 224, 224]
+
+The graph maps "input" (float32, normalised as for the model) to "logits" [B, classes], no softmax.
+Weights over 1.5 GiB go to a side file OUT.data next to the .onnx.""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", help="zoo name (e.g. hiera_base_224, or hiera_base_224.mae_in1k_ft_in1k) or Hub "
                    "repo id; with --weights it names the architecture")

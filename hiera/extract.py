@@ -73,7 +73,7 @@ def extract_features(
     model: nn.Module,
     inputs: Union[str, Path, Sequence[Union[str, Path]]],
     out_dir: Union[str, Path],
-    stages: Sequence[int] = (0, 1, 2, 3),
+    stages: Optional[Sequence[int]] = None,
     output_fmt: str = "NCHW",
     pooled: bool = False,
     fmt: str = "safetensors",
@@ -91,7 +91,8 @@ def extract_features(
         model: a :class:`hiera.Hiera` (classifier or MAE) or a ``HieraFeatures`` backbone.
         inputs: files and folders (searched recursively).
         out_dir: where the files go (created); inputs found in a folder keep their sub-path.
-        stages: stage indices (0 = stride 4 ... 3 = stride 32 for the zoo models; negative from the end).
+        stages: stage indices (0 = stride 4 ... 3 = stride 32 for the zoo models; negative from the
+            end); default every stage of the model.
         output_fmt: ``"NCHW"``: maps ``[C, H', W']`` (video ``[C, T', H', W']``), or ``"NHWC"``:
             channels last ``[H', W', C]``.
         pooled: average each map over its spatial (and temporal) positions: ``[C]`` per stage.
@@ -119,6 +120,8 @@ def extract_features(
         raise ValueError(f"fmt must be 'safetensors' or 'npy', got {fmt!r}")
     hiera = unwrap_model(model)
     num_stages = len(hiera.stage_ends)
+    if stages is None:
+        stages = range(num_stages)
     try:
         stages = [s % num_stages if -num_stages <= s < num_stages else None for s in stages]
     except TypeError:
@@ -205,6 +208,8 @@ examples:
       feats/<name>.safetensors per image with stage0..stage3 maps [C, H/s, W/s] (s = 4, 8, 16, 32)
   hiera features --model hiera_base_224 img.jpg --stages 3 --pooled --format npy --out feats/
       one pooled [768] vector per image, as feats/img.stage3.npy
+  hiera features --weights quickstart/finetune/model photos/ --out feats/
+      a model you trained (a model/ folder a run writes): every stage it has, 3 for the quickstart's
   hiera features --weights ckpt.pth photos/ --size 448 640 --stages 2 3 --out feats/
       run at 448x640 (each side a multiple of 32); images are resized to exactly that size
       (add --fit crop to keep the aspect ratio and crop the centre instead)
@@ -227,8 +232,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, or folders to search recursively")
     add_model_arguments(p)
-    p.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2, 3], metavar="I",
-                   help="stages to save (0..3 for the zoo models: strides 4, 8, 16, 32; -1 = last) (default: all)")
+    p.add_argument("--stages", type=int, nargs="+", default=None, metavar="I",
+                   help="stages to save, counted from 0 (the zoo models have 4: strides 4, 8, 16, 32); -1 = the "
+                        "last (default: every stage of the model)")
     p.add_argument("--out", "-o", default="features", metavar="DIR", help="output folder (default: ./features)")
     p.add_argument("--format", "-f", choices=("safetensors", "npy"), default="safetensors",
                    help="safetensors: one file per input; npy: one file per input and stage (default: safetensors)")

@@ -131,9 +131,8 @@ class MaskedAutoencoderHiera(Hiera):
             raise ValueError(
                 f"decoder_embed_dim={decoder_embed_dim} must be divisible by decoder_num_heads={decoder_num_heads}"
             )
+        self.check_maskable()  # (q_pool < #stages, so this also covers q_stride**q_pool)
         pool = [s**self.q_pool for s in self.q_stride]
-        if any(m % p for m, p in zip(self.mask_unit_size, pool)):
-            raise ValueError(f"mask_unit_size={self.mask_unit_size} must be a multiple of q_stride**q_pool={pool}")
 
         # The encoder's final norm and head are replaced by the fusion + decoder below.
         del self.norm, self.head

@@ -470,6 +470,22 @@ class Hiera(nn.Module, HubMixin):
         if x.device.type == "cpu" and not fast._tracing():  # a tracer cannot follow the C call
             fast.reuse_memory()
 
+    def check_maskable(self) -> None:
+        """Raise unless a mask keeps exactly the tokens of its kept units, as the MAE needs: after
+        the token reorder (which unrolls ``len(stages) - 1`` times by ``q_stride``) the tokens of
+        one mask unit sit ``#units`` apart only when every unit spans whole unroll blocks;
+        otherwise kept units take the tokens of other units (a mask unit of 2x2 tokens in a
+        3-stage model) and the MAE decoder would put its predictions in the wrong places. The
+        classifier's masked forward keeps the official package's behaviour for such units (see
+        the README), so only the MAE calls this."""
+        unroll = [q ** len(self._unroll_schedule) for q in self.q_stride]
+        if any(m % u for m, u in zip(self.mask_unit_size, unroll)):
+            raise ValueError(
+                f"masking needs mask_unit_size={tuple(self.mask_unit_size)} to be a multiple of "
+                f"q_stride**{len(self._unroll_schedule)} = {tuple(unroll)} (the token order's unroll over "
+                f"{len(self._unroll_schedule) + 1} stages); use larger mask units or fewer stages"
+            )
+
     def _check_mask(self, mask: torch.Tensor, batch: int, mask_grid: Sequence[int]) -> None:
         units = math.prod(mask_grid)
         if not isinstance(mask, torch.Tensor):

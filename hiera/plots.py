@@ -213,3 +213,54 @@ def plot_curves(
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, format="png", dpi=dpi)
     return out_png
+
+
+def plot_comparison(
+    groups: Mapping[str, Mapping[str, float]],
+    out_png: Union[str, os.PathLike],
+    title: str = "",
+    chance: Optional[float] = None,
+    ylabel: str = "top-1 on held-out images (%)",
+) -> Path:
+    """Grouped bars: one group per comparison, one bar per contender, the value printed on each,
+    and a dashed line at the ``chance`` level.
+
+    ``groups``: ``{"linear probe": {"MAE": 81.0, "random init": 64.5}, ...}``; contenders keep
+    their colour across groups (first seen, first colour). Returns the written path.
+    """
+    try:
+        import matplotlib
+    except ImportError as e:  # pragma: no cover - matplotlib is a dependency
+        raise ImportError("plotting needs matplotlib: pip install matplotlib") from e
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not groups or not all(groups.values()):
+        raise ValueError("plot_comparison needs at least one group with at least one value")
+    contenders: List[str] = []
+    for bars in groups.values():
+        contenders += [c for c in bars if c not in contenders]
+    colours = matplotlib.rcParams["axes.prop_cycle"].by_key().get("color", ["C0", "C1", "C2", "C3"])
+    fig = Figure(figsize=(2.2 + 1.9 * len(groups), 4.4), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / len(contenders)
+    for i, name in enumerate(contenders):
+        xs = [g + (i - (len(contenders) - 1) / 2) * width for g, bars in enumerate(groups.values()) if name in bars]
+        ys = [bars[name] for bars in groups.values() if name in bars]
+        rects = ax.bar(xs, ys, width * 0.95, label=name, color=colours[i % len(colours)])
+        ax.bar_label(rects, labels=[f"{y:.0f}" for y in ys], fontsize=9, padding=2)
+    if chance is not None:
+        ax.axhline(chance, color="0.4", linestyle="--", linewidth=1)
+        ax.text(len(groups) - 0.5, chance, f"chance {chance:.1f}%", ha="right", va="bottom", fontsize=8, color="0.3")
+    ax.set_xticks(range(len(groups)), list(groups), fontsize=9)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=9, loc="upper left")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png)
+    return out_png

@@ -46,8 +46,12 @@ def available_devices() -> List[str]:
     return found
 
 
+DEVICE_HELP = "auto (a CUDA GPU if present, else an Apple mps GPU, else the CPU), cpu, cuda, cuda:1, mps (default: auto)"
+
+
 def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
-    """``None`` / ``"auto"``: the GPU if there is one, else the CPU; anything else as torch reads it.
+    """``None`` / ``"auto"``: a CUDA GPU if there is one, else an Apple (mps) GPU, else the CPU;
+    anything else as torch reads it.
 
     Every tool resolves ``--device`` here, so a device that is not present fails at once with a
     ValueError naming it and the devices there are (rather than at the first tensor moved to it)."""
@@ -336,8 +340,27 @@ def cli_load_model(args: argparse.Namespace, prog: str, need_head: bool = False)
         raise
     except Exception as e:  # whatever the cause (missing file, bad config, network), one clear line
         what = str(args.weights or args.model)
-        message = str(e) if str(e).startswith(what) else f"could not load the model {what}: {e}"
+        message = str(e) if str(e).startswith((what, "could not get ")) else f"could not load the model {what}: {e}"
         return None, error(prog, message)
+
+
+def saved_class_names(weights, model: nn.Module):
+    """``(names, None)``: the class names saved with ``weights`` (``classes.txt`` of a model
+    folder, the ``id2label`` of a transformers config, the classes a training checkpoint records),
+    or ``(None, None)`` when there are none; ``(None, message)`` when they do not fit the model."""
+    from .train import _stored_class_names
+
+    try:
+        names, where = _stored_class_names(Path(weights))
+    except (ValueError, OSError) as e:  # a damaged classes.txt: say so rather than number the classes
+        return None, f"the class names saved with {weights}: {e}; give them with --classes FILE"
+    if not names:
+        return None, None
+    outputs = unwrap_model(model).head.projection.out_features
+    if len(names) != outputs:
+        return None, (f"{where} holds {len(names)} class names but the model has {outputs} outputs; "
+                      "give the right names with --classes FILE")
+    return names, None
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -349,8 +372,11 @@ examples:
       every image under photos/ (recursively), one CSV row per class
   hiera predict --model hiera_base_16x224 clip.mp4 --views multi
       Kinetics-400 classes of a video, averaged over 5 clips x 3 crops
-  hiera predict --weights runs/finetune/best.pth --classes classes.txt images/
-      your own fine-tuned model and its class names (one per line, or an ImageFolder folder)
+  hiera predict --weights runs/ft/model images/
+      a model you fine-tuned: `hiera finetune --out runs/ft` writes runs/ft/model/ (and runs/ft/last.pt);
+      the class names come from the classes.txt saved with it
+  hiera predict --weights other.pth --classes names.txt images/
+      weights from elsewhere, with their class names (one per line, or an ImageFolder folder)
 
 Models: --model takes a zoo name (`hiera zoo`; add .CHECKPOINT to pick one) or a Hugging Face repo
 id; --weights a checkpoint file or save_pretrained folder (any supported format). Images are
@@ -370,7 +396,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--weights", "-w", metavar="PATH",
                        help="weights file or save_pretrained folder (official .pth, safetensors, timm, "
                             "transformers, our training checkpoints)")
-    group.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1, mps (default: auto)")
+    group.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -394,8 +420,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "probabilities averaged (15x the compute) (default: single)")
     p.add_argument("--classes", metavar="FILE",
                    help="class names: a text file (one per line, in class-index order), a JSON list, or "
-                        "an ImageFolder folder (its sub-folder names); default ImageNet-1k / Kinetics-400 "
-                        "names when the head has 1000 / 400 classes")
+                        "an ImageFolder folder (its sub-folder names); default: the names saved with --weights "
+                        "(classes.txt of a model folder, or those a training checkpoint records), else "
+                        "ImageNet-1k / Kinetics-400 names when the head has 1000 / 400 classes")
     p.add_argument("--format", "-f", choices=("table", "json", "csv"), default=None,
                    help="output format (default: from --output's extension, else table)")
     p.add_argument("--output", "-o", metavar="FILE", help="write the results to FILE instead of stdout")
@@ -448,10 +475,15 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.views == "multi" and not is_video_model(model):
         return error(prog, "--views multi (5 clips x 3 crops) is for video models; this is an image model, "
                            "which sees each image once: leave --views out")
+    class_names = args.classes
+    if class_names is None and args.weights is not None:
+        class_names, message = saved_class_names(args.weights, model)
+        if message:
+            return error(prog, message)
     fmt = _output_format(args)
     try:
         results = predict(model, args.inputs, topk=args.topk, batch_size=args.batch_size,
-                          class_names=args.classes, views=args.views, device=device,
+                          class_names=class_names, views=args.views, device=device,
                           num_workers=args.num_workers, progress=not args.no_progress)
     except (ValueError, TypeError, OSError) as e:  # bad --classes file, wrong model kind
         return error(prog, str(e))

@@ -205,7 +205,14 @@ def _load_model(model, weights, mae, **kwargs) -> nn.Module:
         if mae and not name.startswith("mae_"):
             name = "mae_" + name
         if name in MODELS:
+            from .zoo import resolve_checkpoint
+
             checkpoint = model.split(".", 1)[1] if "." in model else None
+            location = resolve_checkpoint(MODELS[name], checkpoint)
+            if location.startswith("hf-hub:"):  # fetched here so that an offline run fails in seconds
+                from .hub import hub_download
+
+                checkpoint = str(hub_download(location[len("hf-hub:"):], "model.safetensors"))
             return create_model(name, pretrained=True, checkpoint=checkpoint, **kwargs)
         if "/" in model:
             cls = MaskedAutoencoderHiera if mae else Hiera

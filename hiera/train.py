@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from .cli import fail
+from .predict import DEVICE_HELP
 from .model import mask_ratio_value
 from .weights import CheckpointError
 
@@ -65,17 +66,27 @@ def _schedule(recipe, steps_per_epoch: int, batch_size: int, lr: Optional[float]
     return total, warmup, peak, (lambda step: lr_schedule(step, total, warmup, peak, recipe.min_lr))
 
 
-def _finish(trainer, model, out: Path, classes=None) -> None:
-    """Final artefacts on the main process: the model as a Hub-style folder, and the curves."""
+def _finish(trainer, model, out: Path, classes=None, data=None) -> None:
+    """Final artefacts on the main process: the model as a Hub-style folder (weights, config, a
+    model card saying what it was trained on and how, ``classes.txt``), and the curves."""
     if not trainer.is_main:
         return
     from .engine import _unwrap
     from .plots import plot_curves
 
     final = _unwrap(model)
-    final.save_pretrained(out / "model")
-    if classes:
-        (out / "model" / "classes.txt").write_text("\n".join(classes) + "\n")
+    cfg = trainer.cfg
+    extra = cfg.extra or {}
+    training = {"task": "MAE pretraining" if trainer.task.name == "pretrain" else
+                ("linear probe" if extra.get("linear_probe") else "fine-tuning"),
+                "steps": trainer.step, "batch size": cfg.batch_size * cfg.accum, "peak lr": extra.get("peak_lr"),
+                "warmup steps": extra.get("warmup_steps"), "initial weights": extra.get("init") or "random"}
+    if "mask_ratio" in extra:
+        training["mask ratio"] = extra["mask_ratio"]
+    metrics = {f"held-out {k}": v for k, v in (trainer.last_eval or {}).items()
+               if k in ("acc1", "acc5", "loss") and isinstance(v, (int, float))}
+    final.save_pretrained(out / "model", classes=classes, data=data or extra.get("data"),
+                          training={k: v for k, v in training.items() if v is not None}, metrics=metrics or None)
     keys = ("loss", "lr") if trainer.task.name == "pretrain" else ("loss", "acc1", "lr")
     try:
         plot_curves(out / "metrics.jsonl", out / "curves.png", keys=keys)
@@ -226,7 +237,7 @@ def pretrain(
     must agree), ``frame_stride`` frames apart at 30 fps (default 4), one random-resized crop and
     flip per clip, Kinetics statistics, mask ratio 0.9 over 1x8x8-token mask units, the
     time-strided normalised-pixel loss of the official video MAE, and ``repeat_aug`` clips per
-    decoded video (default 1). ``val``: the centre clip of each video, as ``hiera mae-viz`` reads it."""
+    decoded video (default: the recipe's, 4 for pretraining [Hiera Tab. 11a]). ``val``: the centre clip of each video, as ``hiera mae-viz`` reads it."""
     from .engine import RunFolder, RunInterrupted
 
     _check_run(batch_size, accum, lr, epochs, run)
@@ -310,7 +321,8 @@ def _pretrain(data, out, model, epochs, batch_size, accum, lr, mask_ratio, init,
     if resume:
         trainer.resume()
     last = trainer.fit()
-    _finish(trainer, net, Path(out))
+    _finish(trainer, net, Path(out), data={"pretraining": f"{data} ({len(train_set)} {'videos' if video else 'images'}, "
+                                                          "labels unused)"})
     return last
 
 
@@ -335,6 +347,7 @@ def finetune(
     frame_stride: Optional[float] = None,
     repeat_aug: Optional[int] = None,
     overwrite: bool = False,
+    probe_head: bool = False,
     **run,
 ) -> dict:
     """Supervised fine-tuning on a folder with one sub-folder per class (images or videos, or a
@@ -348,7 +361,12 @@ def finetune(
     Video (as for :func:`pretrain`): random clips with one crop, flip, RandAugment policy and
     erasing box per clip, mixup / cutmix of whole clips, label smoothing, layer decay, drop path
     and head dropout by size, gradient clipping at 5 unless ``clip_grad`` says otherwise; the
-    validation during training uses the centre view (``evaluate`` gives the 3x5-view accuracy)."""
+    validation during training uses the centre view (``evaluate`` gives the 3x5-view accuracy).
+
+    ``probe_head`` (images): before training, set the fresh head by a linear probe on the
+    training images (up to ``PROBE_HEAD_IMAGES`` of them, centre crops): "linear probe, then
+    fine-tune", which lets a short fine-tuning of a pretrained trunk adapt the features instead
+    of spending its steps finding the head (see :func:`hiera.probe.fit_head`)."""
     from .engine import RunFolder, RunInterrupted
 
     _check_run(batch_size, accum, lr, epochs, run)
@@ -357,7 +375,9 @@ def finetune(
     args = dict(val=val, model=model, init=init, epochs=epochs, batch_size=batch_size, accum=accum, lr=lr,
                 linear_probe=linear_probe, ema=ema, resume=resume, config=config, mixup=mixup,
                 recipe_overrides=recipe_overrides, video=video, num_frames=num_frames, frame_stride=frame_stride,
-                repeat_aug=repeat_aug)
+                repeat_aug=repeat_aug, probe_head=probe_head)
+    if probe_head and video:
+        raise ValueError("--probe-head fits the head on images; it is not available for video runs yet")
     try:
         with RunFolder(out, resume=resume, overwrite=overwrite):
             return _finetune(data, out, run=run, **args)
@@ -368,7 +388,7 @@ def finetune(
 
 
 def _finetune(data, out, val, model, init, epochs, batch_size, accum, lr, linear_probe, ema, resume, config, mixup,
-              recipe_overrides, video, num_frames, frame_stride, repeat_aug, run) -> dict:
+              recipe_overrides, video, num_frames, frame_stride, repeat_aug, probe_head, run) -> dict:
     from .data import check_readable, finetune_transform, open_images, relabel
     from .engine import ClassifyTask, RunConfig, Trainer
     from .recipes import adamw, build_optimizer, finetune_recipe, video_finetune_recipe
@@ -453,6 +473,10 @@ def _finetune(data, out, val, model, init, epochs, batch_size, accum, lr, linear
                            "classes": train_set.classes, "data": str(data), "init": init,
                            "linear_probe": linear_probe, **extra}, **run)
 
+    head_note = None
+    if probe_head and not resume:  # before the trainer: its EMA copy must start from the fitted head
+        head_note = _probe_head(net, data, size, recipe.eval_crop_pct, seed, run.get("device", "auto"))
+
     def make_optimizer(m):
         return build_optimizer(m, recipe, lr_batch) if not linear_probe else adamw(
             [p for p in m.parameters() if p.requires_grad], lr=peak, betas=recipe.betas, weight_decay=0.0)
@@ -460,12 +484,42 @@ def _finetune(data, out, val, model, init, epochs, batch_size, accum, lr, linear
     trainer = Trainer(net, task, train_set, val_set, make_optimizer, lr_at, cfg)
     if trainer.is_main and report is not None:
         print(f"init: {report}")
+    if trainer.is_main and head_note:
+        print(head_note, flush=True)
     if resume:
         trainer.resume()
     last = trainer.fit()
     result = trainer.last_eval
-    _finish(trainer, trainer.ema.module if trainer.ema else net, Path(out), classes=train_set.classes)
+    facts = {"training": f"{data} ({len(train_set)} {'videos' if video else 'images'}, {len(train_set.classes)} classes)"}
+    if val:
+        facts["validation"] = f"{val} ({len(val_set)} {'videos' if video else 'images'})"
+    _finish(trainer, trainer.ema.module if trainer.ema else net, Path(out), classes=train_set.classes, data=facts)
     return {**last, **{f"val_{k}": v for k, v in result.items()}}
+
+
+PROBE_HEAD_IMAGES = 10000  # enough for a head of a few hundred classes; more costs time and float64 memory
+
+
+def _probe_head(net, data, size, crop_pct, seed: int, device) -> str:
+    """``finetune(probe_head=True)``: fit the head on (a seeded sample of) the training images, on
+    the run's device (under torchrun each process fits the same head; DDP then broadcasts rank 0's)."""
+    from .data import open_images
+    from .predict import resolve_device
+    from .probe import fit_head
+    from .transforms import ImageEvalTransform
+
+    device = resolve_device(device)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    net.to(device)
+    dataset = open_images(data, labelled=True, seed=seed, transform=ImageEvalTransform(size, crop_pct=crop_pct))
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:PROBE_HEAD_IMAGES]
+    samples = [s for s in (dataset[int(i)] for i in order) if s is not None]
+    if not samples:
+        raise ValueError(f"--probe-head: no readable image in {data}")
+    acc = fit_head(net, torch.stack([s["image"] for s in samples]).to(device),
+                   torch.tensor([s["label"] for s in samples]))
+    return f"head: then fitted by a linear probe on {len(samples)} training images (top-1 on them {acc:.1f}%)"
 
 
 def evaluate(data, model: Optional[str] = None, weights=None, batch_size: int = 64, device: str = "auto",
@@ -637,7 +691,7 @@ def _unnamed_mapping(dataset, data, num_classes: int) -> Tuple[List[str], Option
 def _run_args(p):
     g = p.add_argument_group("running")
     g.add_argument("--out", "-o", required=True, help="run folder: checkpoints, metrics.jsonl, curves.png, model/")
-    g.add_argument("--epochs", type=float, help="epochs (default: the recipe's; pretrain 1600 images, 3200 videos; finetune 50-300 images, 50 videos)")
+    g.add_argument("--epochs", type=float, help="epochs (default: the recipe's; pretrain 1600 images, 3200 videos; finetune 50-300 images, 100-150 videos)")
     g.add_argument("--batch-size", type=int, default=64, help="samples per optimizer step over all processes")
     g.add_argument("--accum", type=int, default=1, help="gradient accumulation: micro-batches per step")
     g.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's, scaled with the batch)")
@@ -650,7 +704,8 @@ def _run_args(p):
     g.add_argument("--eval-every", type=int, default=0, help="steps between evaluations (default: epoch ends)")
     g.add_argument("--log-every", type=int, default=10)
     g.add_argument("--workers", type=int, default=2, help="data loading processes")
-    g.add_argument("--device", default="auto")
+    g.add_argument("--device", default="auto", help=DEVICE_HELP)
+    g.add_argument("--threads", type=int, help=THREADS_HELP)
     g.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     g.add_argument("--overwrite", action="store_true",
                    help="start again in an --out that holds a run (its last.pt, metrics.jsonl, model/ are deleted)")
@@ -701,8 +756,8 @@ def _video_args(p, finetune: bool) -> None:
     g.add_argument("--frames", type=int, help="frames per clip (default: the model's, 16 for *_16x224; must agree with it)")
     g.add_argument("--frame-stride", type=float, help="frames between clip samples, counted at 30 fps (default 4)")
     g.add_argument("--repeat-aug", type=int,
-                   help="clips per decoded video, each with its own crop%s (default 1; MAE-ST uses %d)"
-                        % ((" and augmentation", 2) if finetune else (" and mask", 4)))
+                   help="clips per decoded video, each with its own crop%s (default %s)"
+                        % ((" and augmentation", "1") if finetune else (" and mask", "4, the paper's repeated sampling")))
 
 
 def _video_kwargs(args) -> dict:
@@ -716,7 +771,7 @@ def add_parser(subparsers) -> None:
         description="MAE pretraining with the paper's recipe for the model size. Images: AdamW 0.9/0.95, lr 8e-4 "
                     "per 4096 images, warmup then cosine, mask ratio 0.6, random-resized crop 0.2-1 and flip. "
                     "Videos (Kinetics recipe): 16-frame clips 4 frames apart at 30 fps, random start, one "
-                    "random-resized crop 0.5-1 and flip per clip, lr 8e-4 per 256 videos, 3200 epochs with 120 "
+                    "random-resized crop 0.5-1 and flip per clip, 4 clips per decoded video, lr 8e-4 per 512, 3200 epochs with 120 "
                     "of warmup, mask ratio 0.9 over 1x8x8-token mask units.",
         epilog="""examples:
   hiera pretrain --data photos/ --model hiera_small_224 --epochs 400 --batch-size 256 --out runs/mae
@@ -742,7 +797,7 @@ def add_parser(subparsers) -> None:
         description="Fine-tuning with the paper's recipe for the model size (AdamW, layer-wise lr decay, "
                     "RandAugment, random erasing, mixup/cutmix, label smoothing, drop path). Videos: random "
                     "16-frame clips with one crop, flip, RandAugment policy and erasing box per clip, mixup / "
-                    "cutmix of whole clips, head dropout, gradient clipping at 5 (MAE-ST's recipe).",
+                    "cutmix of whole clips, head dropout, gradient clipping at 5 (the paper's Kinetics recipe, Tab. 11b).",
         epilog="""examples:
   hiera finetune --data train/ --val val/ --model hiera_small_224 --init runs/mae/last.pt --epochs 50 --out runs/ft
   hiera finetune --data train/ --val val/ --init mae_hiera_base_224.mae_in1k --epochs 100 --out runs/ft
@@ -757,6 +812,9 @@ def add_parser(subparsers) -> None:
                    help="zoo model or 'custom' (with --config) (default: hiera_base_224, or hiera_base_16x224 for videos)")
     p.add_argument("--init", help="start from these weights: our MAE checkpoint, or zoo name.checkpoint")
     p.add_argument("--linear-probe", action="store_true", help="train the head only")
+    p.add_argument("--probe-head", action="store_true",
+                   help="fit the fresh head by a linear probe on the training images first, then fine-tune (LP-FT; "
+                        "helps a short fine-tuning of a pretrained trunk)")
     p.add_argument("--ema", action="store_true", default=None, help="keep an EMA of the weights and evaluate it")
     p.add_argument("--no-mixup", action="store_true", help="turn mixup/cutmix off")
     _video_args(p, finetune=True)
@@ -772,14 +830,16 @@ def add_parser(subparsers) -> None:
   hiera evaluate --data val/ --weights runs/ft/model
   hiera evaluate --data clips/val/ --weights runs/vft/model                 # 3x5 views
   hiera evaluate --data k400_val.csv --model hiera_base_16x224 --views single --json result.json""")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help="labelled images or videos: a folder of class sub-folders, or a "
+                                                 "path,label list (.csv / .txt)")
     p.add_argument("--model", "-m", help="zoo name or Hub repo")
     p.add_argument("--weights", "-w", help="weights file or folder (any layout)")
     p.add_argument("--batch-size", type=int, default=64, help="model inputs per forward pass (each video view counts)")
     p.add_argument("--views", choices=("multi", "single"), default="multi",
                    help="videos: multi = 5 clips x 3 crops, softmax averaged; single = centre clip and crop")
     p.add_argument("--workers", type=int, default=2, help="data loading processes")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.add_argument("--classes", metavar="FILE",
                    help="the model's class names in output order (a text file, one per line, a JSON list, or a "
                         "folder of class sub-folders); default: classes.txt beside the weights")
@@ -812,8 +872,22 @@ def _guard(command: str, fn):
                              "--grad-checkpointing or --precision bf16")
 
 
+THREADS_HELP = ("CPU threads for PyTorch (default: its own choice, one per core); give fewer when other jobs hold "
+                "cores, as two threads on two busy cores run many times slower")
+
+
+def _set_threads(args) -> None:
+    """``--threads N``: asked for on the command line, so the process-wide setting is the user's."""
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if isinstance(threads, bool) or threads < 1:
+            raise ValueError(f"--threads must be a whole number >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
 def _cmd_pretrain(args) -> int:
     def go():
+        _set_threads(args)
         last = pretrain(args.data, args.out, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                         accum=args.accum, lr=args.lr, mask_ratio=args.mask_ratio, init=args.init, resume=args.resume,
                         val=args.val, config=_parse_config(args.config), overwrite=args.overwrite,
@@ -825,10 +899,12 @@ def _cmd_pretrain(args) -> int:
 
 def _cmd_finetune(args) -> int:
     def go():
+        _set_threads(args)
         last = finetune(args.data, args.out, val=args.val, model=args.model, init=args.init, epochs=args.epochs,
                         batch_size=args.batch_size, accum=args.accum, lr=args.lr, linear_probe=args.linear_probe,
                         ema=args.ema, resume=args.resume, config=_parse_config(args.config), overwrite=args.overwrite,
-                        mixup=False if args.no_mixup else None, **_video_kwargs(args), **_run_kwargs(args))
+                        mixup=False if args.no_mixup else None, probe_head=args.probe_head, **_video_kwargs(args),
+                        **_run_kwargs(args))
         print(json.dumps(last))
         return 0
     return _guard("finetune", go)
@@ -836,6 +912,7 @@ def _cmd_finetune(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     def go():
+        _set_threads(args)
         _check_output_file(args.json, "--json")
         result = evaluate(args.data, model=args.model, weights=args.weights, batch_size=args.batch_size,
                           device=args.device, views=args.views, workers=args.workers, classes=args.classes)

@@ -18,13 +18,14 @@ Library::
     out = mae_reconstruction(model, x)          # x normalised [B, 3, H, W] or [B, 3, T, H, W]
     save_grid(out, "viz/", names=["cat"])       # viz/cat.png: original | masked | recon | recon+visible
 
-Command line: ``hiera mae-viz IMAGES_OR_VIDEOS... --model mae_hiera_base_224 --out viz``.
+Command line: ``hiera mae-viz IMAGES_OR_VIDEOS... --model hiera_base_224.mae_in1k --out viz``.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import sys
 from pathlib import Path
 from typing import List, NamedTuple, Optional, Sequence, Union
@@ -42,7 +43,10 @@ KINETICS_STD = (0.225, 0.225, 0.225)
 DEFAULT_MASK_RATIO_IMAGE = 0.6
 DEFAULT_MASK_RATIO_VIDEO = 0.9
 COLUMN_TITLES = ("original", "masked", "reconstruction", "recon + visible")
-HEADER_HEIGHT = 14  # pixels of the title row of save_grid (titles=True)
+RAW_TITLE = "raw prediction"  # the fifth column, with raw=True
+HEADER_HEIGHT = 14  # pixels of the title row of save_grid (titles=True) in the default bitmap font
+MIN_PANEL = 192  # pixels of a picture's shorter side that scale=None (and mae-viz) enlarge it to at least
+CLI_FONT_SIZE = 15  # mae-viz's titles and captions: legible at the panel sizes above
 
 
 class MAEReconstruction(NamedTuple):
@@ -61,6 +65,9 @@ class MAEReconstruction(NamedTuple):
     loss: torch.Tensor  # scalar: the MAE loss (MSE of normalised pixels over the masked tokens)
     mask_ratio: float  # fraction of mask units hidden
     frames: Optional[List[int]] = None  # video: clip frame index of each of the T' frames
+    # The prediction before un-normalisation: every patch's predicted pixels as the decoder gives
+    # them (zero mean, unit std over each patch's pixels), drawn as mid-grey +- 2 std.
+    raw: Optional[torch.Tensor] = None
 
     @property
     def is_video(self) -> bool:
@@ -165,7 +172,8 @@ def mae_reconstruction(
         fill: grey level of the hidden patches in the ``masked`` picture.
     Returns:
         a :class:`MAEReconstruction`; pictures ``[B, C, H, W]`` or, for video, ``[B, C, T', H, W]``
-        with one frame per temporal patch (the frames the loss covers, e.g. 8 of 16).
+        with one frame per temporal patch (the frames the loss covers, e.g. 8 of 16). ``raw`` is the
+        prediction before un-normalisation (what the decoder outputs), for showing beside the rest.
     """
     if not _is_mae(model):
         raise TypeError(
@@ -217,17 +225,20 @@ def mae_reconstruction(
     loss = (((pred - (target - tmean) / tstd) ** 2).mean(-1))[~pred_visible]
     loss = loss.mean() if loss.numel() else pred.new_zeros(())
     recon_tokens = pred * tstd + tmean
+    raw_tokens = (0.5 + pred / 4.0).clamp(0.0, 1.0)
 
     if video:
         frame_ids = list(range(0, x.shape[2], model.patch_stride[0]))
         grid = (len(frame_ids), x.shape[3] // s, x.shape[4] // s)
         original = x[:, :, frame_ids]
         recon = tokens_to_video(recon_tokens, channels, grid, s)
+        raw = tokens_to_video(raw_tokens, channels, grid, s)
     else:
         frame_ids = None
         grid = (x.shape[2] // s, x.shape[3] // s)
         original = x
         recon = tokens_to_image(recon_tokens, channels, grid, s)
+        raw = tokens_to_image(raw_tokens, channels, grid, s)
     # Visibility per prediction token -> per pixel.
     vis = pred_visible.reshape(x.shape[0], 1, *grid)
     for d in range(len(grid) - 2, len(grid)):
@@ -238,7 +249,7 @@ def mae_reconstruction(
     masked_img = torch.where(vis, original_img, torch.full_like(original_img, float(fill)))
     pasted_img = torch.where(vis, original_img, recon_img)
     hidden = 1.0 - mask.float().mean().item()
-    return MAEReconstruction(original_img, masked_img, recon_img, pasted_img, vis, mask, loss, hidden, frame_ids)
+    return MAEReconstruction(original_img, masked_img, recon_img, pasted_img, vis, mask, loss, hidden, frame_ids, raw)
 
 
 # ----------------------------------------------------------------------------------------- grids
@@ -259,9 +270,83 @@ def _pick_frames(total: int, frames: Optional[int]) -> List[int]:
     return sorted({round(i * (total - 1) / max(frames - 1, 1)) for i in range(frames)})
 
 
-def grid_size(height: int, width: int, rows: int = 1, titles: bool = True, pad: int = 2, scale: int = 1):
-    """``(width, height)`` in pixels of a :func:`save_grid` picture of ``height x width`` inputs."""
-    return (4 * width * scale + 5 * pad, (HEADER_HEIGHT if titles else 0) + rows * height * scale + (rows + 1) * pad)
+def auto_scale(height: int, width: int, min_panel: int = MIN_PANEL) -> int:
+    """The smallest whole enlargement that makes a ``height x width`` picture's shorter side at
+    least ``min_panel`` pixels (1 for pictures that already are)."""
+    return max(1, math.ceil(min_panel / max(1, min(height, width))))
+
+
+def _font(size: Optional[int]):
+    """PIL's bitmap font (``size=None``), or its scalable font at ``size`` pixels where Pillow has
+    FreeType (else the bitmap font)."""
+    from PIL import ImageFont
+
+    if size is None:
+        return ImageFont.load_default()
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # an older Pillow, or one built without FreeType
+        return ImageFont.load_default()
+
+
+def _line_height(font) -> int:
+    box = font.getbbox("Ag")
+    return max(HEADER_HEIGHT - 3, box[3] - min(box[1], 0))
+
+
+def _header_height(font_size: Optional[int]) -> int:
+    return HEADER_HEIGHT if font_size is None else _line_height(_font(font_size)) + 8
+
+
+def _wrap(text: str, font, width: int) -> List[str]:
+    """``text`` in lines no wider than ``width`` pixels (paragraphs split at newlines)."""
+    from PIL import Image, ImageDraw
+
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split():
+            trial = f"{line} {word}" if line else word
+            if line and draw.textlength(trial, font=font) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        lines.append(line)
+    return lines
+
+
+def grid_size(height: int, width: int, rows: int = 1, titles: bool = True, pad: int = 2, scale: int = 1,
+              columns: int = 4, font_size: Optional[int] = None):
+    """``(width, height)`` in pixels of a :func:`save_grid` picture of ``height x width`` inputs,
+    without a caption (``columns``: 4, or 5 with ``raw=True``)."""
+    header = _header_height(font_size) if titles else 0
+    return (columns * width * scale + (columns + 1) * pad, header + rows * height * scale + (rows + 1) * pad)
+
+
+def caption_text(result: MAEReconstruction, raw: bool = True, frames: Optional[int] = None) -> str:
+    """What a grid of ``result`` shows, in words (the caption mae-viz writes under each grid);
+    ``raw`` and ``frames`` as given to :func:`render_grid`."""
+    hidden = f"{100 * result.mask_ratio:.0f}%"
+    columns = ("Columns: the input; the input with {hidden} of its mask units hidden (grey); the "
+               "reconstruction of every patch; the reconstruction in the hidden patches with the visible input "
+               "pasted back" + ("; the raw prediction." if raw else ".")).format(hidden=hidden)
+    rows = ""
+    if result.is_video and result.frames:
+        picked = [result.frames[i] for i in _pick_frames(len(result.frames), frames)]
+        shown = ", ".join(map(str, picked[:6])) + (", ..." if len(picked) > 6 else "")
+        rows = (f" Rows: clip frames {shown}, each the first frame of a tubelet (the frames the MAE predicts and "
+                "its loss covers).")
+    how = (" The decoder predicts each patch's pixels normalised by that patch's own mean and standard deviation "
+           "(its training target). The reconstruction undoes this with the mean and std of the true patch, "
+           "taken from the input, so colours and the coarse layout of the scene show even when the model is "
+           "untrained (random weights); only the detail within each patch is the model's.")
+    if raw:
+        how += (" The raw prediction is the decoder's output as it is: mid-grey is the patch mean, black and white "
+                "2 std below and above.")
+    loss = f" MAE loss {float(result.loss):.3f} (mean squared error of normalised pixels in the hidden patches)."
+    return columns + rows + how + loss
 
 
 def render_grid(
@@ -270,39 +355,63 @@ def render_grid(
     frames: Optional[int] = None,
     titles: bool = True,
     pad: int = 2,
-    scale: int = 1,
+    scale: Optional[int] = 1,
     background: int = 255,
+    raw: bool = False,
+    caption: Optional[str] = None,
+    font_size: Optional[int] = None,
 ):
     """One input's grid as a ``PIL.Image``: columns original | masked input | reconstruction |
-    reconstruction + visible; one row for an image, one row per shown frame for video
-    (``frames``: how many of the ``T'`` reconstructed frames, evenly spaced; default all).
-    The size is :func:`grid_size`."""
+    reconstruction + visible (| raw prediction, with ``raw=True``); one row for an image, one row
+    per shown frame for video (``frames``: how many of the ``T'`` reconstructed frames, evenly
+    spaced; default all).
+
+    ``scale``: enlarge each picture this many times; None: enough for a shorter side of at least
+    ``MIN_PANEL`` pixels (:func:`auto_scale`). ``font_size``: titles and caption in Pillow's
+    scalable font at this size (default: its small bitmap font). ``caption``: text written under
+    the grid, wrapped to its width (e.g. :func:`caption_text`). Without a caption the size is
+    :func:`grid_size`."""
     from PIL import Image, ImageDraw
 
-    if scale < 1 or pad < 0:
-        raise ValueError(f"scale must be >= 1 and pad >= 0, got {scale} and {pad}")
-    pictures = (result.original, result.masked, result.reconstruction, result.pasted)
+    pictures = [result.original, result.masked, result.reconstruction, result.pasted]
+    names = list(COLUMN_TITLES)
+    if raw:
+        if result.raw is None:
+            raise ValueError("raw=True needs the raw prediction (result.raw), which this result lacks")
+        pictures.append(result.raw)
+        names.append(RAW_TITLE)
     if result.is_video:
         shown = _pick_frames(result.original.shape[2], frames)
         rows = [[p[index, :, t] for p in pictures] for t in shown]
     else:
         rows = [[p[index] for p in pictures]]
     h, w = rows[0][0].shape[-2:]
+    if scale is None:
+        scale = auto_scale(h, w)
+    if scale < 1 or pad < 0:
+        raise ValueError(f"scale must be >= 1 and pad >= 0, got {scale} and {pad}")
     th, tw = h * scale, w * scale
-    width, height = grid_size(h, w, len(rows), titles, pad, scale)
-    canvas = Image.new("RGB", (width, height), (background,) * 3)
-    top = HEADER_HEIGHT if titles else 0
+    width, height = grid_size(h, w, len(rows), titles, pad, scale, len(pictures), font_size)
+    font = _font(font_size)
+    caption_lines = _wrap(caption, font, width - 2 * pad - 4) if caption else []
+    line = _line_height(font) + 3
+    caption_height = len(caption_lines) * line + 2 * pad + 4 if caption_lines else 0
+    canvas = Image.new("RGB", (width, height + caption_height), (background,) * 3)
+    top = _header_height(font_size) if titles else 0
     if titles:
-        for c, title in enumerate(COLUMN_TITLES):
-            cell = Image.new("RGB", (tw, HEADER_HEIGHT), (background,) * 3)
-            ImageDraw.Draw(cell).text((2, 1), title, fill=(0, 0, 0))  # clipped to its column
-            canvas.paste(cell, (pad + c * (tw + pad), 0))
+        for c, title in enumerate(names):
+            cell = Image.new("RGB", (tw, top), (background,) * 3)
+            ImageDraw.Draw(cell).text((2, 1 if font_size is None else 3), title, fill=(0, 0, 0), font=font)
+            canvas.paste(cell, (pad + c * (tw + pad), 0))  # clipped to its column
     for r, row in enumerate(rows):
         for c, img in enumerate(row):
             tile = Image.fromarray(_to_uint8(img))
             if scale != 1:
                 tile = tile.resize((tw, th), Image.NEAREST)
             canvas.paste(tile, (pad + c * (tw + pad), top + pad + r * (th + pad)))
+    draw = ImageDraw.Draw(canvas)
+    for i, text in enumerate(caption_lines):
+        draw.text((pad + 2, height + pad + 2 + i * line), text, fill=(0, 0, 0), font=font)
     return canvas
 
 
@@ -313,14 +422,19 @@ def save_grid(
     frames: Optional[int] = None,
     titles: bool = True,
     pad: int = 2,
-    scale: int = 1,
+    scale: Optional[int] = 1,
+    raw: bool = False,
+    caption: Union[bool, str, None] = None,
+    font_size: Optional[int] = None,
 ) -> List[Path]:
     """Write one PNG per input of ``result`` into ``out_dir`` (created if needed).
 
-    Columns: original | masked input | reconstruction | reconstruction + visible. Images give one
-    row, videos one row per shown frame (``frames`` of them, default all ``T'``). Each file is
-    :func:`grid_size` pixels. ``names``: file names (``.png`` added when missing), default
-    ``mae_0.png``, ``mae_1.png``, ...  Returns the paths written.
+    Columns: original | masked input | reconstruction | reconstruction + visible (| raw
+    prediction, with ``raw=True``). Images give one row, videos one row per shown frame
+    (``frames`` of them, default all ``T'``). ``caption``: text under each grid, or True for
+    :func:`caption_text`. ``scale``, ``font_size``: as for :func:`render_grid`; without a caption
+    each file is :func:`grid_size` pixels. ``names``: file names (``.png`` added when missing),
+    default ``mae_0.png``, ``mae_1.png``, ...  Returns the paths written.
     """
     batch = result.original.shape[0]
     if names is None:
@@ -329,12 +443,15 @@ def save_grid(
         raise ValueError(f"got {len(names)} names for {batch} inputs")
     from .weights import write_atomic
 
+    if caption is True:
+        caption = caption_text(result, raw=raw, frames=frames)
     out_dir = Path(out_dir)
     paths = []
     for i, name in enumerate(names):
         name = str(name)
         path = out_dir / (name if name.lower().endswith(".png") else name + ".png")
-        grid = render_grid(result, i, frames=frames, titles=titles, pad=pad, scale=scale)
+        grid = render_grid(result, i, frames=frames, titles=titles, pad=pad, scale=scale, raw=raw,
+                           caption=caption or None, font_size=font_size)
         # Whole or not at all (full disk, Ctrl-C); the temporary name hides the format, so say it.
         write_atomic(path, lambda tmp: grid.save(tmp, format="PNG"))
         paths.append(path)
@@ -363,16 +480,36 @@ def load_video_input(
 
 
 # ----------------------------------------------------------------------------------------- CLI
+EPILOG = """\
+examples:
+  hiera mae-viz photo.jpg --model hiera_base_224.mae_in1k
+      photo.jpg through the released MAE (downloaded once): mae_viz/photo.png
+  hiera mae-viz clip.mp4 --model hiera_base_16x224.mae_k400 --frames 4
+      a video model on a clip: 4 of its reconstructed frames, one row each
+  hiera mae-viz photos/ --weights quickstart/pretrain/model --out viz/
+      your own MAE (the model/ folder of a pretraining run) on every image under photos/
+
+Each PNG has a title row and a caption saying what it shows. The decoder predicts every patch's pixels
+normalised by the patch's own mean and std; the reconstruction columns undo that with the true patch's
+mean and std (from the input), so the scene's layout shows even with random weights: the raw
+prediction column shows the output before that. Images need an image model, videos a video model.
+"""
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``mae-viz`` on an ``argparse`` sub-parsers object."""
+    from .predict import DEVICE_HELP
+
     p = subparsers.add_parser(
         "mae-viz",
         help="show MAE reconstructions of images or videos",
         description=(
             "Mask inputs, let an MAE model reconstruct them, and write one PNG per input with the "
-            "columns original | masked input | reconstruction | reconstruction + visible patches "
-            "(video: one row per reconstructed frame, i.e. the first frame of every 2-frame tubelet)."
+            "columns original | masked input | reconstruction | reconstruction + visible patches | raw "
+            "prediction (video: one row per reconstructed frame, i.e. the first frame of every tubelet)."
         ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", help="image / video files or folders (searched recursively)")
     p.add_argument("--model", help="zoo name (mae_ prefix optional, e.g. hiera_base_224) or Hub repo id; "
@@ -386,9 +523,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="video: how many reconstructed frames to show, evenly spaced (default all: 8 for 16-frame models)")
     p.add_argument("--frame-stride", type=float, default=None,
                    help="video: frames between clip samples, at 30 fps (default 4)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps or auto (GPU if present) (default cpu)")
-    p.add_argument("--scale", type=int, default=1, help="enlarge each picture this many times (default 1)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--scale", type=int, default=None,
+                   help=f"enlarge each picture this many times (default: enough for {MIN_PANEL} pixels or more "
+                        "on its shorter side)")
     p.add_argument("--no-titles", action="store_true", help="leave out the column titles")
+    p.add_argument("--no-caption", action="store_true", help="leave out the caption under each grid")
+    p.add_argument("--no-raw", action="store_true", help="leave out the raw prediction column")
     p.set_defaults(func=_cmd_mae_viz)
     return p
 
@@ -415,7 +556,7 @@ def _mae_viz(args: argparse.Namespace) -> int:
         return _error(f"--frames must be >= 1, got {args.frames}", 2)
     if args.frame_stride is not None and not args.frame_stride > 0:
         return _error(f"--frame-stride must be > 0, got {args.frame_stride}", 2)
-    if args.scale < 1:
+    if args.scale is not None and args.scale < 1:
         return _error(f"--scale must be >= 1, got {args.scale}", 2)
     if args.model is None and args.weights is None:
         return _error("say which model: --model NAME (zoo name or Hub repo id) and/or --weights PATH", 2)
@@ -466,7 +607,8 @@ def _mae_viz(args: argparse.Namespace) -> int:
         used.add(name)
         try:
             (written,) = save_grid(result, out_dir, [name], frames=args.frames, titles=not args.no_titles,
-                                   scale=args.scale)
+                                   scale=args.scale, raw=not args.no_raw, caption=not args.no_caption,
+                                   font_size=CLI_FONT_SIZE)
         except OSError as e:  # full disk, unwritable --out: the next inputs would fail the same way
             return _error(str(e), 1)
         print(f"{path} -> {written}  (mask ratio {result.mask_ratio:.2f}, loss {result.loss.item():.4f})")

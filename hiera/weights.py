@@ -146,18 +146,45 @@ def mirror_url(url: str) -> str:
     return mirror.rstrip("/") + "/" + url.rsplit("/", 1)[-1]
 
 
-def _probe(url: str, offline_help: str) -> None:
-    """Fail within seconds when the host cannot be reached (torch.hub itself has no timeout)."""
+def unreachable(url: str, timeout: Optional[float] = None) -> Optional[str]:
+    """Why a connection to the host of ``url`` cannot be opened (None when it can), within seconds.
+
+    Download clients retry for tens of seconds before giving up (huggingface_hub backs off five
+    times; torch.hub has no timeout at all), so tools ask this first and, when the host cannot be
+    reached, fail at once or use what is cached. The connection goes to the proxy when one is set
+    for the URL's scheme (``HTTPS_PROXY`` ...) and the host is not in ``NO_PROXY``. The timeout is
+    ``$HIERA_CONNECT_TIMEOUT`` seconds (default 5).
+    """
     import socket
+    import urllib.request
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    timeout = float(os.environ.get("HIERA_CONNECT_TIMEOUT", "10"))
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    if not host:
+        return f"no host in {url!r}"
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        via = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        if via.hostname:
+            host, port = via.hostname, via.port or (443 if via.scheme == "https" else 80)
+    if timeout is None:
+        try:
+            timeout = float(os.environ.get("HIERA_CONNECT_TIMEOUT", "5"))
+        except ValueError:
+            timeout = 5.0
     try:
-        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+        socket.create_connection((host, port), timeout=timeout).close()
     except OSError as e:
-        raise CheckpointError(f"could not reach {parts.hostname}:{port} to download {url} ({e}). {offline_help}") from e
+        return f"{host}:{port}: {e.strerror or e}"
+    return None
+
+
+def _probe(url: str, offline_help: str) -> None:
+    """Fail within seconds when the host cannot be reached (torch.hub itself has no timeout)."""
+    why = unreachable(url)
+    if why is not None:
+        raise CheckpointError(f"could not reach {why}, to download {url}. {offline_help}")
 
 
 def download_checkpoint(url: str, progress: bool = True) -> StateDict:

@@ -149,15 +149,11 @@ def read_weights(location: str, progress: bool = True):
 
 
 def _hub_file(repo_id: str) -> str:
-    from huggingface_hub import hf_hub_download
+    """The weights of a Hub-hosted checkpoint: downloaded once, then from the cache; without a
+    network, the cached copy or within seconds an error that says what to do."""
+    from .hub import hub_download
 
-    try:
-        return hf_hub_download(repo_id, "model.safetensors")
-    except Exception as e:
-        raise CheckpointError(
-            f"could not get {repo_id} from the Hugging Face Hub ({type(e).__name__}). Offline? Download it once "
-            "where the Hub is reachable (it is then cached under $HF_HOME), or pass a local weights file"
-        ) from e
+    return str(hub_download(repo_id, "model.safetensors"))
 
 
 def create_model(

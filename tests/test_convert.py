@@ -50,8 +50,15 @@ def test_convert_to_every_layout_and_load_back(saved):
     assert main(["convert", str(tmp / "c.safetensors"), "--to", "official", "--out", str(tmp / "d.pth")]) == 0
     back = torch.load(tmp / "d.pth", weights_only=True)["model_state"]
     assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
-    # ...but a repo directory needs the architecture: say so when it cannot be inferred.
-    assert main(["convert", str(tmp / "c.safetensors"), "--to", "hf", "--out", str(tmp / "e")]) == 1
+    # The timm file keeps the config in its metadata, so it converts on to a repo directory...
+    assert main(["convert", str(tmp / "c.safetensors"), "--to", "hf", "--out", str(tmp / "e")]) == 0
+    torch.testing.assert_close(load_model(weights=tmp / "e")(x, return_logits=True), ref)
+    # ...but timm weights from elsewhere carry none: say so when the architecture cannot be inferred.
+    from safetensors.torch import save_file
+
+    save_file(load_file(str(tmp / "c.safetensors")), str(tmp / "bare.safetensors"))
+    assert main(["convert", str(tmp / "bare.safetensors"), "--to", "hf", "--out", str(tmp / "f")]) == 1
+    assert not (tmp / "f").exists()
 
 
 def test_convert_zoo_checkpoint_without_config_matches_the_zoo(tmp_path):

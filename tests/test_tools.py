@@ -243,6 +243,11 @@ def test_save_grid_writes_pngs_of_the_expected_size(tmp_path):
         assert img.size == viz.grid_size(64, 64, rows=3) == (266, viz.HEADER_HEIGHT + 3 * 64 + 4 * 2)
 
 
+def cli_grid_size(rows):
+    """The size of a mae-viz grid of a 64 x 64 model without its caption (five enlarged columns)."""
+    return viz.grid_size(64, 64, rows=rows, scale=viz.auto_scale(64, 64), columns=5, font_size=viz.CLI_FONT_SIZE)
+
+
 def test_mae_viz_cli_images(tmp_path, saved, capsys):
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -256,9 +261,11 @@ def test_mae_viz_cli_images(tmp_path, saved, capsys):
     assert code == 0
     written = sorted(p.name for p in out.glob("*.png"))
     assert written == ["one.png", "three.png", "two.png"]
+    # mae-viz enlarges small pictures, adds the raw prediction column and a caption under the grid.
+    width, height = cli_grid_size(rows=1)
     for p in out.glob("*.png"):
         with Image.open(p) as img:
-            assert img.size == viz.grid_size(64, 64)
+            assert img.width == width and img.height > height
     assert "mask ratio 0.50" in capsys.readouterr().out
 
 
@@ -266,15 +273,17 @@ def test_mae_viz_cli_video(tmp_path, saved):
     clip = write_clip(tmp_path / "clip.mp4")
     out = tmp_path / "viz"
     code = run_cli(viz.add_parser, ["mae-viz", str(clip), "--weights", str(saved["video_mae"]),
-                                    "--out", str(out), "--frames", "2", "--no-titles"])
+                                    "--out", str(out), "--frames", "2", "--no-titles", "--no-caption", "--no-raw",
+                                    "--scale", "1"])
     assert code == 0
     with Image.open(out / "clip.png") as img:
         assert img.size == viz.grid_size(64, 64, rows=2, titles=False)
     # The default shows every reconstructed frame (8-frame model: 4 tubelets).
     code = run_cli(viz.add_parser, ["mae-viz", str(clip), "--weights", str(saved["video_mae"]), "--out", str(out)])
     assert code == 0
+    width, height = cli_grid_size(rows=4)
     with Image.open(out / "clip.png") as img:
-        assert img.size == viz.grid_size(64, 64, rows=4)
+        assert img.width == width and img.height > height
 
 
 def test_mae_viz_cli_errors(tmp_path, saved, capsys):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,15 +96,25 @@ def test_training_commands_reject_bad_input(tmp_path, capsys):
 def test_quickstart_writes_its_report(tmp_path):
     from hiera.quickstart import quickstart
 
-    report = quickstart(tmp_path / "qs", per_class=8, val_per_class=4, pretrain_epochs=1, finetune_epochs=1,
-                        batch_size=16, workers=0, progress=False)
+    report = quickstart(tmp_path / "qs", per_class=8, val_per_class=4, pool=256, pretrain_epochs=1, few=2,
+                        finetune_epochs=1, few_epochs=1, batch_size=16, workers=0, progress=False)
     out = tmp_path / "qs"
-    for name in ("report.md", "report.json", "finetune_curves.png", "pretrain/curves.png", "finetune/model/config.json"):
+    md = (out / "report.md").read_text()
+    # Every picture the report links exists.
+    for name in ("report.md", "report.json", "comparison.png", "reconstructions.png", "finetune_curves.png",
+                 "pretrain/curves.png", "mae_all/model/config.json", "scratch_few/model/config.json"):
         assert (out / name).exists(), name
-    assert report["files"]["reconstructions"] and (out / report["files"]["reconstructions"]).exists()
+    for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", md):
+        assert (out / link).exists(), link
+    assert len(list((out / "data" / "train_2_per_class").glob("*/*.png"))) == 2 * len(report["classes"])
     assert len(report["predictions"]) == len(report["classes"]) == 8
-    assert 0 <= report["mae_pretrained"]["acc1"] <= 100 and 0 <= report["from_scratch"]["acc1"] <= 100
-    assert "| MAE pretraining" in (out / "report.md").read_text()
+    assert set(report["comparison"]) == {"linear probe, all labels", "linear probe, 2/class", "fine-tuned, 2/class",
+                                         "fine-tuned, all labels"}
+    for pair in report["comparison"].values():
+        assert set(pair) == {"MAE", "no pretraining"} and all(0 <= v <= 100 for v in pair.values())
+    assert report["pretrain_images_seen"] == 256  # one step of 256
+    assert report["reconstruction"]["mae"]["baseline"] == pytest.approx(1.0, abs=0.05)
+    assert "| linear probe, all labels |" in md and "What the numbers mean" in md and "chance" in md.lower()
 
 
 def test_linear_probe_trains_the_head_only_and_ema_bf16_run(data, tmp_path):

@@ -1,0 +1,164 @@
+"""MAE checked the way the MAE literature checks it, on shapes where the answer is known:
+held-out reconstruction against the predict-the-mean baseline, a linear probe against the same
+encoder untrained, and the handover of every encoder weight to a classifier."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hiera.data import IMAGENET_MEAN, IMAGENET_STD
+from hiera.mae import MaskedAutoencoderHiera
+from hiera.model import Hiera
+from hiera.probe import encoder_features, heldout_mae_loss, linear_probe, per_class_subset
+from hiera.recipes import lr_schedule
+from hiera.synthetic import CLASSES, generate
+
+SMALL = dict(input_size=(64, 64), embed_dim=48, num_heads=2, stages=(1, 2, 3), q_pool=2, mask_unit_size=(4, 4),
+             mask_unit_attn=(True, False, False))
+DECODER = dict(decoder_embed_dim=96, decoder_depth=2, decoder_num_heads=4)
+
+
+def _tensors(split, per_class, seed):
+    x, y = generate(split, per_class, size=64, seed=seed)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 - mean) / std, torch.as_tensor(y)
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    """A short MAE pretraining on an unlabelled pool (other images than the labelled ones):
+    (untrained copy, pretrained model, labelled train, held-out val)."""
+    torch.manual_seed(0)
+    pool, _ = _tensors("train", 250, seed=1)  # 2000 images, none of them in the probe's sets
+    net = MaskedAutoencoderHiera(**SMALL, **DECODER)
+    untrained = MaskedAutoencoderHiera(**SMALL, **DECODER)
+    untrained.load_state_dict(net.state_dict())
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.05)
+    gen = torch.Generator().manual_seed(0)
+    steps = 600
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_schedule(step, steps, steps // 10, 1e-3)
+        x = pool[torch.randint(0, len(pool), (64,), generator=gen)]
+        x = torch.where((torch.rand(64, generator=gen) < 0.5).view(-1, 1, 1, 1), x.flip(-1), x)
+        loss = net(x, mask_ratio=0.6)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return untrained.eval(), net.eval(), _tensors("train", 200, seed=0), _tensors("val", 50, seed=0)
+
+
+def test_pretraining_reconstructs_held_out_images_far_better_than_the_mean(pretrained):
+    untrained, net, _, (x_val, _) = pretrained
+    before, after = heldout_mae_loss(untrained, x_val), heldout_mae_loss(net, x_val)
+    assert after["baseline"] == pytest.approx(1.0, abs=0.02)  # per-patch normalised targets: unit variance
+    assert after["loss"] < 0.7 * after["baseline"], after
+    assert before["loss"] > after["baseline"], before  # untrained predictions are worse than the mean
+
+
+def test_linear_probe_of_the_pretrained_encoder_beats_the_untrained_one(pretrained):
+    untrained, net, (x, y), (xv, yv) = pretrained
+    acc = {}
+    for name, model in (("untrained", untrained), ("mae", net)):
+        acc[name] = linear_probe(encoder_features(model, x), y, encoder_features(model, xv), yv)
+    chance = 100 / len(CLASSES)
+    assert acc["untrained"] > chance  # random features are not useless: the bar MAE must clear
+    assert acc["mae"] > acc["untrained"] + 3, acc
+
+
+def test_mae_checkpoint_hands_every_encoder_weight_to_the_classifier(tmp_path):
+    from hiera.train import _init_weights
+
+    torch.manual_seed(0)
+    mae = MaskedAutoencoderHiera(**SMALL, **DECODER)
+    with torch.no_grad():
+        for p in mae.parameters():
+            p.add_(torch.randn_like(p))  # weights no initialiser would give
+    path = tmp_path / "mae.pt"
+    torch.save({"model": mae.state_dict()}, path)
+    clf = Hiera(**SMALL, num_classes=len(CLASSES))
+    _init_weights(clf, str(path), strict=False)
+    mae_state, clf_state = mae.state_dict(), clf.state_dict()
+    encoder = [k for k in clf_state if not k.startswith(("head.", "norm."))]
+    assert encoder and all(torch.equal(clf_state[k], mae_state[k]) for k in encoder)
+    # The classifier's trunk computes what the MAE encoder computes on an unmasked image.
+    x = torch.randn(2, 3, 64, 64)
+    keep = torch.ones(2, mae.num_mask_units, dtype=torch.bool)
+    with torch.no_grad():
+        ours, _ = clf.forward_tokens(x)
+        theirs, _ = mae.forward_tokens(x, keep)
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_mask_units_that_the_token_order_would_split_are_refused():
+    bad = dict(SMALL, q_pool=1, mask_unit_size=(2, 2))  # 3 stages unroll by 4: a 2x2 unit is split
+    with pytest.raises(ValueError, match=r"masking needs mask_unit_size=\(2, 2\) to be a multiple of"):
+        MaskedAutoencoderHiera(**bad, **DECODER)
+    clf = Hiera(**bad, num_classes=3)  # the classifier builds: without a mask its windows are right
+    assert clf(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+
+
+def test_linear_probe_fits_separable_features_and_refuses_broken_ones():
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(4).repeat(50)
+    centres = torch.randn(4, 16, generator=gen) * 3
+    x = centres[y] + torch.randn(200, 16, generator=gen)
+    assert linear_probe(x[:120], y[:120], x[120:], y[120:]) > 95
+    assert linear_probe(torch.randn(120, 16, generator=gen), y[:120], x[120:], y[120:]) < 50  # noise: near chance
+    bad = x.clone()
+    bad[3, 2] = math.nan
+    with pytest.raises(ValueError, match="NaN"):
+        linear_probe(bad[:120], y[:120], x[120:], y[120:])
+    with pytest.raises(ValueError, match="same C"):
+        linear_probe(x[:120, :8], y[:120], x[120:], y[120:])
+
+
+def test_per_class_subset_takes_the_same_number_of_every_class():
+    y = torch.tensor(np.repeat(np.arange(3), [5, 7, 9]))
+    idx = per_class_subset(y, 4, seed=1)
+    assert torch.bincount(y[idx]).tolist() == [4, 4, 4] and torch.equal(idx, idx.sort().values)
+    assert torch.equal(idx, per_class_subset(y, 4, seed=1))
+    with pytest.raises(ValueError, match="fewer than 6"):
+        per_class_subset(y, 6)
+
+
+def test_plot_comparison_draws_every_group(tmp_path):
+    from PIL import Image
+
+    from hiera.plots import plot_comparison
+
+    path = plot_comparison({"probe": {"MAE": 80.0, "untrained": 60.0}, "fine-tuned": {"MAE": 90.0, "untrained": 95.0}},
+                           tmp_path / "c.png", chance=12.5, title="t")
+    with Image.open(path) as im:
+        assert im.width > 400 and im.height > 300
+    with pytest.raises(ValueError, match="at least one"):
+        plot_comparison({}, tmp_path / "d.png")
+
+
+def test_fit_head_sets_the_head_the_probe_found():
+    from hiera.probe import fit_head
+
+    torch.manual_seed(0)
+    model = Hiera(**SMALL, num_classes=len(CLASSES)).train()
+    x, y = _tensors("train", 12, seed=0)
+    before = model.head.projection.weight.clone()
+    acc = fit_head(model, x, y)
+    assert model.training  # mode restored
+    assert not torch.equal(before, model.head.projection.weight)
+    model.eval()
+    with torch.no_grad():
+        logits = model(x, return_logits=True)
+    # The head computes what the probe fitted: the same training accuracy, well above chance.
+    assert float((logits.argmax(1) == y).float().mean() * 100) == pytest.approx(acc, abs=1.0)
+    assert acc > 60
+    with pytest.raises(ValueError, match="linear head"):
+        fit_head(Hiera(**SMALL, num_classes=0), x, y)
+
+
+def test_finetune_probe_head_is_refused_for_video(tmp_path):
+    from hiera.train import finetune
+
+    with pytest.raises(ValueError, match="--probe-head"):
+        finetune(tmp_path, tmp_path / "out", model="hiera_base_16x224", probe_head=True, video=True)
