@@ -186,7 +186,7 @@ def _compare(out, data, few_dir, few, pretrain_epochs, finetune_epochs, few_epoc
                 out / "finetune_curves.png", keys=("loss", "acc1"), title="fine-tuning on the synthetic shapes")
     model = load_model(weights=out / "mae_all" / "model")
     samples = [sorted((data.val_dir / c).glob("*.png"))[0] for c in data.classes]
-    predictions = predict(model, samples, topk=3, progress=False)
+    predictions = predict(model, samples, topk=3, class_names=list(data.classes), progress=False)
 
     report = {
         "classes": list(data.classes),
@@ -272,7 +272,7 @@ def _markdown(r: dict) -> str:
         "# Hiera quickstart: what MAE pretraining buys", "",
         f"{len(r['classes'])} classes of synthetic shapes ({', '.join(r['classes'])}); colours carry no class "
         f"information. A small Hiera was MAE-pretrained on {r['pool_images']} unlabelled images "
-        f"({r['pretrain_images_seen']} reconstructed in all), then compared with the same network untrained. "
+        f"({r['pretrain_images_seen']:,} reconstructed in all), then compared with the same network untrained. "
         f"Classifiers train on {r['train_images']} labelled images ({few} per class for the few-label rows): from "
         f"the MAE trunk the head is first fitted by a linear probe, then everything is fine-tuned (LP-FT); from "
         f"scratch the head starts fresh (LP-FT hurts there). Everything is measured on {r['val_images']} held-out "
@@ -293,7 +293,7 @@ def _markdown(r: dict) -> str:
         f"Fine-tuning curves: ![fine-tuning curves]({r['files']['finetune_curves']})", "",
         f"Pretraining curves: `{r['files']['pretrain_curves']}`; reconstructions during pretraining: "
         "`pretrain/reconstructions/`; the fine-tuned model: `mae_all/model` (`hiera predict --weights "
-        "quickstart/mae_all/model image.png`).", "",
+        "<this folder>/mae_all/model image.png`).", "",
         f"Time: {r['seconds']['total']:.0f} s (data {r['seconds']['data']:.0f}, pretraining {r['seconds']['pretrain']:.0f}, "
         f"probes {r['seconds']['probe']:.0f}, fine-tuning " + ", ".join(
             f"{k.replace('_', ' ')} {v:.0f}" for k, v in r["seconds"].items() if k.startswith(("mae_", "scratch_"))) + ").", "",

@@ -108,6 +108,7 @@ def test_quickstart_writes_its_report(tmp_path):
         assert (out / link).exists(), link
     assert len(list((out / "data" / "train_2_per_class").glob("*/*.png"))) == 2 * len(report["classes"])
     assert len(report["predictions"]) == len(report["classes"]) == 8
+    assert all(name in report["classes"] for p in report["predictions"] for name, _ in p["top3"])
     assert set(report["comparison"]) == {"linear probe, all labels", "linear probe, 2/class", "fine-tuned, 2/class",
                                          "fine-tuned, all labels"}
     for pair in report["comparison"].values():
