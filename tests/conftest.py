@@ -38,6 +38,13 @@ from pathlib import Path
 import pytest
 import torch
 
+# Under pytest-xdist each worker is its own process: with PyTorch's default of one thread per core
+# the workers' OpenMP threads spin against each other and long tests run several times slower.
+# One thread per worker (and per process a test starts) keeps the cores shared out.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 _REFERENCE_SRC = Path(__file__).resolve().parent / "reference"
 _GENERATE_PY = _REFERENCE_SRC / "generate.py"
