@@ -154,11 +154,11 @@ def heldout_mae_loss(model, images: torch.Tensor, mask_ratio: float = 0.6, seed:
     total = base = count = 0.0
     device = next(model.parameters()).device
     gen = torch.Generator(device="cpu").manual_seed(seed)
+    keep = model.check_mask_ratio(mask_ratio)
     try:
         for i in range(0, len(images), batch_size):
             x = images[i:i + batch_size].to(device)
             noise = torch.rand(len(x), model.num_mask_units, generator=gen)
-            keep = model.check_mask_ratio(mask_ratio)
             mask = torch.zeros_like(noise, dtype=torch.bool)
             mask.scatter_(1, noise.argsort(1)[:, :keep], True)
             loss, _, label, _ = model(x, mask=mask.to(device))

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 import hiera
 from hiera import viz
 from hiera.cli import build_parser, main
+from test_tools import write_clip  # clips written with a real codec, shared with the tool tests
 
 # The quickstart's model: 3 stages, not the zoo's 4.
 THREE_STAGES = dict(input_size=(64, 64), embed_dim=16, num_heads=1, stages=(1, 2, 2), q_pool=2,
@@ -42,24 +43,6 @@ def write_image(path, size=(80, 72), seed=0):
     arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
     arr[..., 0] = np.linspace(0, 255, size[0], dtype=np.uint8)[None]
     Image.fromarray(arr).save(path)
-    return path
-
-
-def write_clip(path, frames=20, width=96, height=80):
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=30)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for i in range(frames):
-            img = np.zeros((height, width, 3), np.uint8)
-            img[..., 0] = np.linspace(0, 255, width, dtype=np.uint8)[None]
-            img[..., 1] = (i * 12) % 256
-            img[: height // 2, : width // 2, 2] = 200
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
     return path
 
 
