@@ -1,10 +1,10 @@
 """Does MAE pretraining help, and from how much pretraining on? The quickstart's comparison at scale.
 
-On the synthetic shapes (:mod:`hiera.synthetic`): MAE-pretrain a Hiera on an unlabelled pool, and
+On the synthetic shapes (:mod:`hiera.data.synthetic`): MAE-pretrain a Hiera on an unlabelled pool, and
 at several points of the pretraining measure
 
-* the held-out MAE loss against the predict-the-mean baseline (:func:`hiera.probe.heldout_mae_loss`),
-* a linear probe of the frozen encoder (:func:`hiera.probe.linear_probe`),
+* the held-out MAE loss against the predict-the-mean baseline (:func:`hiera.train.probe.heldout_mae_loss`),
+* a linear probe of the frozen encoder (:func:`hiera.train.probe.linear_probe`),
 * fine-tuning with few labels (``--few`` per class) and with all labels,
 
 each next to the same encoder at its random initialisation (the probe) and the same classifier
@@ -29,12 +29,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hiera.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from hiera.data.images import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from hiera.mae import MaskedAutoencoderHiera  # noqa: E402
 from hiera.model import Hiera  # noqa: E402
-from hiera.probe import encoder_features, heldout_mae_loss, linear_probe, per_class_subset  # noqa: E402
-from hiera.recipes import lr_schedule, param_groups  # noqa: E402
-from hiera.synthetic import CLASSES, generate  # noqa: E402
+from hiera.train.probe import encoder_features, heldout_mae_loss, linear_probe, per_class_subset  # noqa: E402
+from hiera.train.recipes import lr_schedule, param_groups  # noqa: E402
+from hiera.data.synthetic import CLASSES, generate  # noqa: E402
 
 MODELS = {
     # The quickstart's model: 64x64 images, 3 stages, 16 mask units of 16x16 pixels.

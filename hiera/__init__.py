@@ -11,7 +11,7 @@ from .layers import Head, HieraBlock, MaskUnitAttention, PatchEmbed
 from .mae import MaskedAutoencoderHiera
 from .model import Hiera, InputMismatchError
 from .token_order import Reroll, Unroll, undo_windowing
-from .resolve import load_model
+from .formats.read import load_model
 from .weights import CheckpointError, LoadReport, load_weights, read_checkpoint
 from .zoo import CONSTRUCTORS, MODELS, create_model, list_models
 

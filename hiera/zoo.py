@@ -139,7 +139,7 @@ def resolve_checkpoint(spec: ModelSpec, checkpoint: Optional[str]) -> str:
 def read_weights(location: str, progress: bool = True):
     """A state dict in our layout from a URL (torch-hub cache), ``hf-hub:org/name`` (Hugging Face
     Hub cache; timm-layout repos are converted) or a local file or directory in any format."""
-    from .resolve import read_any
+    from .formats.read import read_any
 
     if location.startswith(("http://", "https://")):
         return download_checkpoint(location, progress=progress)

@@ -1,4 +1,4 @@
-"""``hiera benchmark --compare`` (hiera.compare and its worker, hiera.bench_worker).
+"""``hiera benchmark --compare`` (hiera.bench.compare and its worker, hiera.bench.worker).
 
 Tiny random models only. The pure parts (plan, schedule, ratios, report) run on made-up
 measurements; the worker protocol and one end-to-end run use real worker processes; crashing and
@@ -12,10 +12,10 @@ import os
 import statistics
 
 import pytest
-
-from hiera import benchmark as bench
-from hiera import compare
-from hiera.compare import Case, CompareError, Launcher, Settings, Variant, Worker, WorkerError
+import hiera
+from hiera.bench import timing as bench
+from hiera.bench import compare
+from hiera.bench.compare import Case, CompareError, Launcher, Settings, Variant, Worker, WorkerError
 
 TINY = {"embed_dim": 8, "num_heads": 1, "stages": [1, 1, 1, 1], "input_size": [64, 64], "num_classes": 10,
         "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 1}
@@ -332,7 +332,7 @@ def test_worker_protocol():
     worker = Worker("ours", launch["ours"])
     try:
         hello = worker.request({"op": "hello"}, 120)
-        assert hello["impl"] == "ours" and hello["file"] == os.path.abspath(compare.__file__.replace("compare.py", "__init__.py"))
+        assert hello["impl"] == "ours" and hello["file"] == os.path.abspath(hiera.__file__)
         settings = Settings(warmup=1)
         case = compare.plan(["inference"], "hiera_tiny_224", [Variant("ours", "bf16")], batches=[2], overrides=TINY)[0]
         assert case.overrides and case.arch["embed_dim"] == 8

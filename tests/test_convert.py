@@ -8,9 +8,9 @@ from safetensors.torch import load_file
 from transformers import HieraForImageClassification
 
 import hiera
-from hiera import formats
+from hiera.formats import layouts as formats
 from hiera.cli import main
-from hiera.resolve import load_model
+from hiera.formats.read import load_model
 
 
 @pytest.fixture()

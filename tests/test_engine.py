@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 import hiera
-from hiera.resolve import load_model
-from hiera.data import ImageFiles, StepSampler, collate, pretrain_transform, random_unit_mask
-from hiera.engine import MAETask, RunConfig, Trainer, TrainingDiverged, load_run_checkpoint
+from hiera.formats.read import load_model
+from hiera.data.images import ImageFiles, StepSampler, collate, pretrain_transform, random_unit_mask
+from hiera.train.engine import MAETask, RunConfig, Trainer, TrainingDiverged, load_run_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_divergence_stops_with_the_last_checkpoint_intact(image_folder, tmp_path
 
 
 def test_list_files_with_labels_by_index_or_name(image_folder, tmp_path):
-    from hiera.data import open_images
+    from hiera.data.images import open_images
 
     names = sorted(image_folder.glob("*.png"))[:4]
     (tmp_path / "list.csv").write_text(f"# a comment\n{names[0]},cat\n{names[1]},dog\n\n{names[2]},cat\n")

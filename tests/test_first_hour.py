@@ -21,7 +21,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import hiera
-from hiera import viz
+from hiera.tools import mae_viz as viz
 from hiera.cli import build_parser, main
 from test_tools import write_clip  # clips written with a real codec, shared with the tool tests
 
@@ -143,8 +143,8 @@ def test_convert_to_timm_keeps_a_custom_model_config(folders, tmp_path):
     import timm.models.hiera as timm_hiera
     from timm.models import load_checkpoint
 
-    from hiera import formats
-    from hiera.resolve import load_model
+    from hiera.formats import layouts as formats
+    from hiera.formats.read import load_model
 
     model = folders["classifier_model"]
     x = torch.randn(2, 3, 64, 64)
@@ -271,7 +271,8 @@ def test_mae_viz_video_caption_explains_the_layout_and_shows_the_raw_prediction(
 
 
 def test_one_meaning_of_device_auto():
-    from hiera import engine, predict
+    from hiera.train import engine
+    from hiera.tools import predict
 
     assert engine.resolve_device is predict.resolve_device
     expected = "cuda" if torch.cuda.is_available() else (

@@ -8,7 +8,7 @@ import torch
 
 import hiera
 from hiera import Hiera, MaskedAutoencoderHiera
-from hiera import formats as fmt
+from hiera.formats import layouts as fmt
 from closeness import assert_close
 from hubserver import hf_offline  # noqa: F401  (fixture)
 

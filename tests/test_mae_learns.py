@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from hiera.data import IMAGENET_MEAN, IMAGENET_STD
+from hiera.data.images import IMAGENET_MEAN, IMAGENET_STD
 from hiera.mae import MaskedAutoencoderHiera
 from hiera.model import Hiera
-from hiera.probe import encoder_features, heldout_mae_loss, linear_probe, per_class_subset
-from hiera.recipes import lr_schedule
-from hiera.synthetic import CLASSES, generate
+from hiera.train.probe import encoder_features, heldout_mae_loss, linear_probe, per_class_subset
+from hiera.train.recipes import lr_schedule
+from hiera.data.synthetic import CLASSES, generate
 
 SMALL = dict(input_size=(64, 64), embed_dim=48, num_heads=2, stages=(1, 2, 3), q_pool=2, mask_unit_size=(4, 4),
              mask_unit_attn=(True, False, False))
@@ -69,7 +69,7 @@ def test_linear_probe_of_the_pretrained_encoder_beats_the_untrained_one(pretrain
 
 
 def test_mae_checkpoint_hands_every_encoder_weight_to_the_classifier(tmp_path):
-    from hiera.train import _init_weights
+    from hiera.train.commands import _init_weights
 
     torch.manual_seed(0)
     mae = MaskedAutoencoderHiera(**SMALL, **DECODER)
@@ -127,7 +127,7 @@ def test_per_class_subset_takes_the_same_number_of_every_class():
 def test_plot_comparison_draws_every_group(tmp_path):
     from PIL import Image
 
-    from hiera.plots import plot_comparison
+    from hiera.train.plots import plot_comparison
 
     path = plot_comparison({"probe": {"MAE": 80.0, "untrained": 60.0}, "fine-tuned": {"MAE": 90.0, "untrained": 95.0}},
                            tmp_path / "c.png", chance=12.5, title="t")
@@ -138,7 +138,7 @@ def test_plot_comparison_draws_every_group(tmp_path):
 
 
 def test_fit_head_sets_the_head_the_probe_found():
-    from hiera.probe import fit_head
+    from hiera.train.probe import fit_head
 
     torch.manual_seed(0)
     model = Hiera(**SMALL, num_classes=len(CLASSES)).train()
@@ -158,7 +158,7 @@ def test_fit_head_sets_the_head_the_probe_found():
 
 
 def test_finetune_probe_head_is_refused_for_video(tmp_path):
-    from hiera.train import finetune
+    from hiera.train.commands import finetune
 
     with pytest.raises(ValueError, match="--probe-head"):
         finetune(tmp_path, tmp_path / "out", model="hiera_base_16x224", probe_head=True, video=True)

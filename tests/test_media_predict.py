@@ -1,7 +1,7 @@
 """Media reading, frame sampling, evaluation transforms, class names, ``predict`` and ``features``.
 
 Everything is generated here: tiny random models saved with ``save_pretrained`` (loaded back
-through ``hiera.resolve.load_model`` by the CLI), images written with PIL, videos with PyAV.
+through ``hiera.formats.read.load_model`` by the CLI), images written with PIL, videos with PyAV.
 """
 
 import argparse
@@ -17,10 +17,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import hiera
-from hiera import extract as extract_mod
-from hiera import predict as predict_mod
-from hiera.labels import class_names, imagenet_classes, kinetics400_classes, read_class_names
-from hiera.media import (
+from hiera.tools import features as extract_mod
+from hiera.tools import predict as predict_mod
+from hiera.data.labels import class_names, imagenet_classes, kinetics400_classes, read_class_names
+from hiera.data.media import (
     MediaError,
     find_media,
     load_clips,
@@ -29,7 +29,7 @@ from hiera.media import (
     read_video,
     sample_frame_indices,
 )
-from hiera.transforms import (
+from hiera.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     KINETICS_MEAN,

@@ -1,4 +1,4 @@
-"""hiera.plots: training curves from JSON-lines metrics to PNG."""
+"""hiera.train.plots: training curves from JSON-lines metrics to PNG."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hiera.plots import load_metrics, plot_curves
+from hiera.train.plots import load_metrics, plot_curves
 
 import matplotlib  # noqa: E402,F401  (a dependency of the package)
 

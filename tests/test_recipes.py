@@ -1,4 +1,4 @@
-"""hiera.recipes: the paper's presets, parameter groups, optimizer and learning-rate schedule."""
+"""hiera.train.recipes: the paper's presets, parameter groups, optimizer and learning-rate schedule."""
 
 import dataclasses
 import math
@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from hiera import recipes
+from hiera.train import recipes
 from hiera.mae import MaskedAutoencoderHiera
 from hiera.model import Hiera
-from hiera.recipes import (
+from hiera.train.recipes import (
     FinetuneRecipe,
     PretrainRecipe,
     WarmupCosineLR,

@@ -21,12 +21,12 @@ from safetensors.torch import load_file, save_file
 
 import hiera
 from hiera import CheckpointError
-from hiera import extract as extract_mod
-from hiera import predict as predict_mod
-from hiera import transforms as transforms_mod
+from hiera.tools import features as extract_mod
+from hiera.tools import predict as predict_mod
+from hiera.data import transforms as transforms_mod
 from hiera.cli import main
-from hiera.resolve import load_model
-from hiera.transforms import ImageEvalTransform, VideoEvalTransform, eval_transform
+from hiera.formats.read import load_model
+from hiera.data.transforms import ImageEvalTransform, VideoEvalTransform, eval_transform
 from hiera.zoo import MODELS, ModelSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -358,7 +358,7 @@ def test_ctrl_c_exits_130_in_one_line(saved, tmp_path, monkeypatch, capsys, tool
         argv = ["features", str(saved / "photo.png"), "--weights", str(saved / "cls"), "--out", str(tmp_path / "f"),
                 "--no-progress"]
     else:
-        monkeypatch.setattr("hiera.viz.mae_reconstruction", stop)
+        monkeypatch.setattr("hiera.tools.mae_viz.mae_reconstruction", stop)
         argv = ["mae-viz", str(saved / "photo.png"), "--weights", str(saved / "mae"), "--out", str(tmp_path / "v")]
     try:
         code = main(argv)

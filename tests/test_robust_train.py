@@ -24,12 +24,12 @@ from PIL import Image
 
 import hiera
 import hiera.weights
-import hiera.engine as engine
+import hiera.train.engine as engine
 from hiera.cli import main
-from hiera.data import random_unit_mask
-from hiera.engine import RunFolderBusy, TrainingDiverged
-from hiera.synthetic import CLASSES, make_dataset
-from hiera.train import evaluate, finetune, pretrain
+from hiera.data.images import random_unit_mask
+from hiera.train.engine import RunFolderBusy, TrainingDiverged
+from hiera.data.synthetic import CLASSES, make_dataset
+from hiera.train.commands import evaluate, finetune, pretrain
 from hiera.weights import CheckpointError
 
 TINY = dict(input_size=(64, 64), embed_dim=16, num_heads=1, stages=(1, 1, 1), q_pool=1, mask_unit_size=(4, 4),
@@ -218,7 +218,7 @@ def test_bad_arguments_are_one_line_errors_before_any_work(data, tmp_path, capsy
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 def test_device_cuda_without_a_gpu(data, tmp_path, capsys):
-    # (the message every command gives: hiera.predict.resolve_device)
+    # (the message every command gives: hiera.tools.predict.resolve_device)
     line = one_line_error(capsys, cli_args(data, tmp_path / "r", "--device", "cuda"))
     assert "device 'cuda' asked for, but torch sees no CUDA GPU here; available: cpu" in line
     line = one_line_error(capsys, ["evaluate", "--data", str(data.val_dir), "--model", "hiera_tiny_224", "--device", "cuda"])
@@ -237,9 +237,9 @@ def test_evaluate_refuses_an_mae_checkpoint(data, finished, tmp_path, capsys):
 # ------------------------------------------------------------------------------ 5. divergence
 def nan_after_update(monkeypatch, step):
     """Make a weight NaN in the update that becomes step ``step`` (counted as in metrics.jsonl)."""
-    import hiera.recipes
+    import hiera.train.recipes
 
-    build = hiera.recipes.build_optimizer
+    build = hiera.train.recipes.build_optimizer
 
     def poisoned(model, *args, **kwargs):
         opt = build(model, *args, **kwargs)
@@ -253,7 +253,7 @@ def nan_after_update(monkeypatch, step):
         opt.register_step_post_hook(hook)
         return opt
 
-    monkeypatch.setattr(hiera.recipes, "build_optimizer", poisoned)
+    monkeypatch.setattr(hiera.train.recipes, "build_optimizer", poisoned)
 
 
 def test_nan_mid_run_keeps_the_last_finite_checkpoint_and_resume_continues(data, tmp_path, monkeypatch, capsys):
@@ -278,7 +278,7 @@ def test_divergence_before_the_first_checkpoint_claims_none(data, tmp_path, monk
 
 
 def test_non_finite_gradients_stop_before_the_update(data, tmp_path, monkeypatch):
-    from hiera.engine import MAETask
+    from hiera.train.engine import MAETask
 
     loss, calls = MAETask.loss, [0]
 
@@ -313,7 +313,7 @@ def test_two_runs_cannot_share_a_run_folder(data, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from hiera.engine import lock_run_folder\n"
+        [sys.executable, "-c", "import sys, time; from hiera.train.engine import lock_run_folder\n"
          "with lock_run_folder(sys.argv[1]):\n    print('locked', flush=True); time.sleep(60)", str(out)],
         env=ENV, stdout=subprocess.PIPE, text=True)
     try:
@@ -504,9 +504,9 @@ def test_bad_data_and_outputs_are_one_line_errors(data, tmp_path, capsys, monkey
     assert "is an image file, not a dataset" in line
     assert "is an image file" in one_line_error(capsys, ["evaluate", "--data", str(image), "--model", "hiera_tiny_224"])
     # --json is checked before the model is even loaded, not after the whole evaluation
-    import hiera.resolve
+    import hiera.formats.read
 
-    monkeypatch.setattr(hiera.resolve, "load_model", lambda *a, **k: pytest.fail("evaluated before checking --json"))
+    monkeypatch.setattr(hiera.formats.read, "load_model", lambda *a, **k: pytest.fail("evaluated before checking --json"))
     line = one_line_error(capsys, ["evaluate", "--data", str(data.val_dir), "--model", "hiera_tiny_224",
                                    "--json", str(tmp_path)])
     assert "--json" in line and "is a folder" in line
@@ -525,7 +525,7 @@ def test_bad_data_and_outputs_are_one_line_errors(data, tmp_path, capsys, monkey
 # ------------------------------------------------------------------------------ 10. Ctrl-C
 def interrupt_at(monkeypatch, step: int) -> None:
     """Ctrl-C right after step ``step`` is logged."""
-    from hiera.engine import Trainer
+    from hiera.train.engine import Trainer
 
     log = Trainer.log
 
@@ -564,10 +564,10 @@ def test_ctrl_c_in_finetune(data, tmp_path, monkeypatch, capsys):
 
 
 def test_ctrl_c_in_evaluate(data, tmp_path, monkeypatch, capsys):
-    import hiera.engine
+    import hiera.train.engine
 
     model = constant_classifier(tmp_path / "model", predict="disc")
-    monkeypatch.setattr(hiera.engine, "evaluate_classifier", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(hiera.train.engine, "evaluate_classifier", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     line = one_line_error(capsys, ["evaluate", "--data", str(data.val_dir), "--weights", str(model),
                                    "--json", str(tmp_path / "r.json")], code=130)
     assert "interrupted" in line and not (tmp_path / "r.json").exists()

@@ -1,4 +1,4 @@
-"""hiera.synthetic: deterministic, balanced, and only separable by spatial structure."""
+"""hiera.data.synthetic: deterministic, balanced, and only separable by spatial structure."""
 
 import json
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hiera import synthetic
-from hiera.synthetic import CLASSES, MARKER, generate, make_dataset, render
+from hiera.data import synthetic
+from hiera.data.synthetic import CLASSES, MARKER, generate, make_dataset, render
 
 NUM_CLASSES = len(CLASSES)
 CHANCE = 1.0 / NUM_CLASSES

@@ -1,4 +1,4 @@
-"""MAE visualisation, ONNX export and benchmarking (hiera.viz, hiera.export, hiera.benchmark).
+"""MAE visualisation, ONNX export and benchmarking (hiera.tools.mae_viz, hiera.tools.export, hiera.bench.timing).
 
 Tiny random models and generated inputs only; nothing is downloaded.
 """
@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 import hiera
-from hiera import benchmark as bench
-from hiera import export as onnx_export
-from hiera import viz
+from hiera.bench import timing as bench
+from hiera.tools import export as onnx_export
+from hiera.tools import mae_viz as viz
 from hiera.mae import _normalise
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from hiera.cli import main
-from hiera.synthetic import make_dataset
-from hiera.train import evaluate, finetune, pretrain
+from hiera.data.synthetic import make_dataset
+from hiera.train.commands import evaluate, finetune, pretrain
 
 TINY = dict(input_size=(64, 64), embed_dim=32, num_heads=1, stages=(1, 2, 2), q_pool=2, mask_unit_size=(4, 4),
             mask_unit_attn=(True, False, False))
@@ -56,7 +56,7 @@ def test_pretrain_then_finetune_then_evaluate(data, tmp_path):
 
 
 def test_mask_ratio_reaches_the_model(data, tmp_path):
-    from hiera.data import ImageFiles
+    from hiera.data.images import ImageFiles
 
     pretrain(data.train_dir, tmp_path / "r", model="custom", config=dict(TINY, **DECODER), epochs=1,
              batch_size=64, mask_ratio=0.75, progress=False, num_workers=0)
@@ -94,7 +94,7 @@ def test_training_commands_reject_bad_input(tmp_path, capsys):
 
 
 def test_quickstart_writes_its_report(tmp_path):
-    from hiera.quickstart import quickstart
+    from hiera.train.quickstart import quickstart
 
     report = quickstart(tmp_path / "qs", per_class=8, val_per_class=4, pool=256, pretrain_epochs=1, few=2,
                         finetune_epochs=1, few_epochs=1, batch_size=16, workers=0, progress=False)

@@ -18,17 +18,17 @@ import torch
 import conftest
 import hiera
 from hiera.cli import main
-from hiera.data import collate
-from hiera.media import load_clips
-from hiera.recipes import (
+from hiera.data.images import collate
+from hiera.data.media import load_clips
+from hiera.train.recipes import (
     finetune_recipe,
     pretrain_recipe,
     video_finetune_recipe,
     video_pretrain_recipe,
 )
-from hiera.train import evaluate, finetune, pretrain
-from hiera.transforms import KINETICS_MEAN, KINETICS_STD, VideoEvalTransform
-from hiera.video_data import ClipSampling, VideoFiles, VideoTrainTransform, ViewAverage, open_videos, read_clips
+from hiera.train.commands import evaluate, finetune, pretrain
+from hiera.data.transforms import KINETICS_MEAN, KINETICS_STD, VideoEvalTransform
+from hiera.data.video import ClipSampling, VideoFiles, VideoTrainTransform, ViewAverage, open_videos, read_clips
 
 CODEC = "libx264" if "libx264" in av.codecs_available else "mpeg4"
 VIDEO = dict(input_size=(8, 64, 64), embed_dim=16, num_heads=1, stages=(1, 1, 2, 1), q_stride=(1, 2, 2),
@@ -179,7 +179,7 @@ def test_repeated_clips_share_one_decode(clips):
 
 
 def test_cutmix_and_mixup_mix_whole_clips():
-    from hiera.engine import ClassifyTask
+    from hiera.train.engine import ClassifyTask
 
     seen = {}
 
@@ -288,7 +288,7 @@ torch.save({"loss": loss, "preds": preds, "labels": labels, "raw": raw}, sys.arg
 def pretrained(clips, tmp_path_factory):
     """24 steps of video MAE pretraining (decoding in 2 DataLoader workers); records the masks the
     model was given."""
-    from hiera.engine import MAETask
+    from hiera.train.engine import MAETask
 
     out = tmp_path_factory.mktemp("vmae") / "run"
     loss, kept = MAETask.loss, []
@@ -328,7 +328,7 @@ def test_pretraining_lowers_the_loss_with_the_video_recipe(pretrained):
 
 
 def test_mae_viz_sees_the_validation_clips_of_training(pretrained, clips):
-    from hiera.viz import load_video_input
+    from hiera.tools.mae_viz import load_video_input
 
     data = open_videos(clips / "val", transform=VideoEvalTransform((8, 64, 64), views="single", crop_pct=1.0))
     path = data.items[2][0]
@@ -389,7 +389,7 @@ def test_finetune_from_an_official_layout_video_mae(clips, tmp_path):
 
 
 def test_interrupted_video_pretraining_resumes_to_the_same_losses(clips, pretrained, tmp_path, monkeypatch):
-    from hiera.engine import Trainer
+    from hiera.train.engine import Trainer
 
     class Interrupted(Exception):
         pass

@@ -33,7 +33,7 @@ from typing import List, NamedTuple, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .cli import fail
+from ..cli import fail
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -441,7 +441,7 @@ def save_grid(
         names = [f"mae_{i}" for i in range(batch)]
     if len(names) != batch:
         raise ValueError(f"got {len(names)} names for {batch} inputs")
-    from .weights import write_atomic
+    from ..weights import write_atomic
 
     if caption is True:
         caption = caption_text(result, raw=raw, frames=frames)
@@ -462,8 +462,8 @@ def save_grid(
 def load_image_input(path, input_size: Sequence[int], mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """Read an image, resize its shorter side to the model's size and centre-crop: ``[3, H, W]``,
     normalised with ``mean``/``std``."""
-    from .media import load_image
-    from .transforms import ImageEvalTransform
+    from ..data.media import load_image
+    from ..data.transforms import ImageEvalTransform
 
     return ImageEvalTransform(tuple(input_size), crop_pct=1.0, mean=mean, std=std)(load_image(path))
 
@@ -473,7 +473,7 @@ def load_video_input(
 ) -> torch.Tensor:
     """Read the centre clip of a video (``input_size[0]`` frames ``stride`` apart at 30 fps),
     shorter side resized to the model's size and centre-cropped: ``[3, T, H, W]``, normalised."""
-    from .transforms import VideoEvalTransform
+    from ..data.transforms import VideoEvalTransform
 
     transform = VideoEvalTransform(tuple(input_size), views="single", stride=stride, crop_pct=1.0, mean=mean, std=std)
     return transform.load(path)[0]
@@ -545,10 +545,10 @@ def _cmd_mae_viz(args: argparse.Namespace) -> int:
 
 
 def _mae_viz(args: argparse.Namespace) -> int:
-    from .media import MediaError, find_media
+    from ..data.media import MediaError, find_media
     from .predict import resolve_device
-    from .resolve import load_model
-    from .weights import CheckpointError
+    from ..formats.read import load_model
+    from ..weights import CheckpointError
 
     if args.mask_ratio is not None and not 0.0 <= args.mask_ratio < 1.0:
         return _error(f"--mask-ratio must be in [0, 1), got {args.mask_ratio}", 2)

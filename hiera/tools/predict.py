@@ -26,7 +26,7 @@ from typing import Callable, List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .media import MediaError, MediaList, Skipped, find_media
+from ..data.media import MediaError, MediaList, Skipped, find_media
 
 # ------------------------------------------------------------------------------------------ shared
 # Helpers the feature extractor (hiera.extract) shares with predict.
@@ -83,7 +83,7 @@ def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.d
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The :class:`hiera.Hiera` inside a ``HieraFeatures`` backbone (or the model itself)."""
-    from .backbone import HieraFeatures
+    from ..backbone import HieraFeatures
 
     return model.model if isinstance(model, HieraFeatures) else model
 
@@ -131,8 +131,8 @@ def _media_kind(model: nn.Module) -> str:
 
 def make_loader(model: nn.Module, transform=None, views: str = "single") -> Callable[[Path], torch.Tensor]:
     """A function ``path -> [V, 3, ...]`` (``V`` views; 1 for images) for this model's inputs."""
-    from .media import load_image
-    from .transforms import eval_transform
+    from ..data.media import load_image
+    from ..data.transforms import eval_transform
 
     transform = transform or eval_transform(unwrap_model(model), views=views)
     if is_video_model(model):
@@ -148,7 +148,7 @@ class _ImageLoader:
         self.transform, self.read = transform, read
 
     def __call__(self, path: Path) -> torch.Tensor:
-        from .transforms import ResizeTooLarge
+        from ..data.transforms import ResizeTooLarge
 
         image = self.read(path)
         try:
@@ -195,8 +195,8 @@ def predict(
     """
     from tqdm.auto import tqdm
 
-    from .labels import class_names as default_names
-    from .mae import MaskedAutoencoderHiera
+    from ..data.labels import class_names as default_names
+    from ..mae import MaskedAutoencoderHiera
 
     if isinstance(model, MaskedAutoencoderHiera) or not hasattr(unwrap_model(model), "head"):
         raise TypeError("predict needs a classifier (hiera.Hiera with a head), not an MAE or backbone model")
@@ -221,7 +221,7 @@ def predict(
     results = MediaList(skipped=files.skipped)
     device = resolve_device(device)
     model = model.to(device).eval()
-    from .transforms import eval_transform
+    from ..data.transforms import eval_transform
 
     transform = transform or eval_transform(model, views=views)
     load = make_loader(model, transform)
@@ -318,7 +318,7 @@ def report_skipped(skipped: Sequence[Skipped], done: int, what: str, stream=None
 
 def error(prog: str, message: str) -> int:
     """Print ``prog: error: message`` on stderr and return the exit code 1."""
-    from .cli import fail
+    from ..cli import fail
 
     return fail(prog.removeprefix("hiera "), message)
 
@@ -330,7 +330,7 @@ MULTI_VIEW_IMAGE = ("views='multi' (5 clips x 3 crops, averaged) is for video mo
 def cli_load_model(args: argparse.Namespace, prog: str, need_head: bool = False):
     """``load_model(args.model, args.weights)``, or (None, exit code) after a one-line error.
     ``need_head``: refuse weights whose classification head was not loaded (see ``load_model``)."""
-    from .resolve import load_model
+    from ..formats.read import load_model
 
     if args.model is None and args.weights is None:
         return None, error(prog, "say which model: --model NAME (see `hiera zoo`) or --weights PATH")
@@ -348,7 +348,7 @@ def saved_class_names(weights, model: nn.Module):
     """``(names, None)``: the class names saved with ``weights`` (``classes.txt`` of a model
     folder, the ``id2label`` of a transformers config, the classes a training checkpoint records),
     or ``(None, None)`` when there are none; ``(None, message)`` when they do not fit the model."""
-    from .train import _stored_class_names
+    from ..train.commands import _stored_class_names
 
     try:
         names, where = _stored_class_names(Path(weights))
@@ -492,7 +492,7 @@ def run_predict(args: argparse.Namespace) -> int:
         return error(prog, "no input could be classified")
     name = args.model or str(args.weights)
     if args.output:
-        from .weights import write_atomic
+        from ..weights import write_atomic
 
         text = format_results(results, fmt, results.skipped, name)
         try:

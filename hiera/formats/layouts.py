@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .weights import StateDict, unwrap_state_dict
+from ..weights import StateDict, unwrap_state_dict
 
 __all__ = [
     "FORMATS",
@@ -167,8 +167,8 @@ def _tuple(v) -> tuple:
 
 
 def _official_defaults(mae: bool) -> Dict[str, Any]:
-    from .mae import MaskedAutoencoderHiera
-    from .model import Hiera
+    from ..mae import MaskedAutoencoderHiera
+    from ..model import Hiera
 
     cls = MaskedAutoencoderHiera if mae else Hiera
     sig = inspect.signature(cls.__init__)
@@ -194,7 +194,7 @@ def _official_blocks(kw: Mapping[str, Any]) -> List[tuple]:
     """Per-block ``(dim, dim_out, heads, q_stride, use_mask_unit_attn, window_size or None)`` of our
     ``Hiera(**kw)``, read off a model built on the meta device (window size only matters with
     mask-unit attention)."""
-    from .model import Hiera
+    from ..model import Hiera
 
     kw = {**{k: v for k, v in kw.items() if not k.startswith("decoder_")}, "num_classes": 1}
     with torch.device("meta"):

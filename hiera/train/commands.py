@@ -18,19 +18,19 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .cli import fail
-from .predict import DEVICE_HELP
-from .model import mask_ratio_value
-from .weights import CheckpointError
+from ..cli import fail
+from ..tools.predict import DEVICE_HELP
+from ..model import mask_ratio_value
+from ..weights import CheckpointError
 
 
 # ---------------------------------------------------------------------------------- models
 def _build(name: str, mae: bool, overrides: dict):
     """A zoo model (``hiera_tiny_224``; ``mae_`` added or removed to fit) with ``overrides``, or a
     custom one when ``name`` is ``custom`` (``overrides`` then is the whole config)."""
-    from .mae import MaskedAutoencoderHiera
-    from .model import Hiera
-    from .zoo import create_model
+    from ..mae import MaskedAutoencoderHiera
+    from ..model import Hiera
+    from ..zoo import create_model
 
     try:
         if name == "custom":
@@ -46,9 +46,9 @@ def _init_weights(model, init: Optional[str], strict=None):
     """Load ``init`` (a weights path in any layout, or a zoo ``name.checkpoint``) into ``model``."""
     if not init:
         return None
-    from .resolve import read_any
-    from .weights import load_weights
-    from .zoo import MODELS, read_weights, resolve_checkpoint
+    from ..formats.read import read_any
+    from ..weights import load_weights
+    from ..zoo import MODELS, read_weights, resolve_checkpoint
 
     name, _, ckpt = init.partition(".")
     if name in MODELS and not Path(init).exists():
@@ -99,7 +99,7 @@ def _video_run(data, model: Optional[str], config: Optional[dict], video: Option
     """Whether a run is on video: asked for (``video=True``), a video model (``*_16x224``, or a
     custom config with a 3-D ``input_size``), or data made of videos. Mismatches are errors."""
     from .recipes import is_video_name
-    from .video_data import is_video_source
+    from ..data.video import is_video_source
 
     if model == "custom":
         model_video = len((config or {}).get("input_size", (224, 224))) == 3
@@ -174,7 +174,7 @@ def _check_run(batch_size, accum, lr, epochs, run: dict) -> None:
         _positive(run["clip_grad"], "--clip-grad", "gradient norm")
     if run.get("precision", "fp32") not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"--precision must be fp32, bf16 or fp16, got {run['precision']!r}")
-    from .predict import resolve_device
+    from ..tools.predict import resolve_device
 
     resolve_device(run.get("device", "auto"))
 
@@ -257,7 +257,7 @@ def pretrain(
 
 def _pretrain(data, out, model, epochs, batch_size, accum, lr, mask_ratio, init, resume, val, config, video,
               num_frames, frame_stride, repeat_aug, run) -> dict:
-    from .data import check_readable, open_images, pretrain_transform
+    from ..data.images import check_readable, open_images, pretrain_transform
     from .engine import MAETask, RunConfig, Trainer
     from .recipes import build_optimizer, pretrain_recipe, video_pretrain_recipe
 
@@ -271,7 +271,7 @@ def _pretrain(data, out, model, epochs, batch_size, accum, lr, mask_ratio, init,
         overrides.setdefault("drop_path_rate", recipe.drop_path_rate)
     seed = run.get("seed", 0)
     if video:  # the data first: a folder without videos fails before a large model is built
-        from .video_data import open_videos
+        from ..data.video import open_videos
 
         train_set = open_videos(data, seed=seed)
     torch.manual_seed(seed)  # the same initial weights in every process and every rerun
@@ -282,8 +282,8 @@ def _pretrain(data, out, model, epochs, batch_size, accum, lr, mask_ratio, init,
     size = tuple(net.input_size)
     extra = {}
     if video:
-        from .transforms import VideoEvalTransform
-        from .video_data import ClipSampling, VideoTrainTransform
+        from ..data.transforms import VideoEvalTransform
+        from ..data.video import ClipSampling, VideoTrainTransform
 
         frames = _clip_frames(net, num_frames, model)
         train_set.sampling = ClipSampling(frames, recipe.frame_stride, recipe.target_fps, "random")
@@ -389,10 +389,10 @@ def finetune(
 
 def _finetune(data, out, val, model, init, epochs, batch_size, accum, lr, linear_probe, ema, resume, config, mixup,
               recipe_overrides, video, num_frames, frame_stride, repeat_aug, probe_head, run) -> dict:
-    from .data import check_readable, finetune_transform, open_images, relabel
+    from ..data.images import check_readable, finetune_transform, open_images, relabel
     from .engine import ClassifyTask, RunConfig, Trainer
     from .recipes import adamw, build_optimizer, finetune_recipe, video_finetune_recipe
-    from .transforms import ImageEvalTransform
+    from ..data.transforms import ImageEvalTransform
 
     model = model or ("hiera_base_16x224" if video else "hiera_base_224")
     name = "base" if model == "custom" else model
@@ -405,7 +405,7 @@ def _finetune(data, out, val, model, init, epochs, batch_size, accum, lr, linear
         recipe = dataclasses.replace(recipe, **recipe_overrides)
     seed = run.get("seed", 0)
     if video:
-        from .video_data import open_videos
+        from ..data.video import open_videos
 
         train_set = open_videos(data, labelled=True, seed=seed)
     else:
@@ -429,8 +429,8 @@ def _finetune(data, out, val, model, init, epochs, batch_size, accum, lr, linear
             p.requires_grad = pname.startswith(("head.", "norm."))
     extra, lr_batch = {}, batch_size
     if video:
-        from .transforms import VideoEvalTransform
-        from .video_data import ClipSampling, VideoTrainTransform
+        from ..data.transforms import VideoEvalTransform
+        from ..data.video import ClipSampling, VideoTrainTransform
 
         frames = _clip_frames(net, num_frames, model)
         train_set.sampling = ClipSampling(frames, recipe.frame_stride, recipe.target_fps, "random")
@@ -503,10 +503,10 @@ PROBE_HEAD_IMAGES = 10000  # enough for a head of a few hundred classes; more co
 def _probe_head(net, data, size, crop_pct, seed: int, device) -> str:
     """``finetune(probe_head=True)``: fit the head on (a seeded sample of) the training images, on
     the run's device (under torchrun each process fits the same head; DDP then broadcasts rank 0's)."""
-    from .data import open_images
-    from .predict import resolve_device
+    from ..data.images import open_images
+    from ..tools.predict import resolve_device
     from .probe import fit_head
-    from .transforms import ImageEvalTransform
+    from ..data.transforms import ImageEvalTransform
 
     device = resolve_device(device)
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
@@ -543,11 +543,11 @@ def evaluate(data, model: Optional[str] = None, weights=None, batch_size: int = 
     processes that decode. ``"unreadable"`` counts the files that could not be decoded (skipped)."""
     from torch.utils.data import DataLoader
 
-    from .data import check_list_source, check_readable, collate, open_images, relabel
+    from ..data.images import check_list_source, check_readable, collate, open_images, relabel
     from .engine import evaluate_classifier
-    from .predict import resolve_device
-    from .resolve import load_model
-    from .transforms import eval_transform
+    from ..tools.predict import resolve_device
+    from ..formats.read import load_model
+    from ..data.transforms import eval_transform
 
     _whole(batch_size, "--batch-size", 1)
     _whole(workers, "--workers", 0)
@@ -563,7 +563,7 @@ def evaluate(data, model: Optional[str] = None, weights=None, batch_size: int = 
     names, named_by = _model_class_names(weights, classes, num_classes)
     video = len(tuple(net.input_size)) == 3
     if video:
-        from .video_data import ViewAverage, is_video_source, open_videos
+        from ..data.video import ViewAverage, is_video_source, open_videos
 
         if is_video_source(data) is False:
             raise ValueError(f"the model takes video clips {list(net.input_size)}, but {data} holds images")
@@ -613,7 +613,7 @@ def evaluate(data, model: Optional[str] = None, weights=None, batch_size: int = 
 
 def _model_class_names(weights, classes, num_classes: int) -> Tuple[Optional[List[str]], Optional[str]]:
     """The model's class names in output order and where they came from, or (None, None)."""
-    from .labels import read_class_names
+    from ..data.labels import read_class_names
 
     if classes is not None:
         if isinstance(classes, (list, tuple)):
@@ -638,7 +638,7 @@ def _stored_class_names(path: Path) -> Tuple[Optional[List[str]], Optional[str]]
     """Class names saved with the weights: ``classes.txt`` of a model folder (``hiera finetune``
     writes it beside ``config.json``), the ``classes`` a training checkpoint records, or the
     ``id2label`` of a Hugging Face config that names real classes."""
-    from .labels import read_class_names
+    from ..data.labels import read_class_names
 
     folder = path if path.is_dir() else (path.parent if (path.parent / "config.json").exists() else None)
     if folder is not None and (folder / "classes.txt").is_file():
@@ -664,7 +664,7 @@ def _stored_class_names(path: Path) -> Tuple[Optional[List[str]], Optional[str]]
 
 def _unnamed_mapping(dataset, data, num_classes: int) -> Tuple[List[str], Optional[str]]:
     """Labels for a model without class names, only where the mapping is unambiguous."""
-    from .data import relabel
+    from ..data.images import relabel
 
     indices = [str(i) for i in range(num_classes)]
     found = dataset.classes
@@ -933,6 +933,6 @@ def _cmd_evaluate(args) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:  # for `python -m hiera.train`
-    from .cli import main as cli_main
+    from ..cli import main as cli_main
 
     return cli_main(argv)

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from .media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, MediaError, load_image
-from .model import kept_mask_units
+from ..model import kept_mask_units
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .weights import CheckpointError, StateDict, load_weights, read_checkpoint, unwrap_state_dict
+from ..weights import CheckpointError, StateDict, load_weights, read_checkpoint, unwrap_state_dict
 
 
 def read_any(path) -> tuple:
@@ -61,7 +61,7 @@ def _torch_load(path: Path):
 
 def _to_official(state: StateDict, config: Optional[dict], cls_name: Optional[str]):
     try:
-        from . import formats
+        from . import layouts as formats
     except ImportError:  # pragma: no cover - formats is part of the package
         return state, config, cls_name
     kind = formats.detect_format(state)
@@ -80,7 +80,7 @@ def _to_official(state: StateDict, config: Optional[dict], cls_name: Optional[st
 
 def match_zoo(state: StateDict) -> Optional[str]:
     """The zoo model whose weights have these shapes (head and position-embedding sizes aside)."""
-    from .zoo import MODELS, create_model
+    from ..zoo import MODELS, create_model
 
     ignore = ("head.projection.", "pos_embed", "decoder_pos_embed")
     want = {k: tuple(v.shape) for k, v in state.items() if not k.startswith(ignore)}
@@ -144,8 +144,8 @@ _HEADLESS_USES = ("use its weights with `hiera features` (feature maps), `hiera 
 def _zoo_checkpoint_without_head(model: str) -> Optional[str]:
     """Why a zoo classifier's named checkpoint has no head (None when it has one, or is unknown):
     the official MAE-pretraining files (``mae_hiera_*.pth``) hold encoder + decoder only."""
-    from .model import Hiera
-    from .zoo import MODELS
+    from ..model import Hiera
+    from ..zoo import MODELS
 
     name, _, checkpoint = model.partition(".")
     spec = MODELS.get(name)
@@ -165,8 +165,8 @@ def _zoo_checkpoint_without_head(model: str) -> Optional[str]:
 def head_problem(model: nn.Module) -> Optional[str]:
     """Why ``model`` cannot classify with a trained head (None when it can), judged from the
     ``load_report`` that loading left on it."""
-    from .mae import MaskedAutoencoderHiera
-    from .weights import _HEAD_KEYS
+    from ..mae import MaskedAutoencoderHiera
+    from ..weights import _HEAD_KEYS
 
     inner = getattr(model, "model", model)  # HieraFeatures wraps the Hiera
     uses = _HEADLESS_USES
@@ -194,9 +194,9 @@ def head_problem(model: nn.Module) -> Optional[str]:
 
 
 def _load_model(model, weights, mae, **kwargs) -> nn.Module:
-    from .mae import MaskedAutoencoderHiera
-    from .model import Hiera
-    from .zoo import MODELS, create_model
+    from ..mae import MaskedAutoencoderHiera
+    from ..model import Hiera
+    from ..zoo import MODELS, create_model
 
     if model is None and weights is None:
         raise CheckpointError("say which model: a zoo name (see `hiera zoo`), a Hub repo id, or --weights PATH")
@@ -205,12 +205,12 @@ def _load_model(model, weights, mae, **kwargs) -> nn.Module:
         if mae and not name.startswith("mae_"):
             name = "mae_" + name
         if name in MODELS:
-            from .zoo import resolve_checkpoint
+            from ..zoo import resolve_checkpoint
 
             checkpoint = model.split(".", 1)[1] if "." in model else None
             location = resolve_checkpoint(MODELS[name], checkpoint)
             if location.startswith("hf-hub:"):  # fetched here so that an offline run fails in seconds
-                from .hub import hub_download
+                from ..hub import hub_download
 
                 checkpoint = str(hub_download(location[len("hf-hub:"):], "model.safetensors"))
             return create_model(name, pretrained=True, checkpoint=checkpoint, **kwargs)

@@ -21,7 +21,7 @@ def zoo_table() -> List[dict]:
     """One row per zoo model: name, class, input, parameters, checkpoints, reported top-1."""
     import torch
 
-    from .zoo import MODELS, TOP1, create_model
+    from ..zoo import MODELS, TOP1, create_model
 
     rows = []
     for name, spec in sorted(MODELS.items()):
@@ -64,7 +64,7 @@ def package_version() -> str:
     try:
         return version("hiera-toolkit")
     except PackageNotFoundError:  # run from a source tree that was never installed
-        from . import __version__
+        from .. import __version__
 
         return __version__
 
@@ -109,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_zoo)
-    from . import benchmark, convert, export, extract, predict, quickstart, train, viz
+    from ..bench import timing as benchmark
+    from ..tools import convert, export, features as extract, predict, mae_viz as viz
+    from ..train import quickstart, commands as train
 
     quickstart.add_parser(sub)
     train.add_parser(sub)

@@ -59,7 +59,7 @@ def quickstart(out="quickstart", per_class: int = 200, val_per_class: int = 50, 
     labelled images per class train the classifiers (``few`` per class for the few-label runs);
     ``val_per_class`` held-out images per class measure everything.
     """
-    from .synthetic import CLASSES, make_dataset
+    from ..data.synthetic import CLASSES, make_dataset
 
     for name, value, low in (("--per-class", per_class, 1), ("val_per_class", val_per_class, 1), ("--pool", pool, 1),
                              ("--pretrain-epochs", pretrain_epochs, 1), ("--few", few, 1),
@@ -113,8 +113,8 @@ def _few_label_folder(train_dir: Path, dest: Path, per_class: int, seed: int) ->
 
 def _load_split(folder: Path, size) -> tuple:
     """All images of a labelled folder as normalised tensors: ``([N, 3, H, W], [N] labels)``."""
-    from .data import open_images
-    from .transforms import ImageEvalTransform
+    from ..data.images import open_images
+    from ..data.transforms import ImageEvalTransform
 
     dataset = open_images(folder, labelled=True, transform=ImageEvalTransform(size, crop_pct=None))
     samples = [dataset[i] for i in range(len(dataset))]
@@ -125,12 +125,12 @@ def _load_split(folder: Path, size) -> tuple:
 
 def _compare(out, data, few_dir, few, pretrain_epochs, finetune_epochs, few_epochs, batch_size, run, times, start,
              seed) -> dict:
-    from .mae import MaskedAutoencoderHiera
+    from ..mae import MaskedAutoencoderHiera
     from .plots import plot_comparison, plot_curves
-    from .predict import predict
+    from ..tools.predict import predict
     from .probe import encoder_features, heldout_mae_loss, linear_probe, per_class_subset
-    from .resolve import load_model
-    from .train import evaluate, finetune, pretrain
+    from ..formats.read import load_model
+    from .commands import evaluate, finetune, pretrain
 
     t = time.perf_counter()
     pretrain(data.unlabelled_dir, out / "pretrain", val=data.val_dir, model="custom", config=dict(SMALL, **DECODER),
@@ -233,7 +233,7 @@ def _reconstruction_sheet(mae, untrained, x_val, y_val, path: Path, seed: int) -
     pretrained MAE: rows of original | masked | untrained | pretrained | pretrained + visible."""
     from PIL import Image, ImageDraw
 
-    from .viz import _font, _to_uint8, mae_reconstruction
+    from ..tools.mae_viz import _font, _to_uint8, mae_reconstruction
 
     picks = [int(torch.nonzero(y_val == c)[0, 0]) for c in torch.unique(y_val).tolist()]
     x = x_val[picks]
@@ -373,7 +373,7 @@ def add_parser(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from .train import _guard
+    from .commands import _guard
 
     def go() -> int:
         from .engine import RunInterrupted

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .data import (
+from .images import (
     ImageFiles,
     _SeededRandomness,
     check_list_source,
@@ -161,7 +161,7 @@ class VideoTrainTransform:
         if rand_augment:
             from timm.data.auto_augment import rand_augment_transform
 
-            from .data import _allow_zero_bit_posterize
+            from .images import _allow_zero_bit_posterize
 
             _allow_zero_bit_posterize()
             fill = tuple(round(255 * m) for m in mean)

@@ -35,7 +35,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from . import compare
-from .cli import fail
+from ..cli import fail
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -75,7 +75,7 @@ def cpu_name() -> str:
 
 def system_info(device: Union[str, torch.device] = "cpu") -> dict:
     """Machine, library versions and (for CUDA) GPU details, for a benchmark record."""
-    from . import __version__
+    from .. import __version__
 
     info = {
         "hiera": __version__,
@@ -162,7 +162,7 @@ def _rss_peak_mb() -> float:
 
 # ----------------------------------------------------------------------------------------- steps
 def _model_kind(model: nn.Module) -> str:
-    from .model import Hiera
+    from ..model import Hiera
 
     if hasattr(model, "forward_decoder"):
         return "mae"
@@ -458,8 +458,8 @@ def _error(msg: str, code: int) -> int:
 
 
 def _load(args) -> nn.Module:
-    from .resolve import load_model
-    from .zoo import MODELS, create_model
+    from ..formats.read import load_model
+    from ..zoo import MODELS, create_model
 
     if args.weights is None:
         name = args.model.split(".", 1)[0]
@@ -475,7 +475,7 @@ def _load(args) -> nn.Module:
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from .weights import CheckpointError
+    from ..weights import CheckpointError
 
     if args.compare:
         return compare.cmd_compare(args)

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from .cli import fail
-from .weights import CheckpointError, save_atomic, write_atomic
+from ..cli import fail
+from ..weights import CheckpointError, save_atomic, write_atomic
 
 TARGETS = ("official", "safetensors", "timm", "hf")
 
@@ -27,8 +27,8 @@ def _atomic_safetensors(state, path: Path, metadata=None) -> None:
 def _zoo_name_for(model: str, state) -> str:
     """The zoo name ``--model`` means for these weights: the ``mae_`` constructor for an MAE
     checkpoint (encoder + decoder), the classifier for any other."""
-    from .weights import checkpoint_kind
-    from .zoo import MODELS
+    from ..weights import checkpoint_kind
+    from ..zoo import MODELS
 
     name = model.split(".", 1)[0]
     if name not in MODELS:
@@ -47,9 +47,9 @@ def fit_problem(state, config: dict) -> Optional[str]:
     another size, or no head or final norm at all (an encoder checkpoint), fits."""
     import torch
 
-    from .mae import MaskedAutoencoderHiera
-    from .model import Hiera
-    from .weights import checkpoint_kind
+    from ..mae import MaskedAutoencoderHiera
+    from ..model import Hiera
+    from ..weights import checkpoint_kind
 
     mae = checkpoint_kind(state) == "mae"
     kwargs = dict(config)
@@ -96,9 +96,9 @@ def convert_checkpoint(src, dst, to: str, model: Optional[str] = None) -> Path:
     config goes with the weights wherever the layout has room for it, so a converted file of a
     custom model converts on without naming the architecture.
     """
-    from . import formats
-    from .resolve import match_zoo, read_any
-    from .zoo import MODELS
+    from ..formats import layouts as formats
+    from ..formats.read import match_zoo, read_any
+    from ..zoo import MODELS
 
     if to not in TARGETS:
         raise ValueError(f"unknown target layout {to!r}; choose one of {list(TARGETS)}")

@@ -274,7 +274,7 @@ class VideoEvalTransform:
 
 def _crop_pct(model_or_spec) -> float:
     """The zoo's evaluation crop for this model (timm's abswin weights use 0.95), else 224/256."""
-    from .zoo import MODELS, ModelSpec
+    from ..zoo import MODELS, ModelSpec
 
     spec = model_or_spec
     if isinstance(spec, str):
@@ -287,7 +287,7 @@ def _crop_pct(model_or_spec) -> float:
 
 def _input_size(model_or_spec) -> Tuple[int, ...]:
     """The input size of a model, a HieraFeatures backbone, a zoo spec or name, or a config dict."""
-    from .zoo import MODELS, ModelSpec
+    from ..zoo import MODELS, ModelSpec
 
     obj = model_or_spec
     if isinstance(obj, str):

@@ -62,7 +62,7 @@ DTYPES = ("fp32", "bf16", "fp16")
 TASKS = ("classify", "mae")
 SECTIONS = ("inference", "train", "scaling")
 OPTIMIZERS = ("adamw", "adamw-fused", "sgd")  # the training step's; the same for every implementation
-WORKER = Path(__file__).resolve().with_name("bench_worker.py")
+WORKER = Path(__file__).resolve().with_name("worker.py")
 OFFICIAL_ENV_HELP = ("the official package runs from its own environment; build it once with "
                      "`python tests/reference/official_env.py .cache/reference` (from the repository root), "
                      "or point --official-python / $HIERA_OFFICIAL_PYTHON at a python that imports "
@@ -195,7 +195,7 @@ def _jsonable(value):
 def resolve_model(name: str, task: str, overrides: Optional[dict] = None) -> Tuple[str, dict, Tuple[int, ...]]:
     """The zoo name for ``task`` (``mae_`` prefixed for MAE), the constructor's full keyword
     arguments with ``overrides`` applied, and the input size."""
-    from .zoo import MODELS
+    from ..zoo import MODELS
 
     base = name[4:] if name.startswith("mae_") else name
     full = "mae_" + base if task == "mae" else base
@@ -463,7 +463,7 @@ def default_official_python(root: Optional[Path] = None) -> Optional[Path]:
     env = os.environ.get("HIERA_OFFICIAL_PYTHON")
     if env:
         return Path(env)
-    root = root or Path(__file__).resolve().parent.parent
+    root = root or Path(__file__).resolve().parents[2]
     for candidate in (root / ".cache/reference/venv/bin/python", root / ".cache/reference/venv/Scripts/python.exe"):
         if candidate.exists():
             return candidate
@@ -473,7 +473,7 @@ def default_official_python(root: Optional[Path] = None) -> Optional[Path]:
 def launchers(official_python: Optional[str] = None) -> Tuple[Dict[str, Launcher], Dict[str, str]]:
     """How to start each implementation, and why the others cannot be (nothing is installed).
     ``official_python``: the official environment's python (default :func:`default_official_python`)."""
-    here = str(Path(__file__).resolve().parent.parent)  # so workers import this very package
+    here = str(Path(__file__).resolve().parents[2])  # so workers import this very package
     pythonpath = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
     found: Dict[str, Launcher] = {"ours": Launcher(sys.executable, env={"PYTHONPATH": pythonpath})}
     missing: Dict[str, str] = {}
@@ -743,8 +743,8 @@ def model_flops(task: str, mode: str, arch: dict, input_size: Sequence[int], mas
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .mae import MaskedAutoencoderHiera
-    from .model import Hiera
+    from ..mae import MaskedAutoencoderHiera
+    from ..model import Hiera
 
     def count(device: str) -> int:
         torch.manual_seed(0)
@@ -787,7 +787,7 @@ def reference_flops(impl: str, mode: str, input_size: Sequence[int], num_classes
     try:
         import timm
 
-        from .bench_worker import VIT_MODELS  # timm's names, kept where the worker builds them
+        from .worker import VIT_MODELS  # timm's names, kept where the worker builds them
 
         with torch.device("meta"):
             model = timm.create_model(VIT_MODELS[impl], img_size=tuple(input_size), num_classes=num_classes)
@@ -925,7 +925,7 @@ def make_record(results: List[dict], settings: Settings, impl_info: Dict[str, di
                 missing: Dict[str, str], seconds: float) -> dict:
     """The JSON record: tool, date, machine, settings, implementations (versions, files, or why
     skipped), every result and the headline ratios."""
-    from .benchmark import system_info
+    from .timing import system_info
 
     impls = {k: dict(v) for k, v in impl_info.items()}
     for impl, why in missing.items():
@@ -1280,7 +1280,7 @@ def _given(value, default):
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``hiera benchmark --compare``."""
-    from .cli import fail
+    from ..cli import fail
 
     def error(msg: str, code: int = 2) -> int:
         return fail("benchmark", msg, code)

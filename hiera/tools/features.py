@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .media import MediaList, Skipped, find_media
+from ..data.media import MediaList, Skipped, find_media
 from .predict import (
     add_model_arguments,
     cli_load_model,
@@ -112,7 +112,7 @@ def extract_features(
     """
     from tqdm.auto import tqdm
 
-    from .transforms import eval_transform
+    from ..data.transforms import eval_transform
 
     if output_fmt not in ("NCHW", "NHWC"):
         raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
@@ -177,7 +177,7 @@ def extract_features(
 def _write(tensors: Dict[str, torch.Tensor], stem: Path, fmt: str, metadata: Dict[str, str]) -> List[str]:
     # Each file whole or not at all: a run stopped by a full disk or Ctrl-C leaves no truncated file
     # that a later reader would take for features.
-    from .weights import write_atomic
+    from ..weights import write_atomic
 
     if fmt == "safetensors":
         from safetensors.torch import save_file

@@ -25,7 +25,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 
-from .cli import fail
+from ..cli import fail
 import torch.nn as nn
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -58,7 +58,7 @@ class OnnxExport(NamedTuple):
 
 
 def _check_classifier(model: nn.Module) -> None:
-    from .model import Hiera
+    from ..model import Hiera
 
     if hasattr(model, "forward_decoder"):
         raise TypeError(
@@ -333,8 +333,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export_command(args: argparse.Namespace) -> int:
-    from .resolve import load_model
-    from .weights import CheckpointError
+    from ..formats.read import load_model
+    from ..weights import CheckpointError
 
     if args.model is None and args.weights is None:
         return _error("say which model: --model NAME and/or --weights PATH", 2)

@@ -38,9 +38,9 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from .data import StepSampler, collate
-from .predict import resolve_device  # the one meaning of --device, for every command
-from .weights import CheckpointError, save_atomic, write_atomic
+from ..data.images import StepSampler, collate
+from ..tools.predict import resolve_device  # the one meaning of --device, for every command
+from ..weights import CheckpointError, save_atomic, write_atomic
 
 try:
     import fcntl
@@ -805,7 +805,7 @@ class MAETask:
             return
         from PIL import Image
 
-        from .viz import CLI_FONT_SIZE, caption_text, mae_reconstruction, render_grid
+        from ..tools.mae_viz import CLI_FONT_SIZE, caption_text, mae_reconstruction, render_grid
 
         batch = collate(samples)
         model = _unwrap(trainer.model)

@@ -1,0 +1,7 @@
+"""``python -m hiera.cli``: the same as the ``hiera`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
