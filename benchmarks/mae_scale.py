@@ -30,11 +30,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hiera.data.images import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from hiera.data.synthetic import CLASSES, generate  # noqa: E402
 from hiera.mae import MaskedAutoencoderHiera  # noqa: E402
 from hiera.model import Hiera  # noqa: E402
 from hiera.train.probe import encoder_features, heldout_mae_loss, linear_probe, per_class_subset  # noqa: E402
 from hiera.train.recipes import lr_schedule, param_groups  # noqa: E402
-from hiera.data.synthetic import CLASSES, generate  # noqa: E402
 
 MODELS = {
     # The quickstart's model: 64x64 images, 3 stages, 16 mask units of 16x16 pixels.

@@ -11,7 +11,7 @@
 # Extra arguments go to every `hiera benchmark --compare` call. The official package runs from its
 # own environment (python tests/reference/official_env.py .cache/reference). Results go to $OUT
 # (default benchmarks/results): gpu-*.md, gpu-*.json, gpu-*.png. MFU is reported against the
-# GPU's dense bf16 peak (hiera/compare.py's PEAK_TFLOPS; --peak-tflops for others).
+# GPU's dense bf16 peak (hiera/bench/plan.py's PEAK_TFLOPS; --peak-tflops for others).
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
 run() {

@@ -11,9 +11,8 @@ from .layers import Head, HieraBlock, MaskUnitAttention, PatchEmbed
 from .mae import MaskedAutoencoderHiera
 from .model import Hiera, InputMismatchError
 from .token_order import Reroll, Unroll, undo_windowing
-from .formats.read import load_model
 from .weights import CheckpointError, LoadReport, load_weights, read_checkpoint
-from .zoo import CONSTRUCTORS, MODELS, create_model, list_models
+from .zoo import CONSTRUCTORS, MODELS, create_model, list_models, load_model
 
 # The official package's submodules, bound as attributes by a plain `import hiera` as there.
 from . import hfhub, hiera, hiera_mae, hiera_utils  # noqa: E402, F401

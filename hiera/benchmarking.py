@@ -1,17 +1,19 @@
 """The official package's ``hiera.benchmarking`` import path: ``benchmark(model, ...)`` -> images/s.
 
 For code written against the official package. This project's own tool, ``hiera benchmark``
-(:mod:`hiera.benchmark`), reports latency percentiles, memory, FLOPs and side-by-side comparisons.
+(:mod:`hiera.bench.timing`), reports latency percentiles, memory, FLOPs and side-by-side comparisons;
+both time with the same loop (:func:`hiera.bench.worker.time_steps`).
 """
 
 from __future__ import annotations
 
-import time
 from typing import Sequence, Union
 
 import torch
 import torch.nn as nn
 from tqdm import tqdm
+
+from .bench.worker import time_steps, warm_up
 
 
 def benchmark(
@@ -51,23 +53,20 @@ def benchmark(
     if not size or any(not isinstance(s, int) or s < 1 for s in size):
         raise ValueError(f"input_size must be positive integers without the batch dim (e.g. (3, 224, 224)), got {input_size!r}")
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     model = model.eval().to(device)
     x = torch.rand(batch_size, *size, device=device)
-    warm_up = int(runs * throw_out)
-    items, start = 0, time.perf_counter()
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=use_fp16):
-        for i in tqdm(range(runs), disable=not verbose, desc="Benchmarking"):
-            if i == warm_up:  # the timed part starts after the warm-up passes have finished
-                sync()
-                items, start = 0, time.perf_counter()
+    untimed = int(runs * throw_out)
+    cuda = device if device.type == "cuda" else None
+    with tqdm(total=runs, disable=not verbose, desc="Benchmarking") as bar:
+        def step():
             model(x)
-            items += batch_size
-        sync()
-    throughput = items / (time.perf_counter() - start)
+            bar.update()
+
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=use_fp16):
+            warm_up(step, untimed, cuda)  # the timed part starts after the warm-up passes have finished
+            # Passes queued back to back, as upstream; the user's memory peaks are left alone.
+            timed = time_steps(step, iters=runs - untimed, cuda=cuda, sync_each=False, memory=False)
+    throughput = batch_size * len(timed["latencies_ms"]) / timed["total_s"]
     if verbose:
         print(f"Throughput: {throughput:.2f} im/s")
     return throughput

@@ -1,4 +1,4 @@
-"""CPU fast paths, used by the model's layers without any opt-in.
+"""CPU fast paths of the model's layers, and the switches that control them.
 
 Two things make eager CPU inference slow that the layers cannot fix by arranging tensors better:
 
@@ -8,25 +8,40 @@ Two things make eager CPU inference slow that the layers cannot fix by arranging
   uses on CPU) with the weight packed once into oneDNN's blocked layout, the bias added in the
   kernel and, for the MLP's first layer, GELU fused as a post-op. Under ``torch.autocast("cpu",
   dtype=torch.bfloat16)`` the packed weight is a cached bfloat16 copy, so autocast's per-call
-  weight cast disappears too. The packed copy is rebuilt whenever the weight may have changed:
-  another storage (after ``.to()``), an in-place update (which bumps the version counter), any
-  ``torch.optim`` step (fused optimizers update weights *without* bumping the version counter,
-  so every optimizer step in the process moves a generation count the cache also checks) and
-  ``train()``/``eval()`` (which cover writes through ``weight.data``, which no counter sees).
+  weight cast disappears too. The packed copy belongs to its layer and is rebuilt whenever the
+  weight may have changed: another storage (after ``.to()``), an in-place update (which bumps the
+  version counter), an optimizer step (fused optimizers update weights *without* bumping the
+  version counter, but an optimizer only updates a weight that holds a gradient: a weight with a
+  gradient is not packed, and a forward that can give it one drops its packed copy), and the
+  model's own ``train()``/``eval()`` (which cover writes through ``weight.data``, which no counter
+  sees; other models keep their copies). :func:`watch_optimizer` adds a step hook to one optimizer
+  for the updates these checks cannot see (gradients from a compiled graph, then cleared before
+  the next eager inference without a mode change).
 * **Memory.** glibc serves every allocation above 32 MiB with a fresh ``mmap`` and unmaps it on
-  free, so at batch 32 each large activation is page-faulted in again on every forward (hundreds
-  of thousands of faults per call). :func:`reuse_memory` tells glibc to keep freed memory in its
-  heap instead. It is process-wide, so it is applied once, on the first CPU forward of a Hiera
-  model; set ``HIERA_REUSE_MEMORY=0`` to leave the allocator alone.
+  free, so at batch 32 each large activation is page-faulted in again on every forward (counted
+  in ``benchmarks/README.md``, "On this project's CPU", "Memory reuse"). :func:`reuse_memory`
+  tells glibc to keep freed memory in its heap instead. It is process-wide, so the library never
+  calls it by itself: a program opts in (``hiera``'s command-line tools and trainer do).
 
 The inference path runs only in eager CPU inference (gradients off, plain tensors, float32 or
 bfloat16, not while ``torch.compile`` or ``torch.export`` trace). float32 CPU *training* takes
 :class:`_TrainLinear`, which runs the forward product and both gradient products in oneDNN (PyTorch
 gives float32 products to MKL, whose code path on AMD CPUs is 256 bits wide); bfloat16 autocast
 training keeps the stock path, whose products already run in oneDNN. Outputs agree with
-``F.linear`` to float rounding (a different summation order: about 5e-6 on Hiera-S's float32
-features of scale 1-4), which the equivalence tests against the official package check;
-``HIERA_FAST=0`` turns both linear paths off for bit-exact stock kernels.
+``F.linear`` to float rounding (a different summation order; the size of the difference is in
+``benchmarks/README.md``, "oneDNN linear layers"), which the equivalence tests against the official
+package check.
+
+Switches (``import hiera`` changes no process state; nothing here does until called):
+
+* :func:`set_enabled` turns both linear paths (and the other oneDNN-only CPU paths: the
+  channels-last stem, the MAE fusion heads as one product) off for bit-exact stock kernels, or on.
+  Its default is the ``HIERA_FAST`` environment variable (``0``, ``false`` or ``no``: off), read
+  the first time a layer needs it (and again after ``set_enabled(None)``), so setting it after
+  ``import hiera`` counts. :func:`hiera.gpu.set_enabled` is the CUDA paths' switch, with the same
+  default.
+* :func:`reuse_memory` (opt-in; ``HIERA_REUSE_MEMORY=0`` makes it a no-op).
+* :func:`watch_optimizer` (opt-in, per optimizer).
 """
 
 from __future__ import annotations
@@ -38,18 +53,52 @@ import weakref
 from typing import Optional
 
 import torch
-import torch.nn as nn
 import torch.autograd.forward_ad as _forward_ad
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules import module as _module_hooks
 
-# HIERA_FAST=0 keeps PyTorch's stock kernels everywhere (float32 results then match other
-# implementations that use F.linear bit for bit, instead of to float rounding).
-_HAS_ONEDNN_LINEAR = (
-    os.environ.get("HIERA_FAST", "1") not in ("0", "false", "no")
-    and torch.backends.mkldnn.is_available()
-    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-)
+# Whether this torch build has oneDNN's linear kernels (fixed for the process; set_enabled is the switch).
+_HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+_setting: Optional[bool] = None  # set_enabled's; None: the HIERA_FAST default
+_env_setting: Optional[bool] = None  # HIERA_FAST, once read (see _env_default)
+
+
+def _env_default() -> bool:
+    """``HIERA_FAST``'s setting, the default of :func:`set_enabled` and :func:`hiera.gpu.set_enabled`:
+    read when first needed rather than at import, then kept (the layers ask on every call, and a
+    read of the environment costs about as much as the rest of the check); ``set_enabled(None)``
+    reads it again."""
+    global _env_setting
+    if _env_setting is None:
+        _env_setting = os.environ.get("HIERA_FAST", "1") not in ("0", "false", "no")
+    return _env_setting
+
+
+def _forget_env_default() -> None:
+    global _env_setting
+    _env_setting = None
+
+
+def set_enabled(enabled: Optional[bool]) -> bool:
+    """Turn the CPU fast paths of this module on (``True``) or off (``False``: PyTorch's stock
+    kernels, whose float32 results match other implementations that use ``F.linear`` bit for bit
+    instead of to float rounding) for this process, or back to the ``HIERA_FAST`` default
+    (``None``, read again). Returns the previous effective setting. The CUDA paths have their own
+    switch, :func:`hiera.gpu.set_enabled`."""
+    global _setting
+    previous = _setting if _setting is not None else _env_default()
+    if enabled is None:
+        _forget_env_default()
+    _setting = None if enabled is None else bool(enabled)
+    return previous
+
+
+def enabled() -> bool:
+    """Whether the CPU fast paths are on (:func:`set_enabled`, else ``HIERA_FAST``). They also need
+    a torch built with oneDNN (``_HAS_ONEDNN_LINEAR``)."""
+    return _setting if _setting is not None else _env_default()
 
 
 def _exporting() -> bool:
@@ -98,8 +147,9 @@ _peek_interpreter = getattr(torch._C._functorch, "peek_interpreter_stack", lambd
 def _eager_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether oneDNN may run this layer: plain CPU tensors, eager mode (no tracer, no functorch
     transform such as vmap, no Python dispatch mode such as ``FlopCounterMode``, which must see
-    the standard operators to count them) and PyTorch built with oneDNN."""
-    if not _HAS_ONEDNN_LINEAR or type(x) is not torch.Tensor:
+    the standard operators to count them), PyTorch built with oneDNN, and the paths switched on
+    (:func:`set_enabled`)."""
+    if not _HAS_ONEDNN_LINEAR or type(x) is not torch.Tensor or not enabled():
         return False
     if x.device.type != "cpu" or weight.device.type != "cpu" or _tracing():
         return False
@@ -182,26 +232,33 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     return F.linear(x, weight, bias)
 
 
-_optimizer_steps = 0  # torch.optim steps taken in this process (see _count_optimizer_step)
-
-
-def _count_optimizer_step(optimizer, args, kwargs) -> None:
-    """Global ``torch.optim`` post-step hook: fused optimizers (``AdamW(fused=True)``, which
-    ``hiera train`` uses) write the weights in place without bumping their version counters, so a
-    packed weight would otherwise outlive the update."""
-    global _optimizer_steps
-    _optimizer_steps += 1
-
-
-if _HAS_ONEDNN_LINEAR:
-    from torch.optim.optimizer import register_optimizer_step_post_hook
-
-    register_optimizer_step_post_hook(_count_optimizer_step)
-
-
 # Packed copies of the linear layers' weights for the inference path: layer -> (key, packed weight).
-# A weak mapping, so a copy goes away with its layer and is never pickled or deep-copied with it.
+# Per-layer state kept beside the layer rather than on it: a weak mapping, so a copy goes away with
+# its layer and is never pickled, deep-copied or listed in a state dict with it.
 _packed: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _may_be_stepped(weight: torch.Tensor) -> bool:
+    """Whether an optimizer may update ``weight`` before the next call: it holds a gradient, or this
+    call may give it one. (Optimizers skip weights without a gradient; fused ones update the rest
+    without moving the version counter, so a packed copy cannot see their steps.)"""
+    return weight.grad is not None or (weight.requires_grad and torch.is_grad_enabled())
+
+
+def watch_optimizer(optimizer: torch.optim.Optimizer):
+    """Drop the packed copies of ``optimizer``'s weights after each of its steps, for updates that
+    the checks of :func:`run_linear` cannot see (see the module docstring). Only this optimizer
+    gets the hook (nothing process-wide); returns its handle (``handle.remove()`` takes it off)."""
+    return optimizer.register_step_post_hook(_drop_stepped)
+
+
+def _drop_stepped(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    if not _packed:
+        return
+    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for layer in list(_packed.keys()):
+        if id(getattr(layer, "weight", None)) in stepped:
+            _packed.pop(layer, None)
 
 
 def _hooked(layer: nn.Module) -> bool:
@@ -225,9 +282,12 @@ def run_linear(layer: nn.Module, x: torch.Tensor, act: str = "none") -> torch.Te
     # (Tracers too get the module call: jit traces and exported graphs then name the layer.)
     called = type(layer) is not nn.Linear or _hooked(layer) or _tracing() or layer.weight.numel() == 0
     dtype = None if called else inference_dtype(x, layer.weight)
+    if not called and _packed and _may_be_stepped(layer.weight):
+        _packed.pop(layer, None)  # an optimizer step may follow, unseen by the version counter
     # Weights made under inference_mode (a model built or converted inside it) have no version
-    # counter, so a packed copy could not tell when they change: those run unpacked.
-    if dtype is not None and not layer.weight.is_inference():
+    # counter, so a packed copy could not tell when they change: those run unpacked, as do weights
+    # holding a gradient (see _may_be_stepped).
+    if dtype is not None and not layer.weight.is_inference() and layer.weight.grad is None:
         x = x.to(dtype)
         return _onednn_linear(x, _packed_weight(layer, dtype), layer.bias, act, [], "none" if act == "gelu" else "")
     y = layer(x) if called else linear(x, layer.weight, layer.bias)
@@ -236,7 +296,7 @@ def run_linear(layer: nn.Module, x: torch.Tensor, act: str = "none") -> torch.Te
 
 def _packed_weight(layer: nn.Linear, dtype: torch.dtype) -> torch.Tensor:
     w = layer.weight
-    key = (w.data_ptr(), w._version, _optimizer_steps, dtype, tuple(w.shape))
+    key = (w.data_ptr(), w._version, dtype, tuple(w.shape))
     entry = _packed.get(layer)
     if entry is None or entry[0] != key:
         with torch.no_grad():
@@ -246,26 +306,34 @@ def _packed_weight(layer: nn.Linear, dtype: torch.dtype) -> torch.Tensor:
 
 
 class RepacksOnModeChange(nn.Module):
-    """Base of the modules whose linear layers run through :func:`run_linear`: ``train()`` and
-    ``eval()`` drop the packed copies (every model's; each repacks on its next inference call),
-    since writes through ``weight.data`` move no version counter."""
+    """Base of the modules whose linear layers run through :func:`run_linear` (each such layer is a
+    direct child of one): ``train()`` and ``eval()`` drop the packed copies of this module's own
+    layers, which repack on their next inference call, since writes through ``weight.data`` move no
+    version counter. (``nn.Module.train`` recurses, so a model's mode change reaches all of its
+    layers, and no other model's.)"""
 
     def train(self, mode: bool = True):
-        _packed.clear()
+        if _packed:
+            for child in self.children():
+                _packed.pop(child, None)
         return super().train(mode)
 
 
 _MALLOPT = {"M_TRIM_THRESHOLD": -1, "M_MMAP_MAX": -4}
-_memory_done = False
+_memory_done = False  # whether reuse_memory applied the setting in this process
 
 
 def reuse_memory() -> bool:
-    """Keep freed memory in the process heap instead of returning it to the OS (glibc only).
+    """Keep freed memory in the process heap instead of returning it to the OS (glibc only): an
+    opt-in for programs that run the model on CPU, since it changes the allocator of the whole
+    process. The library never calls it; ``hiera``'s command-line tools and trainer do.
 
     Large allocations then come from the heap (``M_MMAP_MAX=0``) and the heap's top is only
     trimmed past 1 GiB (``M_TRIM_THRESHOLD``), so the second forward of the same size touches
-    pages that are already mapped. Returns whether the setting was applied (False on other C
-    libraries and when ``HIERA_REUSE_MEMORY=0``). Idempotent.
+    pages that are already mapped (the cost: a higher steady resident memory; both are measured in
+    ``benchmarks/README.md``, "Memory reuse"). Returns whether the setting was applied (False on
+    other C libraries and when the ``HIERA_REUSE_MEMORY`` environment variable, read at the call,
+    is ``0``). Idempotent; not undone.
     """
     global _memory_done
     if _memory_done:

@@ -16,12 +16,15 @@ tokens costs more than the products. The layers (:mod:`hiera.layers`) therefore 
 * **GELU in the product's epilogue** (:func:`linear_gelu`, eager inference, bf16 / fp16);
 * **a channels-last stem** (inference, eager or compiled).
 
-Training keeps the stock layers (the heads-last layout measured slower with gradients). The
-Triton kernels need an Ampere or newer GPU and never run under a tracer, a dispatch mode
-(``FlopCounterMode``) or a functorch transform; elsewhere the stock operators run.
-:func:`set_enabled` turns every path here off (``HIERA_FAST=0`` is its default). The kernels are
-compiled on first use and ``import hiera`` never imports Triton. Under ``TRITON_INTERPRET=1`` they
-run on CPU tensors too, which is how the test suite checks them without a GPU.
+Training keeps the stock layers (the heads-last layout measured slower with gradients: see
+``benchmarks/README.md``, "On a GPU (H200)"). The Triton kernels need an Ampere or newer GPU and
+never run under a tracer, a dispatch mode (``FlopCounterMode``) or a functorch transform;
+elsewhere the stock operators run. :func:`set_enabled` turns every path here off or on for the
+process; its default is the ``HIERA_FAST`` environment variable (``0``: off), read when first
+needed rather than at import (see :mod:`hiera.fast`, whose CPU paths have their own switch with
+the same default). The kernels are compiled on first use and ``import hiera`` never imports
+Triton. Under ``TRITON_INTERPRET=1`` they run on CPU tensors too, which is how the test suite
+checks them without a GPU.
 """
 
 from __future__ import annotations
@@ -34,23 +37,35 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .fast import _dispatch_stack_len, _exporting, _hooked, _tracing, _transform_active
+from .fast import (
+    _dispatch_stack_len,
+    _env_default,
+    _exporting,
+    _forget_env_default,
+    _hooked,
+    _tracing,
+    _transform_active,
+)
 
-# HIERA_FAST=0 (which also turns off the CPU fast paths) is the default of set_enabled.
-_enabled = os.environ.get("HIERA_FAST", "1") not in ("0", "false", "no")
+_setting: Optional[bool] = None  # set_enabled's; None: the HIERA_FAST default
 
 
-def set_enabled(enabled: bool) -> bool:
-    """Turn the CUDA fast paths (fused kernels, heads-last attention, channels-last stem) on or off
-    for this process; returns the previous setting. Off, the layers run the stock operators in the
-    stock layouts."""
-    global _enabled
-    previous, _enabled = _enabled, bool(enabled)
+def set_enabled(enabled: Optional[bool]) -> bool:
+    """Turn the CUDA fast paths (fused kernels, heads-last attention, channels-last stem) on
+    (``True``) or off (``False``) for this process, or back to the ``HIERA_FAST`` default
+    (``None``, read again); returns the previous effective setting. Off, the layers run the stock
+    operators in the stock layouts."""
+    global _setting
+    previous = _setting if _setting is not None else _env_default()
+    if enabled is None:
+        _forget_env_default()
+    _setting = None if enabled is None else bool(enabled)
     return previous
 
 
 def enabled() -> bool:
-    return _enabled
+    """Whether the CUDA fast paths are on (:func:`set_enabled`, else ``HIERA_FAST``)."""
+    return _setting if _setting is not None else _env_default()
 
 
 def _device_ok(x: torch.Tensor) -> bool:
@@ -73,13 +88,14 @@ def _kernels_run_on(x: torch.Tensor) -> bool:
 def heads_last(x: torch.Tensor) -> bool:
     """Whether attention should take the heads-last layout: CUDA inference, eager or compiled, not
     exporting. (Training keeps the stock layout: with gradients, the three products and their
-    backward measured slower than one product and two copies.)"""
-    return _enabled and not torch.is_grad_enabled() and _device_ok(x) and not _exporting()
+    backward measured slower than one product and two copies; benchmarks/README.md, "On a GPU
+    (H200)".)"""
+    return not torch.is_grad_enabled() and _device_ok(x) and enabled() and not _exporting()
 
 
 @functools.lru_cache(maxsize=None)
 def triton_available() -> bool:
-    try:
+    try:  # (imported here, not at the top: `import hiera` must not import Triton)
         import triton  # noqa: F401
         import triton.language  # noqa: F401
     except Exception:  # not installed, or a broken install: the stock path runs
@@ -103,9 +119,9 @@ def fused_path(x: torch.Tensor) -> bool:
     """Whether the fused kernels may run on ``x``: eager inference (no gradients, no tracer, no
     dispatch mode or functorch transform) on a CUDA tensor, or a CPU one under Triton's
     interpreter, with Triton importable."""
-    if not _enabled or torch.is_grad_enabled() or type(x) is not torch.Tensor:
+    if torch.is_grad_enabled() or type(x) is not torch.Tensor:
         return False
-    if not _device_ok(x):
+    if not _device_ok(x) or not enabled():
         return False
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or _tracing():
         return False
@@ -115,7 +131,7 @@ def fused_path(x: torch.Tensor) -> bool:
 def channels_last_stem(x: torch.Tensor) -> bool:
     """Whether the patch embedding should run channels-last on this CUDA input: inference, eager or
     compiled, not inside a functorch transform or an export."""
-    return _enabled and not torch.is_grad_enabled() and x.is_cuda and not _transform_active() and not _exporting()
+    return not torch.is_grad_enabled() and x.is_cuda and enabled() and not _transform_active() and not _exporting()
 
 
 def plain_layer_norm(norm: nn.Module) -> bool:
@@ -129,6 +145,7 @@ def plain_layer_norm(norm: nn.Module) -> bool:
 @functools.lru_cache(maxsize=None)
 def _kernels():
     """Define the Triton kernels (on first use, so that ``TRITON_INTERPRET`` set by then counts)."""
+    # (imported here, not at the top: `import hiera` must not import Triton)
     import triton
     import triton.language as tl
 
@@ -253,9 +270,10 @@ def add_layer_norm(
 WINDOW_TILE = 128
 # Windows of at most this many keys and queries go to the window attention kernel in eager
 # inference, others (and global attention) to scaled_dot_product_attention. The fused kernels tile
-# 64 or more queries at a time, so they waste most of each tile on 16 queries but not on 64
-# (measured on an H200: 16 queries over 16 or 64 keys ran in 0.43-0.52x the time of the fastest
-# fused kernel, 64 over 64 in 1.45x). 0 sends every window to scaled_dot_product_attention.
+# 64 or more queries at a time, so they waste most of each tile on 16 queries but not on 64: the
+# window kernel wins on 16 queries and loses on 64 (the kernel timings on Hiera-B's shapes are in
+# benchmarks/README.md, "Hiera against ViT on a GPU, in one process"). 0 sends every window to
+# scaled_dot_product_attention.
 window_kernel_max_keys = 64
 window_kernel_max_queries = 16
 # Whether the MLP's first product takes GELU in its epilogue in reduced-precision eager inference.

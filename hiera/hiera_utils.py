@@ -5,6 +5,8 @@ from typing import Callable, Dict, Optional
 
 from .layers import conv_nd, do_masked_conv, do_pool, get_resized_mask  # noqa: F401
 from .token_order import Reroll, Unroll, undo_windowing  # noqa: F401
+from .weights import CheckpointError, load_weights
+from .zoo import read_weights
 
 
 def pretrained_model(checkpoints: Optional[Dict[str, str]], default: Optional[str] = None) -> Callable:
@@ -15,8 +17,6 @@ def pretrained_model(checkpoints: Optional[Dict[str, str]], default: Optional[st
     def inner(model_fn: Callable) -> Callable:
         @functools.wraps(model_fn)
         def build(pretrained: bool = False, checkpoint: Optional[str] = default, strict: Optional[bool] = None, **kwargs):
-            from .weights import CheckpointError, load_weights
-            from .zoo import read_weights
 
             state = None
             if pretrained:

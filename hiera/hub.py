@@ -148,10 +148,8 @@ def model_card(
         location: where the folder is, for the loading example (a path or a Hub repo id; default
             ``path/to/this/folder``).
     """
-    from .mae import MaskedAutoencoderHiera
-
     config = dict(getattr(model, "config", {}) or {})
-    is_mae = isinstance(model, MaskedAutoencoderHiera)
+    is_mae = hasattr(model, "forward_decoder")  # an MAE has a decoder (hub sits below mae.py: no import)
     input_size = tuple(config.get("input_size", getattr(model, "input_size", ())))
     video = len(input_size) == 3
     params = sum(p.numel() for p in model.parameters())

@@ -14,7 +14,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import gpu
-from .fast import RepacksOnModeChange, _dispatch_mode, _eager_cpu, _exporting, _hooked, _tracing, _transformed, run_linear
+from .fast import (
+    RepacksOnModeChange,
+    _dispatch_mode,
+    _eager_cpu,
+    _exporting,
+    _hooked,
+    _tracing,
+    _transformed,
+    run_linear,
+)
 
 
 def conv_nd(n: int) -> Type[nn.Module]:
@@ -26,8 +35,8 @@ class _FirstMax(torch.autograd.Function):
     """``amax`` over the middle dim of ``[P, s, R]`` whose gradient goes to the first maximum.
 
     PyTorch's own backward for ``amax`` saves the whole input and rebuilds the tie mask with
-    broadcast comparisons and a count division (2-8x slower than this on Hiera's pooling shapes,
-    4% of a Hiera-S bfloat16 training step on CPU, 8% under ``torch.compile``). Here the forward
+    broadcast comparisons and a count division (slower than this on Hiera's pooling shapes, by the
+    figures in ``benchmarks/README.md``, "Max pooling with a cheap backward"). Here the forward
     keeps a one-byte index of the winning slice (``[P, R]``) and the backward writes each slice
     with one contiguous multiply. Ties send the whole gradient to the first maximum, as
     ``torch.max(dim)`` (the official model's pooling) does.
@@ -153,10 +162,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
 
     On CPU in training and in reduced precision, a plain matmul-softmax-matmul: for Hiera's short
     sequences (16-196 keys, so the ``Lq x Lk`` score matrices are small) it beats
-    ``scaled_dot_product_attention``'s fused kernel, by 1.1-1.5x in float32 training steps, 2-4x
-    in bfloat16 ones and 1.2-1.8x in bfloat16 inference (bfloat16 softmax accumulates in float32
-    inside the kernel). float32 inference breaks even, so it keeps the fused kernel, as do other
-    devices.
+    ``scaled_dot_product_attention``'s fused kernel in float32 training steps, in bfloat16 ones and
+    in bfloat16 inference (bfloat16 softmax accumulates in float32 inside the kernel); the figures
+    are in ``benchmarks/README.md``, "Attention that suits short windows". float32 inference
+    breaks even, so it keeps the fused kernel, as do other devices.
     """
     if q.device.type != "cpu" or _exporting():  # torch.compile fuses the matmul path well too
         return F.scaled_dot_product_attention(q, k, v)
@@ -390,10 +399,10 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         if 4 <= x.ndim <= 5 and (_eager_cpu(x, self.proj.weight) or gpu.channels_last_stem(x)):
             # A channels-last convolution writes [B, *S, C]: the tokens come out contiguous, so the
-            # position add and the unroll gather after it read whole rows. On CPU this makes the
-            # stem 1.15-1.5x faster in inference and up to 1.2x in training, with the same sums.
-            # On CUDA, cuDNN's channels-last kernels are the fast ones for bf16 besides. (Not under
-            # vmap, which cannot change memory formats.)
+            # position add and the unroll gather after it read whole rows, which makes the CPU stem
+            # faster with the same sums (benchmarks/README.md, "A lean stem"). On CUDA, cuDNN's
+            # channels-last kernels are the fast ones for bf16 besides. (Not under vmap, which
+            # cannot change memory formats.)
             x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
         x = do_masked_conv(x, self.proj, mask)
         return x.flatten(2).transpose(1, 2)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import math
-from functools import partial
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -46,8 +45,8 @@ def _patch_linear(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     -> ``[B, U, *(S / kernel), C']``, the same sums as the convolution in another order.
 
     The fusion heads' inputs are channels-last already, so this skips the layout change after
-    the convolution, and on CPU the product runs 1.5-2x faster than the convolution's forward and
-    backward on these shapes (MAE Hiera-S at batch 8).
+    the convolution, and on CPU the product's forward and backward run faster than the
+    convolution's on these shapes (``benchmarks/README.md``, "MAE fusion as one product").
     """
     batch, units, *size, chans = x.shape
     kernel = conv.kernel_size
@@ -78,50 +77,21 @@ class MaskedAutoencoderHiera(Hiera):
 
     _masks_are_predicted = True  # a mask ratio must mask at least one unit (check_mask_ratio)
 
-    @records_config
+    @records_config(extends=Hiera)
     def __init__(
         self,
-        input_size: Tuple[int, ...] = (224, 224),
-        in_chans: int = 3,
-        embed_dim: int = 96,
-        num_heads: int = 1,
-        num_classes: int = 1000,  # unused (no head); kept so classifier configs load
-        stages: Tuple[int, ...] = (2, 3, 16, 3),
-        q_pool: int = 3,
-        q_stride: Tuple[int, ...] = (2, 2),
-        mask_unit_size: Tuple[int, ...] = (8, 8),
-        mask_unit_attn: Tuple[bool, ...] = (True, True, False, False),
-        dim_mul: float = 2.0,
-        head_mul: float = 2.0,
-        patch_kernel: Tuple[int, ...] = (7, 7),
-        patch_stride: Tuple[int, ...] = (4, 4),
-        patch_padding: Tuple[int, ...] = (3, 3),
-        mlp_ratio: float = 4.0,
-        drop_path_rate: float = 0.0,
-        norm_layer: Union[str, nn.Module] = "LayerNorm",
-        head_dropout: float = 0.0,
-        head_init_scale: float = 0.001,
-        sep_pos_embed: bool = False,
-        abs_win_pos_embed: bool = False,
-        global_pos_size: Tuple[int, ...] = (14, 14),
-        init_values: Optional[float] = None,
-        use_expand_proj: bool = True,
         decoder_embed_dim: int = 512,
         decoder_depth: int = 8,
         decoder_num_heads: int = 16,
+        **kwargs,
     ):
-        super().__init__(
-            input_size=input_size, in_chans=in_chans, embed_dim=embed_dim, num_heads=num_heads,
-            num_classes=num_classes, stages=stages, q_pool=q_pool, q_stride=q_stride,
-            mask_unit_size=mask_unit_size, mask_unit_attn=mask_unit_attn, dim_mul=dim_mul,
-            head_mul=head_mul, patch_kernel=patch_kernel, patch_stride=patch_stride,
-            patch_padding=patch_padding, mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate,
-            norm_layer=norm_layer, head_dropout=head_dropout, head_init_scale=head_init_scale,
-            sep_pos_embed=sep_pos_embed, abs_win_pos_embed=abs_win_pos_embed, global_pos_size=global_pos_size,
-            init_values=init_values, use_expand_proj=use_expand_proj,
-        )
-        norm_layer = _norm_layer(norm_layer)
-        patch_stride = tuple(patch_stride)
+        """Hiera's arguments (``num_classes`` is unused, as there is no head, and kept so that
+        classifier configs load), then the decoder's. The signature that ``inspect`` and
+        huggingface_hub see lists them all (see :func:`hiera.config.records_config`), and the
+        decorator calls this with every one of them, defaults filled in."""
+        super().__init__(**kwargs)
+        norm_layer = _norm_layer(kwargs["norm_layer"])
+        mlp_ratio = kwargs["mlp_ratio"]
         ndim = len(self.q_stride)
         for name, value, least in (("decoder_embed_dim", decoder_embed_dim, 1), ("decoder_depth", decoder_depth, 0),
                                    ("decoder_num_heads", decoder_num_heads, 1)):
@@ -172,8 +142,8 @@ class MaskedAutoencoderHiera(Hiera):
         )
         self.decoder_norm = norm_layer(decoder_embed_dim)
         # Each prediction token covers pred_stride x pred_stride pixels (of one frame for video).
-        self.pred_stride = patch_stride[-1] * (self.q_stride[-1] ** self.q_pool)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, (self.pred_stride ** min(2, ndim)) * in_chans)
+        self.pred_stride = self.patch_stride[-1] * (self.q_stride[-1] ** self.q_pool)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, (self.pred_stride ** min(2, ndim)) * self.in_chans)
         self.initialize_weights()
 
     def _finalize_config(self):

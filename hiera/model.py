@@ -12,8 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from . import fast
 from .config import records_config
+from .fast import RepacksOnModeChange
 from .hub import HubMixin
 from .layers import Head, HieraBlock, PatchEmbed, softmax_last_dim
 from .pos_embed import resize_pos_embed
@@ -97,7 +97,7 @@ def _index_tables_follow_the_weights(model: nn.Module, incompatible_keys) -> Non
             module.materialise(device)
 
 
-class Hiera(nn.Module, HubMixin):
+class Hiera(RepacksOnModeChange, HubMixin):
     """Hiera: a hierarchical vision transformer (Ryali et al., ICML 2023).
 
     Input ``[B, in_chans, *input_size]`` (images ``[B, 3, H, W]``, clips ``[B, 3, T, H, W]``).
@@ -464,11 +464,9 @@ class Hiera(nn.Module, HubMixin):
             self._check_mask(mask, x.shape[0], geometry.mask_grid)
 
     def _prepare(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> None:
-        """What every forward entry point does first: check the input, and on CPU switch the
-        process to reusing freed memory (see :func:`hiera.fast.reuse_memory`)."""
+        """What every forward entry point does first: check the input. (Nothing process-wide: the
+        allocator setting that large CPU batches gain from is an opt-in, :func:`hiera.fast.reuse_memory`.)"""
         self._check_input(x, mask)
-        if x.device.type == "cpu" and not fast._tracing():  # a tracer cannot follow the C call
-            fast.reuse_memory()
 
     def check_maskable(self) -> None:
         """Raise unless a mask keeps exactly the tokens of its kept units, as the MAE needs: after

@@ -18,6 +18,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
+from .pos_embed import adapt_pos_embed, resize_pos_embed
+
 StateDict = Dict[str, torch.Tensor]
 
 # Keys that only an MAE model (encoder + decoder) has.
@@ -211,7 +213,6 @@ def download_checkpoint(url: str, progress: bool = True) -> StateDict:
 
 def _fit_pos_embeds(model: nn.Module, state: StateDict, own: StateDict):
     """Resize position embeddings of a checkpoint made for another input size (bicubic)."""
-    from .pos_embed import adapt_pos_embed, resize_pos_embed
 
     def differs(key):
         return key in state and key in own and state[key].shape != own[key].shape

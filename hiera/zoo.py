@@ -11,15 +11,21 @@ generated from the tables below and keep its calling convention::
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
+import torch
 import torch.nn as nn
 
+from .backbone import HieraFeatures
+from .formats.read import read_any
+from .hub import hub_download
 from .mae import MaskedAutoencoderHiera
 from .model import Hiera
-from .weights import CheckpointError, download_checkpoint, load_weights
+from .weights import _HEAD_KEYS, CheckpointError, StateDict, download_checkpoint, load_weights
 
 CHECKPOINT_BASE_URL = "https://dl.fbaipublicfiles.com/hiera/"
 
@@ -112,8 +118,6 @@ MODELS: Dict[str, ModelSpec] = _specs()
 
 def list_models(pattern: str = "*") -> List[str]:
     """Names of the zoo models matching a shell-style ``pattern``."""
-    import fnmatch
-
     return sorted(n for n in MODELS if fnmatch.fnmatch(n, pattern))
 
 
@@ -139,8 +143,6 @@ def resolve_checkpoint(spec: ModelSpec, checkpoint: Optional[str]) -> str:
 def read_weights(location: str, progress: bool = True):
     """A state dict in our layout from a URL (torch-hub cache), ``hf-hub:org/name`` (Hugging Face
     Hub cache; timm-layout repos are converted) or a local file or directory in any format."""
-    from .formats.read import read_any
-
     if location.startswith(("http://", "https://")):
         return download_checkpoint(location, progress=progress)
     if location.startswith("hf-hub:"):
@@ -151,8 +153,6 @@ def read_weights(location: str, progress: bool = True):
 def _hub_file(repo_id: str) -> str:
     """The weights of a Hub-hosted checkpoint: downloaded once, then from the cache; without a
     network, the cached copy or within seconds an error that says what to do."""
-    from .hub import hub_download
-
     return str(hub_download(repo_id, "model.safetensors"))
 
 
@@ -197,8 +197,6 @@ def create_model(
     model.dynamic_size = dynamic_size
     model.zoo_name = spec.name  # lets tools find the zoo facts (e.g. the evaluation crop)
     if features_only:
-        from .backbone import HieraFeatures
-
         return HieraFeatures(model, **features)
     return model
 
@@ -218,3 +216,163 @@ def _constructor(spec: ModelSpec) -> Callable[..., nn.Module]:
 
 
 CONSTRUCTORS: Dict[str, Callable[..., nn.Module]] = {name: _constructor(spec) for name, spec in MODELS.items()}
+
+
+# ------------------------------------------------------------------------------ what a person types
+def match_zoo(state: StateDict) -> Optional[str]:
+    """The zoo model whose weights have these shapes (head and position-embedding sizes aside)."""
+    ignore = ("head.projection.", "pos_embed", "decoder_pos_embed")
+    want = {k: tuple(v.shape) for k, v in state.items() if not k.startswith(ignore)}
+    for name in sorted(MODELS, key=lambda n: (n.startswith("mae_"), n)):
+        with torch.device("meta"):
+            model = create_model(name)
+        have = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(ignore)}
+        if have == want:
+            return name
+    return None
+
+
+def load_model(
+    model: Optional[str] = None,
+    weights: Optional[os.PathLike] = None,
+    mae: bool = False,
+    need_head: bool = False,
+    **kwargs,
+) -> nn.Module:
+    """Build and load a model for a tool.
+
+    Args:
+        model: a zoo name (``hiera_base_224``, or ``hiera_base_224.mae_in1k`` to pick the
+            checkpoint), or a Hugging Face repo id (``facebook/hiera_base_224.mae_in1k_ft_in1k``).
+            With ``weights`` it only names the architecture.
+        weights: a weights file or directory in any supported format (official ``.pth``, our
+            training checkpoints, ``save_pretrained`` directories, safetensors, timm, transformers).
+        mae: build the MAE model (encoder + decoder) rather than the classifier; the checkpoint's
+            own kind does not decide, the tool does (``load_weights`` reports any mismatch).
+        need_head: the caller classifies: raise a :class:`CheckpointError` unless the
+            classification head was loaded from the weights (an MAE or features-only checkpoint, a
+            head missing from the state dict, under other key names, or of another size than
+            ``num_classes`` would leave a randomly initialised head that still gives confident
+            answers).
+        kwargs: constructor overrides (e.g. ``num_classes``, ``input_size``).
+    """
+    if not need_head:
+        return _load_model(model, weights, mae, **kwargs)
+    if mae:
+        raise ValueError("need_head=True asks for a classifier; an MAE model (mae=True) has no head")
+    if weights is None and model is not None:
+        known = _zoo_checkpoint_without_head(model)
+        if known:  # said before downloading hundreds of megabytes only to refuse them
+            raise CheckpointError(f"{model}: {known}")
+    # The load warns about a missing head; when that ends in a refusal the warning only repeats it.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        built = _load_model(model, weights, mae, **kwargs)
+    problem = head_problem(built)
+    if problem:
+        raise CheckpointError(f"{weights if weights is not None else model}: {problem}")
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return built
+
+
+_HEADLESS_USES = ("use its weights with `hiera features` (feature maps), `hiera mae-viz` (MAE reconstructions), "
+                  "or fine-tune a classifier from them with `hiera finetune --init`")
+
+
+def _zoo_checkpoint_without_head(model: str) -> Optional[str]:
+    """Why a zoo classifier's named checkpoint has no head (None when it has one, or is unknown):
+    the official MAE-pretraining files (``mae_hiera_*.pth``) hold encoder + decoder only."""
+    name, _, checkpoint = model.partition(".")
+    spec = MODELS.get(name)
+    if spec is None:
+        return None
+    if spec.cls is not Hiera:  # the MAE constructors
+        return (f"an MAE model (encoder + decoder), without a classification head; {_HEADLESS_USES}"
+                f"; to classify, use {name.removeprefix('mae_')}")
+    url = spec.checkpoints.get(checkpoint or spec.default or "", "")
+    if not url.rsplit("/", 1)[-1].startswith("mae_"):
+        return None
+    tuned = [f"{name}.{c}" for c in spec.checkpoints if "_ft_" in c]
+    return (f"the {checkpoint} checkpoint is MAE-pretrained (encoder + decoder), without a trained "
+            f"classification head; {_HEADLESS_USES}" + (f"; to classify, use {' or '.join(tuned)}" if tuned else ""))
+
+
+def head_problem(model: nn.Module) -> Optional[str]:
+    """Why ``model`` cannot classify with a trained head (None when it can), judged from the
+    ``load_report`` that loading left on it."""
+
+    inner = getattr(model, "model", model)  # HieraFeatures wraps the Hiera
+    uses = _HEADLESS_USES
+    if isinstance(inner, MaskedAutoencoderHiera) or not hasattr(inner, "head"):
+        return f"{type(inner).__name__} is an MAE / feature model without a classification head; {uses}"
+    report = getattr(inner, "load_report", None)
+    if report is None:
+        return "no weights were loaded, so the classification head is random"
+    if report.fresh_head:
+        return (f"the checkpoint's classification head has another number of classes than the "
+                f"{inner.head.projection.out_features} asked for, so the head is new and untrained; drop "
+                "num_classes to use the checkpoint's head, or fine-tune (`hiera finetune`)")
+    missing = [k for k in _HEAD_KEYS if k in report.missing]
+    if not missing:
+        return None
+    if report.checkpoint_kind == "mae":
+        what = "an MAE-pretrained checkpoint (encoder + decoder): it was never trained to classify"
+    else:
+        heads = [k for k in report.unexpected if "head" in k or "classifier" in k or "fc." in k]
+        what = ("weights without a classification head (an encoder / features-only checkpoint)" if not heads
+                else f"a checkpoint whose head keys {heads[:4]} do not match this model's {list(_HEAD_KEYS)}")
+    return (f"{what}, so the classifier's head ({', '.join(missing)}) would keep its random initialisation and "
+            f"give meaningless classes; {uses}; to classify, pass fine-tuned weights (e.g. a zoo name ending in "
+            "_ft_in1k or _ft_k400)")
+
+
+def _load_model(model, weights, mae, **kwargs) -> nn.Module:
+    if model is None and weights is None:
+        raise CheckpointError("say which model: a zoo name (see `hiera zoo`), a Hub repo id, or --weights PATH")
+    if weights is None:
+        name = model.split(".", 1)[0]
+        if mae and not name.startswith("mae_"):
+            name = "mae_" + name
+        if name in MODELS:
+            checkpoint = model.split(".", 1)[1] if "." in model else None
+            location = resolve_checkpoint(MODELS[name], checkpoint)
+            if location.startswith("hf-hub:"):  # fetched here so that an offline run fails in seconds
+                checkpoint = str(hub_download(location[len("hf-hub:"):], "model.safetensors"))
+            return create_model(name, pretrained=True, checkpoint=checkpoint, **kwargs)
+        if "/" in model:
+            cls = MaskedAutoencoderHiera if mae else Hiera
+            return cls.from_pretrained(model, **kwargs)
+        raise CheckpointError(f"unknown model {model!r}: not in the zoo (`hiera zoo`) and not a Hub repo id (org/name)")
+
+    state, config, _ = read_any(weights)
+    if model is not None:
+        name = model.split(".", 1)[0]
+        if mae and not name.startswith("mae_"):
+            name = "mae_" + name
+        built = create_model(name, **kwargs)
+    elif config is not None:
+        cls = MaskedAutoencoderHiera if mae else Hiera
+        if cls is Hiera:
+            config = {k: v for k, v in config.items() if not k.startswith("decoder_")}
+        head = state.get("head.projection.weight")
+        if head is not None and "num_classes" not in kwargs:
+            kwargs["num_classes"] = head.shape[0]
+        built = cls(config=config, **kwargs)
+    else:
+        name = match_zoo(state)
+        if name is None:
+            raise CheckpointError(
+                f"cannot tell which architecture {weights} is (no config inside and no zoo model has these "
+                "weight shapes); pass --model NAME"
+            )
+        if mae and not name.startswith("mae_"):
+            name = "mae_" + name
+        if not mae and name.startswith("mae_"):
+            name = name[len("mae_"):]
+        head = state.get("head.projection.weight")
+        if head is not None and "num_classes" not in kwargs:
+            kwargs["num_classes"] = head.shape[0]
+        built = create_model(name, **kwargs)
+    built.load_report = load_weights(built, state, strict=None, source=str(weights))
+    return built

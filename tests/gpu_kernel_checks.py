@@ -17,6 +17,7 @@ assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
 
 import hiera  # noqa: E402
 from hiera import gpu  # noqa: E402
+from hiera.layers import MaskUnitAttention  # noqa: E402
 
 BF16_ULP = 2.0**-7  # relative spacing of bfloat16 numbers
 
@@ -152,8 +153,6 @@ def check_model_inference():
 def check_training_takes_stock_layers():
     """With gradients the stock layers run (the heads-last layout measured slower in training):
     no heads-last call, and the loss and every gradient equal those with the fast paths off."""
-    from hiera.layers import MaskUnitAttention
-
     model = small_model(drop_path_rate=0.0).train().double()
     twin = copy.deepcopy(model)
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""``hiera benchmark --compare`` (hiera.bench.compare and its worker, hiera.bench.worker).
+"""``hiera benchmark --compare`` (hiera.bench.plan, .runner, .report and the worker, hiera.bench.worker).
 
 Tiny random models only. The pure parts (plan, schedule, ratios, report) run on made-up
 measurements; the worker protocol and one end-to-end run use real worker processes; crashing and
@@ -12,10 +12,12 @@ import os
 import statistics
 
 import pytest
+
 import hiera
-from hiera.bench import timing as bench
-from hiera.bench import compare
-from hiera.bench.compare import Case, CompareError, Launcher, Settings, Variant, Worker, WorkerError
+from hiera.bench import plan, report, runner
+from hiera.bench.plan import CompareError, Settings, Variant
+from hiera.bench.runner import Launcher, Worker, WorkerError
+from hiera.cli import benchmark as bench_cli
 
 TINY = {"embed_dim": 8, "num_heads": 1, "stages": [1, 1, 1, 1], "input_size": [64, 64], "num_classes": 10,
         "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 1}
@@ -24,7 +26,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def run_cli(argv):
     parser = argparse.ArgumentParser(prog="hiera")
-    bench.add_parser(parser.add_subparsers(dest="command"))
+    bench_cli.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -79,35 +81,35 @@ def result(impl, batch, thr, dtype="fp32", compile=None, section="inference", ta
 
 # ----------------------------------------------------------------------------------------- plan
 def test_parse_variants():
-    assert compare.parse_variant("official:bf16:compile") == Variant("official", "bf16", "inductor")
-    assert compare.parse_variant("ours") == Variant("ours", "fp32", None)
-    assert compare.parse_variant("ours:fp32:compile=eager") == Variant("ours", "fp32", "eager")
-    assert compare.parse_variant("hf:bf16").label == "HF transformers bf16"
-    assert compare.parse_variants(["ours:fp32", "ours:fp32", "timm:fp32"]) == [Variant("ours"), Variant("timm")]
-    graphs = compare.parse_variant("ours:bf16:graphs")
+    assert plan.parse_variant("official:bf16:compile") == Variant("official", "bf16", "inductor")
+    assert plan.parse_variant("ours") == Variant("ours", "fp32", None)
+    assert plan.parse_variant("ours:fp32:compile=eager") == Variant("ours", "fp32", "eager")
+    assert plan.parse_variant("hf:bf16").label == "HF transformers bf16"
+    assert plan.parse_variants(["ours:fp32", "ours:fp32", "timm:fp32"]) == [Variant("ours"), Variant("timm")]
+    graphs = plan.parse_variant("ours:bf16:graphs")
     assert graphs == Variant("ours", "bf16", "inductor", graphs=True) != Variant("ours", "bf16", "inductor")
     assert graphs.label == "ours bf16 + compile + CUDA graphs"
-    case = compare.plan(["inference"], "hiera_tiny_224", [graphs, Variant("ours", "bf16", "inductor")], batches=[1])
+    case = plan.plan(["inference"], "hiera_tiny_224", [graphs, Variant("ours", "bf16", "inductor")], batches=[1])
     assert [c.spec(Settings())["compile_mode"] for c in case] == ["reduce-overhead", None]
-    assert compare.parse_variant("vit_s16:bf16:compile") == Variant("vit_s16", "bf16", "inductor")
+    assert plan.parse_variant("vit_s16:bf16:compile") == Variant("vit_s16", "bf16", "inductor")
     for bad in ("mine:fp32", "ours:int8", "ours:fp32:jit", "a:b:c:d", "", "ours:fp32:graphs=eager"):
         with pytest.raises(CompareError, match="bad variant"):
-            compare.parse_variant(bad)
-    assert compare.cross_variants(["ours", "official"], ["fp32"], "inductor") == [
+            plan.parse_variant(bad)
+    assert plan.cross_variants(["ours", "official"], ["fp32"], "inductor") == [
         Variant("ours"), Variant("official"), Variant("ours", "fp32", "inductor"), Variant("official", "fp32", "inductor")]
 
 
 def test_schedule_rotates_the_order():
-    rounds = compare.schedule(3, 4)
+    rounds = runner.schedule(3, 4)
     assert rounds == [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]]
     for position in range(3):  # over a full cycle every case takes every position once
         assert sorted(r[position] for r in rounds[:3]) == [0, 1, 2]
-    assert compare.schedule(0, 3) == [] and compare.schedule(2, 1) == [[0, 1]]
+    assert runner.schedule(0, 3) == [] and runner.schedule(2, 1) == [[0, 1]]
 
 
 def test_plan_groups_and_skips():
-    variants = compare.parse_variants(["ours:fp32", "official:fp32", "timm:fp32", "hf:bf16"])
-    cases = compare.plan(["inference", "train", "scaling"], "hiera_small_224", variants, batches=[1, 8],
+    variants = plan.parse_variants(["ours:fp32", "official:fp32", "timm:fp32", "hf:bf16"])
+    cases = plan.plan(["inference", "train", "scaling"], "hiera_small_224", variants, batches=[1, 8],
                          train_batch=4, overrides={"decoder_depth": 1}, scaling_sizes=[224, 384], scaling_batch=2,
                          scaling_frames=[8], scaling_batches=[1, 2], scaling_variants=[Variant("ours")])
     groups = list(dict.fromkeys(c.group for c in cases))
@@ -126,24 +128,24 @@ def test_plan_groups_and_skips():
     video = [c for c in cases if c.group == "scaling video"]
     assert video[0].model == "hiera_base_16x224" and video[0].input_size == (8, 224, 224) and video[0].unit == "clips/s"
     with pytest.raises(CompareError, match="no zoo model"):
-        compare.plan(["inference"], "hiera_gigantic_224", variants)
+        plan.plan(["inference"], "hiera_gigantic_224", variants)
     with pytest.raises(CompareError, match="no MAE zoo model"):
-        compare.plan(["train"], "hiera_small_abswin_256", variants, tasks=["mae"])
+        plan.plan(["train"], "hiera_small_abswin_256", variants, tasks=["mae"])
     with pytest.raises(CompareError, match=">= 1"):
-        compare.plan(["inference"], "hiera_small_224", variants, batches=[0])
+        plan.plan(["inference"], "hiera_small_224", variants, batches=[0])
     with pytest.raises(CompareError, match="unknown section"):
-        compare.plan(["serve"], "hiera_small_224", variants)
+        plan.plan(["serve"], "hiera_small_224", variants)
     with pytest.raises(CompareError, match="takes images"):
-        compare.plan(["scaling"], "hiera_small_224", variants, video_model="hiera_base_224")
+        plan.plan(["scaling"], "hiera_small_224", variants, video_model="hiera_base_224")
 
 
 # ----------------------------------------------------------------------------------------- running
 def test_runner_interleaves_and_summarises():
     log = []
     variants = [Variant("ours"), Variant("official"), Variant("timm")]
-    cases = compare.plan(["inference"], "hiera_small_224", variants, batches=[4])
+    cases = plan.plan(["inference"], "hiera_small_224", variants, batches=[4])
     launch = {impl: Launcher("python") for impl in ("ours", "official", "timm")}
-    record = compare.run_plan(cases, Settings(rounds=3, iters=2), launch, {}, start=lambda c: FakeWorker(c, log))
+    record = runner.run_plan(cases, Settings(rounds=3, iters=2), launch, {}, start=lambda c: FakeWorker(c, log))
     labels = [v.label for v in variants]
     ops = [op for _, op in log]
     # every worker is started and built before anything is timed, then each round runs each case once
@@ -163,13 +165,13 @@ def test_runner_interleaves_and_summarises():
 
 def test_runner_reports_a_failing_worker_and_goes_on():
     log = []
-    cases = compare.plan(["inference"], "hiera_small_224", [Variant("ours"), Variant("official")], batches=[1])
+    cases = plan.plan(["inference"], "hiera_small_224", [Variant("ours"), Variant("official")], batches=[1])
 
     def start(case):
         return FakeWorker(case, log, fail_at=2 if case.impl == "official" else None)
 
     messages = []
-    record = compare.run_plan(cases, Settings(rounds=3, iters=1), {"ours": Launcher("p"), "official": Launcher("p")},
+    record = runner.run_plan(cases, Settings(rounds=3, iters=1), {"ours": Launcher("p"), "official": Launcher("p")},
                               {}, log=messages.append, start=start)
     ours, official = record["results"]
     assert ours["rounds"] == 3 and "error" not in ours
@@ -189,7 +191,7 @@ def test_ratios_and_headline():
         result("official", 8, 5.0, section="train", peak=900.0), result("ours", 8, 6.0, section="train", peak=800.0),
         {**result("ours", 1, 1.0), "throughput": None, "error": "boom"},
     ]
-    compare.add_ratios(results)
+    report.add_ratios(results)
     ours8, ours_bf16 = results[1], results[6]
     assert ours8["vs_official"] == pytest.approx(1.5)
     assert ours8["memory_vs_official"] == pytest.approx(250 / 300)
@@ -200,7 +202,7 @@ def test_ratios_and_headline():
     assert results[2]["vs_official"] == pytest.approx(1.2) and "vs_best_peer" not in results[2]
     assert "vs_official" not in results[0] and "vs_official" not in results[5]  # no compiled ours to compare
     assert results[10]["vs_official"] == pytest.approx(1.2)
-    rows = {h["what"]: h["ratio"] for h in compare.headline(results)}
+    rows = {h["what"]: h["ratio"] for h in report.headline(results)}
     assert rows["inference fp32, batch 32: throughput ours / official"] == pytest.approx(14 / 11)
     assert rows["train classify fp32, batch 8: peak RSS ours / official"] == pytest.approx(800 / 900)
     assert rows["inference ours fp32: batch 32 / batch 8 throughput"] == pytest.approx(14 / 15)
@@ -210,45 +212,45 @@ def test_ratios_and_headline():
 def test_vit_references():
     """timm's ViT-B/16 and ViT-S/16 are measured beside Hiera: images only, no MAE; each Hiera row
     gets its ratio to them; they get no ratio to the official package and are never a peer."""
-    variants = compare.parse_variants(["ours:bf16", "vit_b16:bf16", "vit_s16:bf16"])
+    variants = plan.parse_variants(["ours:bf16", "vit_b16:bf16", "vit_s16:bf16"])
     assert variants[1].label == "timm ViT-B/16 bf16"
-    cases = compare.plan(["inference", "train"], "hiera_small_224", variants, batches=[8], train_batch=4)
+    cases = plan.plan(["inference", "train"], "hiera_small_224", variants, batches=[8], train_batch=4)
     skips = {(c.impl, c.task): c.skip for c in cases if c.impl != "ours"}
     assert skips[("vit_b16", "classify")] is None and "no MAE" in skips[("vit_b16", "mae")]
-    video = compare.plan(["inference"], "hiera_base_16x224", variants, batches=[1])
+    video = plan.plan(["inference"], "hiera_base_16x224", variants, batches=[1])
     assert [c.skip is not None for c in video] == [False, True, True]
     results = [result("ours", 8, 12.0, dtype="bf16"), result("vit_b16", 8, 8.0, dtype="bf16"),
                result("vit_s16", 8, 16.0, dtype="bf16"), result("official", 8, 4.0, dtype="bf16"),
                result("timm", 8, 6.0, dtype="bf16")]
-    compare.add_ratios(results)
+    report.add_ratios(results)
     ours, vit_b = results[0], results[1]
     assert ours["vs_vit_b16"] == pytest.approx(1.5) and ours["vs_vit_s16"] == pytest.approx(0.75)
     assert ours["vs_official"] == pytest.approx(3.0) and ours["best_peer"] == "timm bf16"  # not a ViT
     assert "vs_official" not in vit_b and "vs_vit_b16" not in vit_b
-    rows = {h["what"]: h["ratio"] for h in compare.headline(results)}
+    rows = {h["what"]: h["ratio"] for h in report.headline(results)}
     assert rows["inference bf16, batch 8: throughput ours / timm ViT-B/16"] == pytest.approx(1.5)
     # a ViT row is credited with the ViT's FLOPs (ViT-B/16 at 224: 17.6 G multiply-adds), not Hiera's
-    compare.add_flops(results, {"measured_peak_tflops": {"bf16": 2.0}}, Settings())
+    plan.add_flops(results, {"measured_peak_tflops": {"bf16": 2.0}}, Settings())
     assert vit_b["gflop_per_item"] == pytest.approx(35.1, abs=0.3)
     assert results[2]["gflop_per_item"] == pytest.approx(9.2, abs=0.2)
     assert ours["gflop_per_item"] == pytest.approx(12.81, abs=0.01)
     assert vit_b["mfu"] == pytest.approx(vit_b["tflops"] / 2.0) and vit_b["peak_source"] == "measured"
-    train = compare.reference_flops("vit_b16", "train", (224, 224))
-    assert 2.9 < train / compare.reference_flops("vit_b16", "inference", (224, 224)) < 3.1
+    train = plan.reference_flops("vit_b16", "train", (224, 224))
+    assert 2.9 < train / plan.reference_flops("vit_b16", "inference", (224, 224)) < 3.1
 
 
 def test_measured_peak_is_the_mfu_ceiling():
-    peaks = compare.measure_peak("cpu", ["fp32", "fp32"], threads=1)
+    peaks = plan.measure_peak("cpu", ["fp32", "fp32"], threads=1)
     assert list(peaks) == ["fp32"] and 0.001 < peaks["fp32"] < 100
     system = {"measured_peak_tflops": peaks, "gpu": {"name": "NVIDIA H100 80GB HBM3"}}
-    assert compare.peak_tflops(system, "fp32") == peaks["fp32"]  # measured beats the data sheet
-    assert compare.peak_tflops(system, "bf16") == pytest.approx(989.4)  # not measured: the data sheet
-    assert compare.peak_tflops(system, "fp32", given=3.0) == 3.0
-    record = compare.make_record([result("ours", 8, 20.0)], Settings(), {}, {}, 1.0)
+    assert plan.peak_tflops(system, "fp32") == peaks["fp32"]  # measured beats the data sheet
+    assert plan.peak_tflops(system, "bf16") == pytest.approx(989.4)  # not measured: the data sheet
+    assert plan.peak_tflops(system, "fp32", given=3.0) == 3.0
+    record = report.make_record([result("ours", 8, 20.0)], Settings(), {}, {}, 1.0)
     record["system"]["measured_peak_tflops"] = {"fp32": 0.25}
-    compare.add_flops(record["results"], record["system"], Settings())
+    plan.add_flops(record["results"], record["system"], Settings())
     assert record["results"][0]["mfu"] == pytest.approx(record["results"][0]["tflops"] / 0.25)
-    assert "the ceiling measured in this run: fp32 0.25 TFLOP/s" in compare.markdown(record)
+    assert "the ceiling measured in this run: fp32 0.25 TFLOP/s" in report.markdown(record)
 
 
 def test_model_flops_counts_the_architecture():
@@ -260,42 +262,42 @@ def test_model_flops_counts_the_architecture():
 
     import hiera
 
-    _, arch, size = compare.resolve_model("hiera_tiny_224", "classify")
-    infer = compare.model_flops("classify", "inference", arch, size)
-    train = compare.model_flops("classify", "train", arch, size)
+    _, arch, size = plan.resolve_model("hiera_tiny_224", "classify")
+    infer = plan.model_flops("classify", "inference", arch, size)
+    train = plan.model_flops("classify", "train", arch, size)
     # Hiera-T: 4.9 GFLOPs (multiply-adds) in the paper's table, so about 9.8 GFLOP here.
     assert 9.0e9 < infer < 10.5e9 and 2.9 < train / infer < 3.1
     model = hiera.hiera_tiny_224().train()
     with FlopCounterMode(display=False) as counter:  # float32 CPU training: the oneDNN path otherwise
         F.cross_entropy(model(torch.randn(1, 3, 224, 224)), torch.zeros(1, dtype=torch.long)).backward()
     assert counter.get_total_flops() == train
-    _, mae_arch, _ = compare.resolve_model("hiera_tiny_224", "mae")
-    mae = compare.model_flops("mae", "train", mae_arch, size, mask_ratio=0.6)
+    _, mae_arch, _ = plan.resolve_model("hiera_tiny_224", "mae")
+    mae = plan.model_flops("mae", "train", mae_arch, size, mask_ratio=0.6)
     assert mae is not None and 0.3 * train < mae < 2 * train
     # counted on CPU (no meta kernel for the MAE), attention included: a step is about 3 forwards
-    assert compare.model_flops("mae", "inference", mae_arch, size) == pytest.approx(mae / 3, rel=0.01)
-    assert compare.model_flops("mae", "train", mae_arch, size, mask_ratio=0.9) < mae  # fewer visible tokens
+    assert plan.model_flops("mae", "inference", mae_arch, size) == pytest.approx(mae / 3, rel=0.01)
+    assert plan.model_flops("mae", "train", mae_arch, size, mask_ratio=0.9) < mae  # fewer visible tokens
 
 
 def test_flops_and_model_flop_utilisation():
     h100 = {"gpu": {"name": "NVIDIA H100 80GB HBM3"}}
-    assert compare.peak_tflops(h100, "bf16") == pytest.approx(989.4)
-    assert compare.peak_tflops({"cpu": "x"}, "bf16") is None and compare.peak_tflops({}, "bf16", 2.0) == 2.0
+    assert plan.peak_tflops(h100, "bf16") == pytest.approx(989.4)
+    assert plan.peak_tflops({"cpu": "x"}, "bf16") is None and plan.peak_tflops({}, "bf16", 2.0) == 2.0
     results = [result("ours", 256, 7400.0, dtype="bf16"), {**result("ours", 1, 1.0), "throughput": None}]
-    compare.add_flops(results, h100, Settings())
+    plan.add_flops(results, h100, Settings())
     r = results[0]
     assert r["gflop_per_item"] == pytest.approx(12.81, abs=0.01)  # Hiera-S at 224
     assert r["tflops"] == pytest.approx(r["gflop_per_item"] * 7400 / 1e3)
     assert r["mfu"] == pytest.approx(r["tflops"] / 989.4)
     assert "tflops" not in results[1]
-    compare.add_flops(results, {"cpu": "x"}, Settings())
+    plan.add_flops(results, {"cpu": "x"}, Settings())
     assert "mfu" in results[0]  # kept from before; a CPU alone has no peak
     cpu = [result("ours", 8, 20.0)]
-    compare.add_flops(cpu, {"cpu": "x"}, Settings())
+    plan.add_flops(cpu, {"cpu": "x"}, Settings())
     assert "tflops" in cpu[0] and "mfu" not in cpu[0]
-    compare.add_flops(cpu, {"cpu": "x"}, Settings(peak_tflops=0.5))
-    record = compare.make_record(cpu, Settings(), {}, {}, 1.0)
-    text = compare.markdown(record)
+    plan.add_flops(cpu, {"cpu": "x"}, Settings(peak_tflops=0.5))
+    record = report.make_record(cpu, Settings(), {}, {}, 1.0)
+    text = report.markdown(record)
     assert "| TFLOP/s | MFU |" in text and f"| {100 * cpu[0]['mfu']:.1f}% |" in text
     with pytest.raises(CompareError, match="peak TFLOP/s"):
         Settings(peak_tflops=0).check()
@@ -308,41 +310,41 @@ def test_report_json_and_png(tmp_path):
                {**result("ours", 8, 1.0), "section": "scaling", "group": "scaling batch"},
                {**result("ours", 8, 2.0), "section": "scaling", "group": "scaling size", "input_size": [384, 384]},
                {**result("timm", 8, 1.0), "throughput": None, "error": "RuntimeError: out of memory"}]
-    compare.add_ratios(results)
-    record = compare.make_record(results, Settings(rounds=3), {"ours": {"version": "0.2.0"}},
+    report.add_ratios(results)
+    record = report.make_record(results, Settings(rounds=3), {"ours": {"version": "0.2.0"}},
                                  {"official": "no official environment found: build it"}, 12.0)
     assert record["tool"] == "hiera benchmark --compare" and record["settings"]["rounds"] == 3
     assert record["implementations"]["official"]["skipped"].startswith("no official environment")
     assert record["system"]["cpu_count"] >= 1 and record["headline"]
     json.loads(json.dumps(record))
-    text = compare.markdown(record)
+    text = report.markdown(record)
     assert "| implementation | batch 1 | batch 8 |" in text
     assert "| ours fp32 | 12.5 (1.25x) | 30.0 (1.50x) |" in text and "| official fp32 | 10.0 | 20.0 |" in text
     assert "### Training steps" in text and "### Scaling: batch" in text and "### Scaling: input size" in text
     assert "timm fp32 (inference 8): failed: RuntimeError: out of memory" in text
     assert "official skipped: no official environment found" in text
-    path = compare.plot(record, tmp_path / "charts" / "compare.png")
+    path = report.plot(record, tmp_path / "charts" / "compare.png")
     assert path.read_bytes()[:8] == PNG
 
 
 # ----------------------------------------------------------------------------------------- processes
 def test_worker_protocol():
     """A real worker for ours: build tiny cases, time them, survive bad requests."""
-    launch, _ = compare.launchers()
+    launch, _ = runner.launchers()
     worker = Worker("ours", launch["ours"])
     try:
         hello = worker.request({"op": "hello"}, 120)
         assert hello["impl"] == "ours" and hello["file"] == os.path.abspath(hiera.__file__)
         settings = Settings(warmup=1)
-        case = compare.plan(["inference"], "hiera_tiny_224", [Variant("ours", "bf16")], batches=[2], overrides=TINY)[0]
+        case = plan.plan(["inference"], "hiera_tiny_224", [Variant("ours", "bf16")], batches=[2], overrides=TINY)[0]
         assert case.overrides and case.arch["embed_dim"] == 8
         built = worker.request({"op": "build", "case": case.spec(settings)}, 120)
         assert built["params_m"] < 0.2 and built["warmup"] == 1 and built["first_step_s"] > 0
         ran = worker.request({"op": "run", "iters": 2}, 120)
         assert len(ran["latencies_ms"]) == 2 and ran["total_s"] > 0 and ran["peak_mb"] > 10
-        mae = compare.plan(["train"], "hiera_tiny_224", [Variant("ours")], train_batch=2, tasks=["mae"],
+        mae = plan.plan(["train"], "hiera_tiny_224", [Variant("ours")], train_batch=2, tasks=["mae"],
                            overrides=TINY)[0]
-        for optimizer in compare.OPTIMIZERS:
+        for optimizer in plan.OPTIMIZERS:
             worker.request({"op": "build", "case": mae.spec(Settings(warmup=0, optimizer=optimizer))}, 120)
             ran = worker.request({"op": "run", "min_time": 0.01, "min_iters": 2}, 120)
             assert len(ran["latencies_ms"]) >= 2
@@ -375,34 +377,34 @@ def test_crashing_and_hanging_workers(tmp_path):
 
     # In a run: the crash is reported with its stderr and the other implementation is measured.
     log, messages = [], []
-    cases = compare.plan(["inference"], "hiera_small_224", [Variant("ours"), Variant("official")], batches=[1])
+    cases = plan.plan(["inference"], "hiera_small_224", [Variant("ours"), Variant("official")], batches=[1])
     launch = {"ours": Launcher("unused"), "official": Launcher(crash, isolated=True)}
 
     def start(case):
         return FakeWorker(case, log) if case.impl == "ours" else Worker(case.impl, launch[case.impl])
 
-    record = compare.run_plan(cases, Settings(rounds=2, iters=1, timeout=30), launch, {}, messages.append, start)
+    record = runner.run_plan(cases, Settings(rounds=2, iters=1, timeout=30), launch, {}, messages.append, start)
     ours, official = record["results"]
     assert ours["rounds"] == 2 and official["error"].startswith("the worker exited (code 3)")
     assert "boom" in official["stderr_tail"] and any("Fatal Python error: boom" in m for m in messages)
-    assert "failed: the worker exited" in compare.markdown(record)
+    assert "failed: the worker exited" in report.markdown(record)
 
 
 def test_missing_official_environment_is_skipped(tmp_path, monkeypatch):
     monkeypatch.delenv("HIERA_OFFICIAL_PYTHON", raising=False)
-    launch, missing = compare.launchers(str(tmp_path / "venv" / "bin" / "python"))
+    launch, missing = runner.launchers(str(tmp_path / "venv" / "bin" / "python"))
     assert "official" not in launch and "ours" in launch
     assert "tests/reference/official_env.py .cache/reference" in missing["official"]
     monkeypatch.setenv("HIERA_OFFICIAL_PYTHON", str(tmp_path / "nowhere"))
-    assert compare.default_official_python() == tmp_path / "nowhere"
+    assert runner.default_official_python() == tmp_path / "nowhere"
     log, messages = [], []
-    cases = compare.plan(["inference"], "hiera_small_224", [Variant("ours"), Variant("official")], batches=[1])
-    record = compare.run_plan(cases, Settings(rounds=1, iters=1), launch, missing, messages.append,
+    cases = plan.plan(["inference"], "hiera_small_224", [Variant("ours"), Variant("official")], batches=[1])
+    record = runner.run_plan(cases, Settings(rounds=1, iters=1), launch, missing, messages.append,
                               lambda c: FakeWorker(c, log))
     assert {label for label, _ in log} == {"ours fp32"}
     assert record["results"][1]["skipped"].startswith("official not available")
     assert any(m.startswith("skipping official: ") and "official_env.py" in m for m in messages)
-    assert "- official skipped: " in compare.markdown(record)
+    assert "- official skipped: " in report.markdown(record)
 
 
 def test_compare_cli_end_to_end(tmp_path, capsys):
@@ -454,15 +456,15 @@ def test_against_the_official_package(official_python):
     """ours and the official package, tiny, inference and MAE training, interleaved (the official
     environment comes from the conftest fixture, which builds it on a fresh clone)."""
     variants = [Variant("ours"), Variant("official")]
-    cases = compare.plan(["inference", "train"], "hiera_tiny_224", variants, batches=[2], train_batch=2,
+    cases = plan.plan(["inference", "train"], "hiera_tiny_224", variants, batches=[2], train_batch=2,
                          tasks=["mae"], overrides=TINY)
-    launch, missing = compare.launchers(str(official_python))
+    launch, missing = runner.launchers(str(official_python))
     assert "official" not in missing, missing
-    record = compare.run_plan(cases, Settings(rounds=2, iters=1, warmup=1, timeout=300), launch=launch)
+    record = runner.run_plan(cases, Settings(rounds=2, iters=1, warmup=1, timeout=300), launch=launch)
     by = {(r["impl"], r["mode"]): r for r in record["results"]}
     assert not [r for r in record["results"] if r.get("error")], record["results"]
     assert by["official", "inference"]["params_m"] == pytest.approx(by["ours", "inference"]["params_m"])
     assert by["ours", "inference"]["vs_official"] > 0 and by["ours", "train"]["memory_vs_official"] > 0
     info = record["implementations"]["official"]
     assert info["version"] == "0.1.4"
-    assert not info["file"].startswith(os.path.dirname(compare.__file__))  # not our package
+    assert not info["file"].startswith(os.path.dirname(hiera.__file__))  # not our package

@@ -8,9 +8,9 @@ from safetensors.torch import load_file
 from transformers import HieraForImageClassification
 
 import hiera
-from hiera.formats import layouts as formats
+from hiera import formats
 from hiera.cli import main
-from hiera.formats.read import load_model
+from hiera.zoo import load_model
 
 
 @pytest.fixture()

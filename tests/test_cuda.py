@@ -15,10 +15,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from closeness import assert_close
 
 import hiera
 from hiera import layers
-from closeness import assert_close
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 import hiera
-from hiera.formats.read import load_model
 from hiera.data.images import ImageFiles, StepSampler, collate, pretrain_transform, random_unit_mask
 from hiera.train.engine import MAETask, RunConfig, Trainer, TrainingDiverged, load_run_checkpoint
+from hiera.zoo import load_model
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ import json
 import subprocess
 import sys
 
+import conftest
 import pytest
 import torch
-
-import conftest
-import hiera
 from closeness import assert_close
 from conftest import CLASSIFIER_CASES, HUB_CASES, MAE_CASES, ZOO_NAMES, load_hub_reference, load_zoo
+
+import hiera
 
 GEN = conftest._generate  # the generator module: seeds, perturbation constants, case table
 

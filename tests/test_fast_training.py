@@ -8,14 +8,18 @@ from unittest import mock
 
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 import hiera
 from hiera import fast, layers
+from hiera.mae import _is_patchify, apply_fusion_head
 
-needs_onednn = pytest.mark.skipif(not fast._HAS_ONEDNN_LINEAR, reason="torch built without oneDNN")
+needs_onednn = pytest.mark.skipif(not (fast._HAS_ONEDNN_LINEAR and fast.enabled()),
+                                  reason="torch built without oneDNN, or HIERA_FAST=0")
 
 
 @needs_onednn
@@ -106,7 +110,7 @@ def test_max_over_gradcheck():
 
 
 def _stock_paths(monkeypatch):
-    monkeypatch.setattr(fast, "_HAS_ONEDNN_LINEAR", False)
+    monkeypatch.setattr(fast, "_setting", False)  # fast.set_enabled(False), undone after the test
     monkeypatch.setattr(layers, "attention", F.scaled_dot_product_attention)
     monkeypatch.setattr(layers, "max_over", lambda x, dim: x.amax(dim=dim))
 
@@ -238,8 +242,6 @@ def test_kept_units_embedding_equals_embedding_everything(stem, precision):
 
 
 def test_mae_encoder_convolves_only_the_kept_units():
-    from torch.utils.flop_counter import FlopCounterMode
-
     torch.manual_seed(0)
     model = hiera.MaskedAutoencoderHiera(embed_dim=8, num_heads=1, stages=(1, 1, 1, 1), decoder_embed_dim=16,
                                          decoder_depth=1, decoder_num_heads=1, **STEMS["video"])
@@ -270,8 +272,6 @@ FUSION_HEADS = {
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("head", FUSION_HEADS)
 def test_fusion_head_as_patch_product_equals_the_convolution(head, precision):
-    from hiera.mae import _is_patchify, apply_fusion_head
-
     torch.manual_seed(0)
     conv, unit = FUSION_HEADS[head]
     assert _is_patchify(conv, unit) == (head != "padded")
@@ -324,8 +324,6 @@ def test_forward_mode_ad_through_the_training_paths():
     """Forward-mode AD (``torch.autograd.forward_ad``) in train mode, where the custom autograd
     Functions (first-maximum pooling, float32 oneDNN products) would run: they have no jvp, so
     they step aside. The tangent equals a central difference (float64, no ties among maxima)."""
-    import torch.autograd.forward_ad as fwAD
-
     torch.manual_seed(0)
     model = hiera.Hiera(embed_dim=16, num_heads=1, stages=(1, 1, 2, 1), input_size=(64, 64), num_classes=5)
     x, t = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)

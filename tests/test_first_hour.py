@@ -19,11 +19,11 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from test_tools import write_clip  # clips written with a real codec, shared with the tool tests
 
 import hiera
-from hiera.tools import mae_viz as viz
 from hiera.cli import build_parser, main
-from test_tools import write_clip  # clips written with a real codec, shared with the tool tests
+from hiera.tools import mae_viz as viz
 
 # The quickstart's model: 3 stages, not the zoo's 4.
 THREE_STAGES = dict(input_size=(64, 64), embed_dim=16, num_heads=1, stages=(1, 2, 2), q_pool=2,
@@ -143,8 +143,8 @@ def test_convert_to_timm_keeps_a_custom_model_config(folders, tmp_path):
     import timm.models.hiera as timm_hiera
     from timm.models import load_checkpoint
 
-    from hiera.formats import layouts as formats
-    from hiera.formats.read import load_model
+    from hiera import formats
+    from hiera.zoo import load_model
 
     model = folders["classifier_model"]
     x = torch.randn(2, 3, 64, 64)
@@ -271,8 +271,8 @@ def test_mae_viz_video_caption_explains_the_layout_and_shows_the_raw_prediction(
 
 
 def test_one_meaning_of_device_auto():
-    from hiera.train import engine
     from hiera.tools import predict
+    from hiera.train import engine
 
     assert engine.resolve_device is predict.resolve_device
     expected = "cuda" if torch.cuda.is_available() else (
@@ -325,9 +325,8 @@ def test_hub_name_offline_with_hf_hub_offline_set(hub_unreachable, folders, monk
 
 
 def test_hub_name_unreachable_but_cached_loads_from_the_cache(hub_unreachable, folders, capsys):
-    from safetensors.torch import save
-
     from hubserver import prefill_hf_cache
+    from safetensors.torch import save
 
     model = folders["classifier_model"]
     prefill_hf_cache(hub_unreachable, "someone/tiny-hiera", {

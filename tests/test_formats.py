@@ -4,18 +4,17 @@ the real libraries on small random models (nothing is downloaded)."""
 import warnings
 
 import pytest
+import timm
+import timm.models.hiera as timm_hiera
 import torch
+from closeness import assert_close
+from hubserver import hf_offline  # noqa: F401  (fixture)
+from transformers import HieraConfig, HieraForImageClassification, HieraForPreTraining, HieraModel
 
 import hiera
 from hiera import Hiera, MaskedAutoencoderHiera
-from hiera.formats import layouts as fmt
-from closeness import assert_close
-from hubserver import hf_offline  # noqa: F401  (fixture)
-
-import timm
-import timm.models.hiera as timm_hiera
-from transformers import HieraConfig, HieraForImageClassification, HieraForPreTraining, HieraModel
-
+from hiera import formats as fmt
+from hiera.formats.common import _official_defaults
 
 
 def perturb(model: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> torch.nn.Module:
@@ -117,7 +116,7 @@ def test_official_model_to_timm_round_trip():
 def test_timm_registry_configs_match_zoo(size):
     """timm's hiera_<size>_224 (built on the meta device) is our hiera_<size>_224."""
     kwargs = fmt.timm_config_to_official(f"hiera_{size}_224")
-    zoo = {**fmt._official_defaults(False), **hiera.zoo.MODELS[f"hiera_{size}_224"].kwargs}
+    zoo = {**_official_defaults(False), **hiera.zoo.MODELS[f"hiera_{size}_224"].kwargs}
     assert kwargs == {k: zoo[k] for k in kwargs}
     assert {"embed_dim", "num_heads", "stages", "q_pool", "mask_unit_attn", "dim_mul", "head_mul", "patch_kernel",
             "input_size", "num_classes", "sep_pos_embed", "mlp_ratio", "norm_layer"} <= set(kwargs)
@@ -415,9 +414,8 @@ def test_detect_format():
 def test_abswin_zoo_model_loads_timm_hub_checkpoint_offline(hf_offline):
     """hiera_small_abswin_256's default checkpoint is a timm-layout Hub repo: fetched through the
     Hugging Face cache, converted, and it computes what timm computes."""
-    from safetensors.torch import save as safetensors_bytes
-
     from hubserver import prefill_hf_cache
+    from safetensors.torch import save as safetensors_bytes
 
     torch.manual_seed(0)
     timm_net = timm.create_model("hiera_small_abswin_256", pretrained=False).eval()

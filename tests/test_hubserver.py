@@ -11,13 +11,23 @@ import os
 from pathlib import Path
 from urllib.error import HTTPError
 
+import huggingface_hub
 import pytest
 import torch
 import torch.nn as nn
-from safetensors.torch import load as safetensors_load
-from safetensors.torch import save as safetensors_save
-
-import huggingface_hub
+from hubserver import file_server  # noqa: F401 - fixtures
+from hubserver import hf_offline  # noqa: F401
+from hubserver import hub_server  # noqa: F401
+from hubserver import torch_home  # noqa: F401
+from hubserver import (
+    FAKE_TOKEN,
+    HubServer,
+    git_blob_sha1,
+    prefill_hf_cache,
+    prefill_torch_hub_cache,
+    set_hf_offline,
+    unused_local_url,
+)
 from huggingface_hub import HfApi, PyTorchModelHubMixin, constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -26,20 +36,8 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-
-from hubserver import (
-    FAKE_TOKEN,
-    HubServer,
-    file_server,  # noqa: F401 - fixtures
-    git_blob_sha1,
-    hf_offline,  # noqa: F401
-    hub_server,  # noqa: F401
-    prefill_hf_cache,
-    prefill_torch_hub_cache,
-    set_hf_offline,
-    torch_home,  # noqa: F401
-    unused_local_url,
-)
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
 
 
 class Tiny(nn.Module, PyTorchModelHubMixin):

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from hiera.data.images import IMAGENET_MEAN, IMAGENET_STD
+from hiera.data.synthetic import CLASSES, generate
 from hiera.mae import MaskedAutoencoderHiera
 from hiera.model import Hiera
 from hiera.train.probe import encoder_features, heldout_mae_loss, linear_probe, per_class_subset
 from hiera.train.recipes import lr_schedule
-from hiera.data.synthetic import CLASSES, generate
 
 SMALL = dict(input_size=(64, 64), embed_dim=48, num_heads=2, stages=(1, 2, 3), q_pool=2, mask_unit_size=(4, 4),
              mask_unit_attn=(True, False, False))

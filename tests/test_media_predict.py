@@ -1,7 +1,7 @@
 """Media reading, frame sampling, evaluation transforms, class names, ``predict`` and ``features``.
 
 Everything is generated here: tiny random models saved with ``save_pretrained`` (loaded back
-through ``hiera.formats.read.load_model`` by the CLI), images written with PIL, videos with PyAV.
+through ``hiera.load_model`` by the CLI), images written with PIL, videos with PyAV.
 """
 
 import argparse
@@ -17,8 +17,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import hiera
-from hiera.tools import features as extract_mod
-from hiera.tools import predict as predict_mod
+from hiera.cli import features as features_cli
+from hiera.cli import predict as predict_cli
 from hiera.data.labels import class_names, imagenet_classes, kinetics400_classes, read_class_names
 from hiera.data.media import (
     MediaError,
@@ -38,6 +38,8 @@ from hiera.data.transforms import (
     VideoEvalTransform,
     eval_transform,
 )
+from hiera.tools import features as extract_mod
+from hiera.tools import predict as predict_mod
 
 VIDEO_CODEC = "libx264" if "libx264" in av.codecs_available else "mpeg4"
 
@@ -62,8 +64,8 @@ def cli(argv):
     """``hiera <argv>`` with this module's sub-commands on a local parser (cli.py wires them later)."""
     parser = argparse.ArgumentParser(prog="hiera")
     sub = parser.add_subparsers(dest="command")
-    predict_mod.add_parser(sub)
-    extract_mod.add_parser(sub)
+    predict_cli.add_parser(sub)
+    features_cli.add_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -3,13 +3,12 @@
 import json
 import math
 
+import matplotlib  # noqa: E402,F401  (a dependency of the package)
 import numpy as np
 import pytest
 from PIL import Image
 
 from hiera.train.plots import load_metrics, plot_curves
-
-import matplotlib  # noqa: E402,F401  (a dependency of the package)
 
 
 def fake_run(steps=30, scale=1.0):

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from hiera.train import recipes
 from hiera.mae import MaskedAutoencoderHiera
 from hiera.model import Hiera
+from hiera.train import recipes
 from hiera.train.recipes import (
     FinetuneRecipe,
     PretrainRecipe,

@@ -21,13 +21,12 @@ from safetensors.torch import load_file, save_file
 
 import hiera
 from hiera import CheckpointError
+from hiera.cli import main
+from hiera.data import transforms as transforms_mod
+from hiera.data.transforms import ImageEvalTransform, VideoEvalTransform, eval_transform
 from hiera.tools import features as extract_mod
 from hiera.tools import predict as predict_mod
-from hiera.data import transforms as transforms_mod
-from hiera.cli import main
-from hiera.formats.read import load_model
-from hiera.data.transforms import ImageEvalTransform, VideoEvalTransform, eval_transform
-from hiera.zoo import MODELS, ModelSpec
+from hiera.zoo import MODELS, ModelSpec, load_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(input_size=(64, 64), embed_dim=16, num_heads=1, stages=(1, 1, 2, 1))
@@ -358,7 +357,7 @@ def test_ctrl_c_exits_130_in_one_line(saved, tmp_path, monkeypatch, capsys, tool
         argv = ["features", str(saved / "photo.png"), "--weights", str(saved / "cls"), "--out", str(tmp_path / "f"),
                 "--no-progress"]
     else:
-        monkeypatch.setattr("hiera.tools.mae_viz.mae_reconstruction", stop)
+        monkeypatch.setattr("hiera.cli.mae_viz.mae_reconstruction", stop)
         argv = ["mae-viz", str(saved / "photo.png"), "--weights", str(saved / "mae"), "--out", str(tmp_path / "v")]
     try:
         code = main(argv)
@@ -484,7 +483,7 @@ def test_ctrl_c_in_any_command_is_one_line_and_130(monkeypatch, capsys):
     def interrupted():
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "zoo_table", interrupted)
+    monkeypatch.setattr(cli.zoo, "zoo_table", interrupted)
     assert cli.main(["zoo"]) == 130
     err = capsys.readouterr().err
     assert err.strip() == "hiera zoo: interrupted"

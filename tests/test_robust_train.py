@@ -23,13 +23,14 @@ import torch
 from PIL import Image
 
 import hiera
-import hiera.weights
 import hiera.train.engine as engine
+import hiera.weights
 from hiera.cli import main
 from hiera.data.images import random_unit_mask
-from hiera.train.engine import RunFolderBusy, TrainingDiverged
 from hiera.data.synthetic import CLASSES, make_dataset
+from hiera.train import commands
 from hiera.train.commands import evaluate, finetune, pretrain
+from hiera.train.engine import RunFolderBusy, TrainingDiverged
 from hiera.weights import CheckpointError
 
 TINY = dict(input_size=(64, 64), embed_dim=16, num_heads=1, stages=(1, 1, 1), q_pool=1, mask_unit_size=(4, 4),
@@ -237,9 +238,7 @@ def test_evaluate_refuses_an_mae_checkpoint(data, finished, tmp_path, capsys):
 # ------------------------------------------------------------------------------ 5. divergence
 def nan_after_update(monkeypatch, step):
     """Make a weight NaN in the update that becomes step ``step`` (counted as in metrics.jsonl)."""
-    import hiera.train.recipes
-
-    build = hiera.train.recipes.build_optimizer
+    build = commands.build_optimizer
 
     def poisoned(model, *args, **kwargs):
         opt = build(model, *args, **kwargs)
@@ -253,7 +252,7 @@ def nan_after_update(monkeypatch, step):
         opt.register_step_post_hook(hook)
         return opt
 
-    monkeypatch.setattr(hiera.train.recipes, "build_optimizer", poisoned)
+    monkeypatch.setattr(commands, "build_optimizer", poisoned)
 
 
 def test_nan_mid_run_keeps_the_last_finite_checkpoint_and_resume_continues(data, tmp_path, monkeypatch, capsys):
@@ -504,9 +503,7 @@ def test_bad_data_and_outputs_are_one_line_errors(data, tmp_path, capsys, monkey
     assert "is an image file, not a dataset" in line
     assert "is an image file" in one_line_error(capsys, ["evaluate", "--data", str(image), "--model", "hiera_tiny_224"])
     # --json is checked before the model is even loaded, not after the whole evaluation
-    import hiera.formats.read
-
-    monkeypatch.setattr(hiera.formats.read, "load_model", lambda *a, **k: pytest.fail("evaluated before checking --json"))
+    monkeypatch.setattr(commands, "load_model", lambda *a, **k: pytest.fail("evaluated before checking --json"))
     line = one_line_error(capsys, ["evaluate", "--data", str(data.val_dir), "--model", "hiera_tiny_224",
                                    "--json", str(tmp_path)])
     assert "--json" in line and "is a folder" in line
@@ -564,10 +561,8 @@ def test_ctrl_c_in_finetune(data, tmp_path, monkeypatch, capsys):
 
 
 def test_ctrl_c_in_evaluate(data, tmp_path, monkeypatch, capsys):
-    import hiera.train.engine
-
     model = constant_classifier(tmp_path / "model", predict="disc")
-    monkeypatch.setattr(hiera.train.engine, "evaluate_classifier", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(commands, "evaluate_classifier", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     line = one_line_error(capsys, ["evaluate", "--data", str(data.val_dir), "--weights", str(model),
                                    "--json", str(tmp_path / "r.json")], code=130)
     assert "interrupted" in line and not (tmp_path / "r.json").exists()

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from test_equivalence import assert_close, build_like_official
 
 import hiera
 from hiera import Hiera, HieraFeatures
-from test_equivalence import assert_close, build_like_official
 
 
 def small(**kw):

@@ -15,9 +15,12 @@ from PIL import Image
 
 import hiera
 from hiera.bench import timing as bench
+from hiera.cli import benchmark as bench_cli
+from hiera.cli import export as export_cli
+from hiera.cli import mae_viz as mae_viz_cli
+from hiera.mae import _normalise
 from hiera.tools import export as onnx_export
 from hiera.tools import mae_viz as viz
-from hiera.mae import _normalise
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -256,7 +259,7 @@ def test_mae_viz_cli_images(tmp_path, saved, capsys):
     (folder / "notes.txt").write_text("not an image")
     single = write_image(tmp_path / "three.png", (70, 70), 2)
     out = tmp_path / "viz"
-    code = run_cli(viz.add_parser, ["mae-viz", str(folder), str(single), "--weights", str(saved["mae"]),
+    code = run_cli(mae_viz_cli.add_parser, ["mae-viz", str(folder), str(single), "--weights", str(saved["mae"]),
                                     "--out", str(out), "--seed", "1", "--mask-ratio", "0.5"])
     assert code == 0
     written = sorted(p.name for p in out.glob("*.png"))
@@ -272,14 +275,14 @@ def test_mae_viz_cli_images(tmp_path, saved, capsys):
 def test_mae_viz_cli_video(tmp_path, saved):
     clip = write_clip(tmp_path / "clip.mp4")
     out = tmp_path / "viz"
-    code = run_cli(viz.add_parser, ["mae-viz", str(clip), "--weights", str(saved["video_mae"]),
+    code = run_cli(mae_viz_cli.add_parser, ["mae-viz", str(clip), "--weights", str(saved["video_mae"]),
                                     "--out", str(out), "--frames", "2", "--no-titles", "--no-caption", "--no-raw",
                                     "--scale", "1"])
     assert code == 0
     with Image.open(out / "clip.png") as img:
         assert img.size == viz.grid_size(64, 64, rows=2, titles=False)
     # The default shows every reconstructed frame (8-frame model: 4 tubelets).
-    code = run_cli(viz.add_parser, ["mae-viz", str(clip), "--weights", str(saved["video_mae"]), "--out", str(out)])
+    code = run_cli(mae_viz_cli.add_parser, ["mae-viz", str(clip), "--weights", str(saved["video_mae"]), "--out", str(out)])
     assert code == 0
     width, height = cli_grid_size(rows=4)
     with Image.open(out / "clip.png") as img:
@@ -289,18 +292,18 @@ def test_mae_viz_cli_video(tmp_path, saved):
 def test_mae_viz_cli_errors(tmp_path, saved, capsys):
     image = write_image(tmp_path / "x.png")
     base = ["mae-viz", str(image), "--weights", str(saved["mae"]), "--out", str(tmp_path / "o")]
-    assert run_cli(viz.add_parser, base + ["--mask-ratio", "1.5"]) == 2
+    assert run_cli(mae_viz_cli.add_parser, base + ["--mask-ratio", "1.5"]) == 2
     assert "--mask-ratio" in capsys.readouterr().err
-    assert run_cli(viz.add_parser, base + ["--frames", "0"]) == 2
-    assert run_cli(viz.add_parser, ["mae-viz", str(image)]) == 2
+    assert run_cli(mae_viz_cli.add_parser, base + ["--frames", "0"]) == 2
+    assert run_cli(mae_viz_cli.add_parser, ["mae-viz", str(image)]) == 2
     assert "say which model" in capsys.readouterr().err
     # An image given to a video model.
-    assert run_cli(viz.add_parser, ["mae-viz", str(image), "--weights", str(saved["video_mae"])]) == 2
+    assert run_cli(mae_viz_cli.add_parser, ["mae-viz", str(image), "--weights", str(saved["video_mae"])]) == 2
     assert "no video inputs" in capsys.readouterr().err
-    assert run_cli(viz.add_parser, base[:2] + ["--weights", str(tmp_path / "missing")]) == 1
+    assert run_cli(mae_viz_cli.add_parser, base[:2] + ["--weights", str(tmp_path / "missing")]) == 1
     assert "could not load the model" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        run_cli(viz.add_parser, base + ["--seed", "abc"])
+        run_cli(mae_viz_cli.add_parser, base + ["--seed", "abc"])
 
 
 # ----------------------------------------------------------------------------------------- export
@@ -351,24 +354,24 @@ def test_export_errors(tmp_path, monkeypatch):
 
 def test_export_cli(tmp_path, saved, capsys):
     out = tmp_path / "cls.onnx"
-    code = run_cli(onnx_export.add_parser, ["export", "--weights", str(saved["cls"]), "--out", str(out),
+    code = run_cli(export_cli.add_parser, ["export", "--weights", str(saved["cls"]), "--out", str(out),
                                             "--batch", "2", "--exporter", "torchscript"])
     printed = capsys.readouterr().out
     assert code == 0 and out.exists()
     assert "batch 2" in printed and "batch 3" in printed  # dynamic by default: checked at another size
-    code = run_cli(onnx_export.add_parser, ["export", "--weights", str(saved["cls"]), "--out", str(out),
+    code = run_cli(export_cli.add_parser, ["export", "--weights", str(saved["cls"]), "--out", str(out),
                                             "--no-dynamic-batch", "--no-verify", "--exporter", "torchscript"])
     assert code == 0 and "max |logit" not in capsys.readouterr().out
     # Bad options.
-    assert run_cli(onnx_export.add_parser, ["export", "--out", str(out)]) == 2
-    assert run_cli(onnx_export.add_parser, ["export", "--weights", str(saved["cls"]), "--batch", "0"]) == 2
-    assert run_cli(onnx_export.add_parser, ["export", "--weights", str(saved["cls"]), "--opset", "2"]) == 2
-    assert run_cli(onnx_export.add_parser, ["export", "--weights", str(saved["mae"]), "--model", "mae_hiera_tiny_224",
+    assert run_cli(export_cli.add_parser, ["export", "--out", str(out)]) == 2
+    assert run_cli(export_cli.add_parser, ["export", "--weights", str(saved["cls"]), "--batch", "0"]) == 2
+    assert run_cli(export_cli.add_parser, ["export", "--weights", str(saved["cls"]), "--opset", "2"]) == 2
+    assert run_cli(export_cli.add_parser, ["export", "--weights", str(saved["mae"]), "--model", "mae_hiera_tiny_224",
                                             "--out", str(out)]) in (1, 2)
-    assert run_cli(onnx_export.add_parser, ["export", "--weights", str(saved["cls"]), "--input-size", "64"]) == 2
+    assert run_cli(export_cli.add_parser, ["export", "--weights", str(saved["cls"]), "--input-size", "64"]) == 2
     assert "--input-size" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        run_cli(onnx_export.add_parser, ["export", "--weights", str(saved["cls"]), "--exporter", "tflite"])
+        run_cli(export_cli.add_parser, ["export", "--weights", str(saved["cls"]), "--exporter", "tflite"])
 
 
 # ----------------------------------------------------------------------------------------- benchmark
@@ -427,7 +430,7 @@ def test_benchmark_dtype_support_and_errors():
 
 def test_benchmark_cli_json(tmp_path, saved, capsys):
     record_path = tmp_path / "out" / "bench.json"
-    code = run_cli(bench.add_parser, ["benchmark", "--weights", str(saved["cls"]), "--batch-size", "1", "2",
+    code = run_cli(bench_cli.add_parser, ["benchmark", "--weights", str(saved["cls"]), "--batch-size", "1", "2",
                                       "--dtype", "fp32", "bf16", "--device", "cpu", "--warmup", "1", "--iters", "2",
                                       "--json", str(record_path)])
     captured = capsys.readouterr()
@@ -450,7 +453,7 @@ def test_benchmark_cli_json(tmp_path, saved, capsys):
 
 def test_benchmark_cli_mae(tmp_path, saved, capsys):
     record_path = tmp_path / "mae.json"
-    code = run_cli(bench.add_parser, ["benchmark", "--weights", str(saved["mae"]), "--mae", "--mode", "train",
+    code = run_cli(bench_cli.add_parser, ["benchmark", "--weights", str(saved["mae"]), "--mae", "--mode", "train",
                                       "--warmup", "0", "--iters", "1", "--json", str(record_path), "--quiet"])
     assert code == 0
     record = json.loads(record_path.read_text())
@@ -460,7 +463,7 @@ def test_benchmark_cli_mae(tmp_path, saved, capsys):
 
 def test_benchmark_cli_zoo_model_random_weights(capsys):
     # A zoo name builds the architecture with random weights: nothing is downloaded.
-    code = run_cli(bench.add_parser, ["benchmark", "--model", "hiera_tiny_224", "--device", "cpu",
+    code = run_cli(bench_cli.add_parser, ["benchmark", "--model", "hiera_tiny_224", "--device", "cpu",
                                       "--warmup", "0", "--iters", "1", "--quiet"])
     captured = capsys.readouterr()
     assert code == 0 and captured.err == ""
@@ -469,7 +472,7 @@ def test_benchmark_cli_zoo_model_random_weights(capsys):
 
 def test_benchmark_cli_errors(saved, capsys):
     def run(*argv):
-        return run_cli(bench.add_parser, ["benchmark", *argv])
+        return run_cli(bench_cli.add_parser, ["benchmark", *argv])
 
     assert run("--model", "not_a_model") == 2
     assert "unknown zoo model" in capsys.readouterr().err

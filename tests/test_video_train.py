@@ -11,24 +11,24 @@ import json
 from pathlib import Path
 
 import av
+import conftest
 import numpy as np
 import pytest
 import torch
 
-import conftest
 import hiera
 from hiera.cli import main
 from hiera.data.images import collate
 from hiera.data.media import load_clips
+from hiera.data.transforms import KINETICS_MEAN, KINETICS_STD, VideoEvalTransform
+from hiera.data.video import ClipSampling, VideoFiles, VideoTrainTransform, ViewAverage, open_videos, read_clips
+from hiera.train.commands import evaluate, finetune, pretrain
 from hiera.train.recipes import (
     finetune_recipe,
     pretrain_recipe,
     video_finetune_recipe,
     video_pretrain_recipe,
 )
-from hiera.train.commands import evaluate, finetune, pretrain
-from hiera.data.transforms import KINETICS_MEAN, KINETICS_STD, VideoEvalTransform
-from hiera.data.video import ClipSampling, VideoFiles, VideoTrainTransform, ViewAverage, open_videos, read_clips
 
 CODEC = "libx264" if "libx264" in av.codecs_available else "mpeg4"
 VIDEO = dict(input_size=(8, 64, 64), embed_dim=16, num_heads=1, stages=(1, 1, 2, 1), q_stride=(1, 2, 2),

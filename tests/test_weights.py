@@ -8,10 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save as safetensors_bytes
-
-import hiera
-from hiera import CheckpointError, Hiera, MaskedAutoencoderHiera
 from hubserver import (  # noqa: F401  (fixtures)
     file_server,
     hf_offline,
@@ -20,6 +16,10 @@ from hubserver import (  # noqa: F401  (fixtures)
     prefill_torch_hub_cache,
     torch_home,
 )
+from safetensors.torch import save as safetensors_bytes
+
+import hiera
+from hiera import CheckpointError, Hiera, MaskedAutoencoderHiera
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -216,8 +216,10 @@ def test_hubconf_exposes_every_constructor():
 def test_official_module_paths_and_decorator(tmp_path):
     """Code importing the official package's submodules keeps working, its decorator included."""
     from hiera.hfhub import has_config  # noqa: F401
-    from hiera.hiera import Hiera as H, hiera_tiny_224  # noqa: F401
-    from hiera.hiera_mae import MaskedAutoencoderHiera as M, mae_hiera_base_16x224  # noqa: F401
+    from hiera.hiera import Hiera as H  # noqa: F401
+    from hiera.hiera import hiera_tiny_224
+    from hiera.hiera_mae import MaskedAutoencoderHiera as M  # noqa: F401
+    from hiera.hiera_mae import mae_hiera_base_16x224
     from hiera.hiera_utils import Reroll, Unroll, pretrained_model, undo_windowing  # noqa: F401
 
     small = _small(num_classes=4)

@@ -1,8 +1,8 @@
 """One implementation of Hiera, timed on request: the worker process of ``hiera benchmark --compare``.
 
-Run by :mod:`hiera.compare` as ``PYTHON -P bench_worker.py --impl IMPL`` (``-I`` for the official
+Run by :mod:`hiera.bench.runner` as ``PYTHON -P worker.py --impl IMPL`` (``-I`` for the official
 package's own environment). It imports only the standard library and torch at start, then the one
-implementation it was started for:
+implementation it was started for (through :func:`importlib.import_module`):
 
     ours      this package (``import hiera``)
     official  the official ``hiera-transformer`` package (also ``import hiera``: its own environment)
@@ -26,18 +26,34 @@ file descriptor 1 is pointed at stderr at start, and answers go to a private cop
     {"op": "run", "iters": N}      -> times N steps (or "min_time": S, at least "min_iters")
     {"op": "quit"}                 -> exits
 
-A case (see :class:`hiera.compare.Case`) names the task (``classify`` / ``mae``), the mode
+A case (see :class:`hiera.bench.plan.Case`) names the task (``classify`` / ``mae``), the mode
 (``inference`` / ``train``), the zoo constructor and/or class with its keyword arguments, the input
 size, batch, dtype (autocast), torch.compile backend, device, threads and warm-up steps.
+
+It is also the one home of the timing loop (:func:`warm_up`, :func:`time_steps`) and of the memory
+reader (:func:`reset_peak`, :func:`read_peak_mb`): ``hiera benchmark`` (:func:`hiera.bench.timing.benchmark`)
+and :func:`hiera.benchmarking.benchmark` import them from here, so every tool times and measures alike.
 """
 
+import argparse
 import contextlib
+import ctypes
 import gc
+import importlib
+import importlib.metadata as md
 import json
 import os
 import sys
 import time
 import traceback
+
+import torch
+import torch.nn.functional as F
+
+try:
+    import resource
+except ImportError:  # not on Windows: no lifetime peak there
+    resource = None
 
 IMPLS = ("ours", "official", "timm", "hf", "vit_b16", "vit_s16")
 VIT_MODELS = {"vit_b16": "vit_base_patch16_224", "vit_s16": "vit_small_patch16_224"}  # timm's names
@@ -68,8 +84,9 @@ def reset_rss_peak():
 
 
 def lifetime_peak_mb():
-    import resource
-
+    """The process's peak resident set since it started, in MB; None where unknown (Windows)."""
+    if resource is None:
+        return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0  # bytes on macOS, KiB on Linux
 
@@ -78,21 +95,117 @@ def release_memory():
     """Give freed heap back to the system, so the next case's peak does not start high."""
     gc.collect()
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
 
 
+def reset_peak(cuda=None):
+    """Start a new memory peak; return its kind: ``cuda_max_allocated`` (the CUDA allocator's peak on
+    the ``cuda`` device), ``cpu_rss_peak`` (the process's ``VmHWM``, reset now) or, where it cannot
+    be reset, ``cpu_rss_peak_process_lifetime``."""
+    if cuda is not None:
+        torch.cuda.reset_peak_memory_stats(cuda)
+        return "cuda_max_allocated"
+    return "cpu_rss_peak" if reset_rss_peak() else "cpu_rss_peak_process_lifetime"
+
+
+def read_peak_mb(kind, cuda=None):
+    """The peak in MB since :func:`reset_peak` returned ``kind``; None where it cannot be read."""
+    if kind == "cuda_max_allocated":
+        return torch.cuda.max_memory_allocated(cuda) / 2**20
+    peak = rss_mb("VmHWM") if kind == "cpu_rss_peak" else None
+    return peak if peak is not None else lifetime_peak_mb()
+
+
+# ----------------------------------------------------------------------------------------- timing
+def synchronizer(cuda=None):
+    """A function that waits for the work queued on the ``cuda`` device; for None, one that returns."""
+    if cuda is None:
+        return lambda: None
+    return lambda: torch.cuda.synchronize(cuda)
+
+
+def warm_up(step, steps, cuda=None):
+    """Run ``steps`` untimed steps, each waited for; return (seconds of the first, or None; seconds
+    of them all). A compiled step compiles in the first."""
+    sync = synchronizer(cuda)
+    first, start = None, time.perf_counter()
+    for i in range(steps):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        if i == 0:
+            first = time.perf_counter() - t0
+    return first, time.perf_counter() - start
+
+
+def time_steps(step, iters=None, min_time=None, min_iters=1, cuda=None, sync_each=True, memory=True):
+    """The timing loop: run ``step()`` ``iters`` times, or until ``min_time`` seconds have passed
+    and at least ``min_iters`` steps have run (neither: ``min_iters`` steps).
+
+    ``cuda``: the CUDA device the step runs on (None: the CPU, nothing to wait for). With
+    ``sync_each`` every step is waited for and timed by the clock (a latency, launches included);
+    without it, GPU steps are queued back to back as in a pipeline, each timed by CUDA events, and
+    only the end is waited for. ``memory``: also measure the peak memory over these steps
+    (:func:`reset_peak`; it resets the device's or the process's peak).
+
+    Returns ``latencies_ms`` (one per step), ``total_s`` (wall clock, the last step finished) and,
+    with ``memory``, ``peak_mb`` and ``memory_kind``."""
+    sync = synchronizer(cuda)
+    events = cuda is not None and not sync_each
+    kind = reset_peak(cuda) if memory else None
+    latencies, pairs = [], []
+    start = time.perf_counter()
+    while True:
+        if events:
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            step()
+            end.record()
+            pairs.append((begin, end))
+        else:
+            t0 = time.perf_counter()
+            step()
+            sync()
+            latencies.append((time.perf_counter() - t0) * 1000.0)
+        count = len(pairs) if events else len(latencies)
+        if iters is not None:
+            if count >= int(iters):
+                break
+        elif count >= int(min_iters) and time.perf_counter() - start >= float(min_time or 0):
+            break
+    sync()
+    total = time.perf_counter() - start
+    if events:
+        latencies = [b.elapsed_time(e) for b, e in pairs]
+    out = {"latencies_ms": latencies, "total_s": total}
+    if memory:
+        out.update({"peak_mb": read_peak_mb(kind, cuda), "memory_kind": kind})
+    return out
+
+
+def percentile(values, q):
+    """Linear-interpolated percentile ``q`` (0-100)."""
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
 # ----------------------------------------------------------------------------------------- impls
+def import_hiera():
+    """The ``hiera`` package of this process's environment: ours, or in its own environment the
+    official one. Imported by name, not by an import statement: this file imports nothing from the
+    package it sits in."""
+    return importlib.import_module("hiera")
+
+
 def import_impl(impl):
     """Import the implementation; return facts about it for the record."""
-    import importlib.metadata as md
-
     if impl in ("ours", "official"):
-        import hiera
-
+        hiera = import_hiera()
         path = os.path.abspath(hiera.__file__)
         if impl == "official":
             # The file must belong to the hiera-transformer distribution, not to any other `hiera`.
@@ -107,7 +220,9 @@ def import_impl(impl):
             return {"version": dist.version, "file": path}
         if not hasattr(hiera, "load_model"):  # the official package has no load_model
             raise RuntimeError(f"`import hiera` found {path}, which is not this toolkit")
+        hiera.fast.reuse_memory()  # as every `hiera` command does (a process of ours)
         return {"version": getattr(hiera, "__version__", None), "file": path}
+    # timm and transformers are optional: only the worker of that implementation imports them.
     if impl == "timm" or impl in VIT_MODELS:
         import timm
         import timm.models.hiera  # noqa: F401
@@ -123,7 +238,7 @@ def import_impl(impl):
 def hf_config(arch, task):
     """A ``transformers.HieraConfig`` for the constructor keyword arguments ``arch`` of the
     official/our ``Hiera`` (``MaskedAutoencoderHiera`` for ``task == "mae"``)."""
-    from transformers import HieraConfig
+    from transformers import HieraConfig  # optional: the hf worker's only
 
     arch = dict(arch)
     size = tuple(arch.pop("input_size", (224, 224)))
@@ -167,8 +282,7 @@ def build_model(impl, case):
     full keyword arguments ``case["arch"]``."""
     task, name, arch, plain = case["task"], case["model"], case["arch"], not case.get("overrides")
     if impl in ("ours", "official"):
-        import hiera
-
+        hiera = import_hiera()
         if plain and hasattr(hiera, name):
             return getattr(hiera, name)()
         cls = hiera.MaskedAutoencoderHiera if task == "mae" else hiera.Hiera
@@ -176,7 +290,7 @@ def build_model(impl, case):
     if impl == "timm":
         if task == "mae":
             raise ValueError("timm has no Hiera MAE")
-        import timm
+        import timm  # optional, as above
         from timm.models.hiera import Hiera
 
         if plain and name in timm.list_models("hiera*"):
@@ -186,12 +300,12 @@ def build_model(impl, case):
         size = tuple(case["input_size"])
         if task == "mae" or len(size) != 2:
             raise ValueError(f"{impl} is an image classifier reference: no MAE, no video")
-        import timm
+        import timm  # optional, as above
 
         return timm.create_model(VIT_MODELS[impl], pretrained=False, img_size=size,
                                  num_classes=int(arch.get("num_classes", 1000)), in_chans=int(arch.get("in_chans", 3)))
     if impl == "hf":
-        from transformers import HieraForImageClassification, HieraForPreTraining
+        from transformers import HieraForImageClassification, HieraForPreTraining  # optional, as above
 
         config = hf_config(arch, task)
         return HieraForPreTraining(config) if task == "mae" else HieraForImageClassification(config)
@@ -215,32 +329,29 @@ class Bench:
 
     def __init__(self, impl):
         if impl not in IMPLS:
-            raise SystemExit(f"bench_worker: unknown implementation {impl!r}; choose one of {IMPLS}")
+            raise SystemExit(f"hiera benchmark worker: unknown implementation {impl!r}; choose one of {IMPLS}")
         self.impl = impl
         self.info = None
         self.step = None
-        self.sync = lambda: None
-        self.cuda = None
+        self.model = None
+        self.cuda = None  # the CUDA device of the case built, None on the CPU
 
     def hello(self, msg):
-        import torch
-
         if self.info is None:
             self.info = import_impl(self.impl)
         # torch.optim and torch.compile import torch._dynamo on first use (~150 MB of RSS), timm (so
         # also the official package) imports it at once. Importing it here in every worker gives all
-        # implementations the same baseline: peak RSS then compares models, not import order.
+        # implementations the same baseline: peak RSS then compares models, not import order. (Here,
+        # not at the top: the library modules that import this file's timing loop stay light.)
         import torch._dynamo  # noqa: F401
 
         return {"impl": self.impl, **self.info, "torch": torch.__version__, "python": sys.executable,
                 "pid": os.getpid(), "threads": torch.get_num_threads(), "idle_rss_mb": rss_mb()}
 
     def build(self, msg):
-        import torch
-        import torch.nn.functional as F
-
         case = msg["case"]
         self.step = None
+        self.model = None
         release_memory()
         if self.info is None:
             self.info = import_impl(self.impl)
@@ -303,61 +414,27 @@ class Bench:
         else:
             raise ValueError(f"mode must be inference or train, got {mode!r}")
 
-        self.sync = (lambda: torch.cuda.synchronize(device)) if self.cuda is not None else (lambda: None)
         model_rss = rss_mb()
         # Compiled: the first step compiles, the second shows any recompilation (e.g. once the
         # optimizer has state); neither may be timed.
         warmup = max(int(case.get("warmup", 2)), 2 if case.get("compile") else 0)
-        first_step_s, t0 = None, time.perf_counter()
-        for i in range(warmup):
-            t1 = time.perf_counter()
-            step()
-            self.sync()
-            if i == 0:
-                first_step_s = time.perf_counter() - t1
+        first_step_s, warmup_s = warm_up(step, warmup, self.cuda)
         self.step = step
         self.model = model  # kept alive with the step
         return {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "build_s": build_s,
                 "model_rss_mb": model_rss, "first_step_s": first_step_s,
-                "warmup_s": time.perf_counter() - t0, "warmup": warmup, "threads": torch.get_num_threads()}
+                "warmup_s": warmup_s, "warmup": warmup, "threads": torch.get_num_threads()}
 
     def run(self, msg):
-        import torch
-
+        """One slice of timed steps, each waited for (a latency), with the peak memory over them."""
         if self.step is None:
             raise RuntimeError("no case built: send build first")
-        iters, min_time = msg.get("iters"), msg.get("min_time")
-        min_iters = int(msg.get("min_iters", 1))
-        if self.cuda is not None:
-            torch.cuda.reset_peak_memory_stats(self.cuda)
-            memory_kind = "cuda_max_allocated"
-        else:
-            memory_kind = "cpu_rss_peak" if reset_rss_peak() else "cpu_rss_peak_process_lifetime"
-        latencies = []
-        start = time.perf_counter()
-        while True:
-            t0 = time.perf_counter()
-            self.step()
-            self.sync()
-            latencies.append((time.perf_counter() - t0) * 1000.0)
-            if iters is not None:
-                if len(latencies) >= int(iters):
-                    break
-            elif len(latencies) >= min_iters and time.perf_counter() - start >= float(min_time or 0):
-                break
-        total = time.perf_counter() - start
-        if self.cuda is not None:
-            peak = torch.cuda.max_memory_allocated(self.cuda) / 2**20
-        else:
-            peak = rss_mb("VmHWM") if memory_kind == "cpu_rss_peak" else None
-            peak = peak if peak is not None else lifetime_peak_mb()
-        return {"latencies_ms": latencies, "total_s": total, "peak_mb": peak, "memory_kind": memory_kind,
-                "rss_mb": rss_mb()}
+        timed = time_steps(self.step, iters=msg.get("iters"), min_time=msg.get("min_time"),
+                           min_iters=int(msg.get("min_iters", 1)), cuda=self.cuda, sync_each=True)
+        return {**timed, "rss_mb": rss_mb()}
 
 
 def main(argv=None):
-    import argparse
-
     parser = argparse.ArgumentParser(description="hiera benchmark --compare worker (JSON lines on stdin/stdout)")
     parser.add_argument("--impl", required=True, choices=IMPLS)
     args = parser.parse_args(argv)

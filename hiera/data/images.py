@@ -25,10 +25,12 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
+from timm.data import create_transform
 from torch.utils.data import Dataset, Sampler
 
-from .media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, MediaError, load_image
 from ..model import kept_mask_units
+from .media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, MediaError, load_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -380,21 +382,28 @@ def pretrain_transform(input_size: Sequence[int], scale=(0.2, 1.0), mean=IMAGENE
     ])
 
 
-def _allow_zero_bit_posterize() -> None:
-    """timm's strongest "PosterizeIncreasing" keeps 0 bits (a black image), which Pillow >= 13
-    refuses (bits must be 1-8). Give timm's op table a posterize that keeps that meaning."""
-    from PIL import Image, ImageOps
-    from timm.data import auto_augment
+def _posterize(img, bits_to_keep, **_):
+    """Posterize that keeps 0 bits as a black image (what timm's strongest "PosterizeIncreasing"
+    asks for), which Pillow >= 13 refuses (bits must be 1-8). Module-level so transforms pickle."""
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size, 0)
+    return ImageOps.posterize(img, bits_to_keep)
 
-    def posterize(img, bits_to_keep, **_):
-        if bits_to_keep >= 8:
-            return img
-        if bits_to_keep <= 0:
-            return Image.new(img.mode, img.size, 0)
-        return ImageOps.posterize(img, bits_to_keep)
 
-    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
-        auto_augment.NAME_TO_OP[name] = posterize
+def allow_zero_bit_posterize(transform):
+    """Give the RandAugment ops inside ``transform`` (a timm transform, or a Compose of them) the
+    posterize above. Only these objects change: timm's op table stays as it is for everyone else
+    (each timm op copies its function from the table when built)."""
+    stack = [transform]
+    while stack:
+        t = stack.pop()
+        stack.extend(getattr(t, "transforms", None) or [])  # Compose
+        for op in getattr(t, "ops", None) or []:  # RandAugment
+            if getattr(op, "name", None) in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+                op.aug_fn = _posterize
+    return transform
 
 
 def finetune_transform(input_size: Sequence[int], auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1",
@@ -402,10 +411,7 @@ def finetune_transform(input_size: Sequence[int], auto_augment: Optional[str] = 
                        mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """Fine-tuning augmentation through timm's transform factory: random-resized crop (bicubic),
     flip, RandAugment, normalisation and random erasing (the recipe of the MAE/Hiera papers)."""
-    from timm.data import create_transform
-
-    _allow_zero_bit_posterize()
-    return create_transform(
+    return allow_zero_bit_posterize(create_transform(
         tuple(input_size), is_training=True, auto_augment=auto_augment, interpolation="bicubic",
         re_prob=re_prob, re_mode=re_mode, re_count=1, scale=scale, hflip=hflip, mean=mean, std=std,
-    )
+    ))

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Optional, Tuple, Union
+
+import torch
 
 IMAGENET_NUM_CLASSES = 1000
 KINETICS_NUM_CLASSES = 400
@@ -118,3 +120,50 @@ def class_names(
     if video and num_classes == KINETICS_NUM_CLASSES:
         return kinetics400_classes()
     return generic_classes(num_classes) if generic else None
+
+
+def model_class_names(weights, classes, num_classes: int) -> Tuple[Optional[List[str]], Optional[str]]:
+    """The model's class names in output order and where they came from, or (None, None)."""
+    if classes is not None:
+        if isinstance(classes, (list, tuple)):
+            names, where = [str(c) for c in classes], "the class names given"
+        else:
+            names, where = read_class_names(classes), f"class names from {classes}"
+    elif weights is not None:
+        names, where = stored_class_names(Path(weights))
+    else:
+        names, where = None, None
+    if names is None:
+        return None, None
+    if len(names) != num_classes:
+        raise ValueError(f"{where}: {len(names)} names, but the model has {num_classes} outputs")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{where}: the names {dup[:5]} appear more than once; each output needs its own name")
+    return names, where
+
+
+def stored_class_names(path: Path) -> Tuple[Optional[List[str]], Optional[str]]:
+    """Class names saved with the weights: ``classes.txt`` of a model folder (``hiera finetune``
+    writes it beside ``config.json``), the ``classes`` a training checkpoint records, or the
+    ``id2label`` of a Hugging Face config that names real classes."""
+    folder = path if path.is_dir() else (path.parent if (path.parent / "config.json").exists() else None)
+    if folder is not None and (folder / "classes.txt").is_file():
+        return read_class_names(folder / "classes.txt"), f"{folder / 'classes.txt'}"
+    if folder is not None and (folder / "config.json").is_file():
+        try:
+            id2label = json.loads((folder / "config.json").read_text()).get("id2label") or {}
+            names = [str(id2label[k]) for k in sorted(id2label, key=int)]
+        except (ValueError, KeyError, TypeError, AttributeError, OSError):
+            names = []
+        if names and not all(n == f"LABEL_{i}" for i, n in enumerate(names)):
+            return names, f"id2label of {folder / 'config.json'}"
+    if path.is_file() and path.suffix != ".safetensors":
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            names = state.get("extra", {}).get("classes") if isinstance(state, dict) else None
+        except Exception:  # unreadable files are load_model's to report
+            names = None
+        if names:
+            return [str(n) for n in names], f"the classes recorded in {path}"
+    return None, None

@@ -31,6 +31,9 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from ..zoo import MODELS, ModelSpec
+from .media import MediaError, load_clips, sample_frame_indices
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 KINETICS_MEAN = (0.45, 0.45, 0.45)
@@ -217,7 +220,6 @@ class VideoEvalTransform:
 
     def indices(self, num_frames_total: int, fps: Optional[float] = None) -> torch.Tensor:
         """Frame indices ``LongTensor [num_clips, T]`` for a video of ``num_frames_total`` frames."""
-        from .media import sample_frame_indices
 
         step = self.stride * fps / self.target_fps if fps and self.target_fps else self.stride
         mode = "uniform" if self.num_clips > 1 else "center"
@@ -225,7 +227,6 @@ class VideoEvalTransform:
 
     def load(self, path) -> torch.Tensor:
         """Read the clips of the video at ``path`` and transform them: ``[V, 3, T, H, W]``."""
-        from .media import MediaError, load_clips
 
         mode = "uniform" if self.num_clips > 1 else "center"
         clips, _ = load_clips(path, self.num_frames, self.stride, mode, self.num_clips, self.target_fps, self.pad)
@@ -274,7 +275,6 @@ class VideoEvalTransform:
 
 def _crop_pct(model_or_spec) -> float:
     """The zoo's evaluation crop for this model (timm's abswin weights use 0.95), else 224/256."""
-    from ..zoo import MODELS, ModelSpec
 
     spec = model_or_spec
     if isinstance(spec, str):
@@ -287,7 +287,6 @@ def _crop_pct(model_or_spec) -> float:
 
 def _input_size(model_or_spec) -> Tuple[int, ...]:
     """The input size of a model, a HieraFeatures backbone, a zoo spec or name, or a config dict."""
-    from ..zoo import MODELS, ModelSpec
 
     obj = model_or_spec
     if isinstance(obj, str):

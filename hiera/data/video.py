@@ -36,10 +36,12 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn as nn
+from timm.data.auto_augment import rand_augment_transform
 
 from .images import (
     ImageFiles,
     _SeededRandomness,
+    allow_zero_bit_posterize,
     check_list_source,
     folder_items,
     labelled_items,
@@ -159,14 +161,9 @@ class VideoTrainTransform:
         ])
         self.rand_augment = None
         if rand_augment:
-            from timm.data.auto_augment import rand_augment_transform
-
-            from .images import _allow_zero_bit_posterize
-
-            _allow_zero_bit_posterize()
             fill = tuple(round(255 * m) for m in mean)
-            self.rand_augment = rand_augment_transform(rand_augment, {"translate_const": int(self.size[0] * 0.45),
-                                                                      "img_mean": fill})
+            self.rand_augment = allow_zero_bit_posterize(rand_augment_transform(
+                rand_augment, {"translate_const": int(self.size[0] * 0.45), "img_mean": fill}))
         self.reprob, self.remode = reprob, remode
         self.mean = torch.tensor(mean).view(3, 1, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1, 1)

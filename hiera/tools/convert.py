@@ -6,13 +6,16 @@ the checkpoint's own config, ``--model``, or the zoo model whose weight shapes i
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Optional
 
-from ..cli import fail
-from ..weights import CheckpointError, save_atomic, write_atomic
+from .. import formats
+from ..formats.read import read_any
+from ..mae import MaskedAutoencoderHiera
+from ..model import Hiera
+from ..weights import CheckpointError, checkpoint_kind, save_atomic, write_atomic
+from ..zoo import MODELS, match_zoo
 
 TARGETS = ("official", "safetensors", "timm", "hf")
 
@@ -27,8 +30,6 @@ def _atomic_safetensors(state, path: Path, metadata=None) -> None:
 def _zoo_name_for(model: str, state) -> str:
     """The zoo name ``--model`` means for these weights: the ``mae_`` constructor for an MAE
     checkpoint (encoder + decoder), the classifier for any other."""
-    from ..weights import checkpoint_kind
-    from ..zoo import MODELS
 
     name = model.split(".", 1)[0]
     if name not in MODELS:
@@ -47,9 +48,6 @@ def fit_problem(state, config: dict) -> Optional[str]:
     another size, or no head or final norm at all (an encoder checkpoint), fits."""
     import torch
 
-    from ..mae import MaskedAutoencoderHiera
-    from ..model import Hiera
-    from ..weights import checkpoint_kind
 
     mae = checkpoint_kind(state) == "mae"
     kwargs = dict(config)
@@ -96,9 +94,6 @@ def convert_checkpoint(src, dst, to: str, model: Optional[str] = None) -> Path:
     config goes with the weights wherever the layout has room for it, so a converted file of a
     custom model converts on without naming the architecture.
     """
-    from ..formats import layouts as formats
-    from ..formats.read import match_zoo, read_any
-    from ..zoo import MODELS
 
     if to not in TARGETS:
         raise ValueError(f"unknown target layout {to!r}; choose one of {list(TARGETS)}")
@@ -154,48 +149,3 @@ def convert_checkpoint(src, dst, to: str, model: Optional[str] = None) -> Path:
         else:
             save_atomic(timm_state, dst)
     return dst
-
-
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "convert",
-        help="convert checkpoints between the official, timm and Hugging Face layouts",
-        description="Move a checkpoint between the official, timm and Hugging Face layouts. The input may be in "
-                    "any supported layout (told from its keys); the architecture comes from --model, the config "
-                    "the input carries, or the zoo model whose weight shapes it has. Weights that do not fit that "
-                    "architecture are refused before anything is written.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="""examples:
-  hiera convert hiera_base_224.pth --to hf --out hiera-base-hf/        # for transformers
-  hiera convert timm_model.safetensors --to official --out base.pth    # for the official package
-  hiera convert base.pth --to timm --out base_timm.safetensors
-  hiera convert runs/ft/model --to timm --out mine_timm.safetensors     # your own model, config kept inside
-  hiera convert mine_timm.safetensors --to hf --out mine-hf/            # ...so it converts on without --model
-  hiera convert runs/ft/last.pt --to safetensors --out model.safetensors
-
-The config travels with the weights wherever the layout has room: safetensors metadata, config.json
-of a folder, or the "config" entry of a timm .pth (timm reads its "state_dict"). Only the official
-.pth layout has no room for it; convert such a file of a custom model with --model, or from the
-folder it came from.""",
-    )
-    p.add_argument("input", help="weights file or directory (official .pth, ours, timm, transformers, safetensors)")
-    p.add_argument("--to", required=True, choices=TARGETS, help="target layout")
-    p.add_argument("--out", "-o", required=True, help="output file, or directory for --to hf / official repo layout")
-    p.add_argument("--model", "-m", help="zoo model name the weights are for, when the input carries no config "
-                                         "(checked against every weight shape)")
-    p.set_defaults(func=_run)
-
-
-def _run(args) -> int:
-    from .predict import exit_on_interrupt
-
-    return exit_on_interrupt("hiera convert")(_convert)(args)
-
-
-def _convert(args) -> int:
-    try:
-        out = convert_checkpoint(args.input, args.out, args.to, model=args.model)
-    except (CheckpointError, ValueError, OSError) as e:
-        return fail("convert", e)
-    print(f"wrote {out} ({args.to} layout)")
-    return 0

@@ -8,29 +8,62 @@ pretrain ...`` (or ``torchrun ... $(which hiera) pretrain ...``).
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import numbers
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
-from ..cli import fail
-from ..tools.predict import DEVICE_HELP
-from ..model import mask_ratio_value
-from ..weights import CheckpointError
+from ..data.images import (
+    check_list_source,
+    check_readable,
+    collate,
+    finetune_transform,
+    open_images,
+    pretrain_transform,
+    relabel,
+)
+from ..data.labels import model_class_names
+from ..data.transforms import ImageEvalTransform, VideoEvalTransform, eval_transform
+from ..data.video import ClipSampling, VideoTrainTransform, ViewAverage, is_video_source, open_videos
+from ..devices import resolve_device
+from ..formats.read import read_any
+from ..mae import MaskedAutoencoderHiera
+from ..model import Hiera, mask_ratio_value
+from ..weights import load_weights
+from ..zoo import MODELS, create_model, load_model, read_weights, resolve_checkpoint
+from .engine import (
+    ClassifyTask,
+    MAETask,
+    RunConfig,
+    RunFolder,
+    RunInterrupted,
+    Trainer,
+    _unwrap,
+    checkpoint_step,
+    describe_checkpoint,
+    evaluate_classifier,
+)
+from .plots import plot_curves
+from .probe import fit_head
+from .recipes import (
+    adamw,
+    build_optimizer,
+    finetune_recipe,
+    is_video_name,
+    lr_schedule,
+    pretrain_recipe,
+    video_finetune_recipe,
+    video_pretrain_recipe,
+)
 
 
 # ---------------------------------------------------------------------------------- models
 def _build(name: str, mae: bool, overrides: dict):
     """A zoo model (``hiera_tiny_224``; ``mae_`` added or removed to fit) with ``overrides``, or a
     custom one when ``name`` is ``custom`` (``overrides`` then is the whole config)."""
-    from ..mae import MaskedAutoencoderHiera
-    from ..model import Hiera
-    from ..zoo import create_model
 
     try:
         if name == "custom":
@@ -46,9 +79,6 @@ def _init_weights(model, init: Optional[str], strict=None):
     """Load ``init`` (a weights path in any layout, or a zoo ``name.checkpoint``) into ``model``."""
     if not init:
         return None
-    from ..formats.read import read_any
-    from ..weights import load_weights
-    from ..zoo import MODELS, read_weights, resolve_checkpoint
 
     name, _, ckpt = init.partition(".")
     if name in MODELS and not Path(init).exists():
@@ -59,7 +89,6 @@ def _init_weights(model, init: Optional[str], strict=None):
 
 
 def _schedule(recipe, steps_per_epoch: int, batch_size: int, lr: Optional[float]):
-    from .recipes import lr_schedule
 
     total, warmup = recipe.schedule_steps(steps_per_epoch)
     peak = lr if lr is not None else recipe.lr(batch_size)
@@ -71,8 +100,6 @@ def _finish(trainer, model, out: Path, classes=None, data=None) -> None:
     model card saying what it was trained on and how, ``classes.txt``), and the curves."""
     if not trainer.is_main:
         return
-    from .engine import _unwrap
-    from .plots import plot_curves
 
     final = _unwrap(model)
     cfg = trainer.cfg
@@ -98,8 +125,6 @@ def _finish(trainer, model, out: Path, classes=None, data=None) -> None:
 def _video_run(data, model: Optional[str], config: Optional[dict], video: Optional[bool]) -> bool:
     """Whether a run is on video: asked for (``video=True``), a video model (``*_16x224``, or a
     custom config with a 3-D ``input_size``), or data made of videos. Mismatches are errors."""
-    from .recipes import is_video_name
-    from ..data.video import is_video_source
 
     if model == "custom":
         model_video = len((config or {}).get("input_size", (224, 224))) == 3
@@ -174,7 +199,6 @@ def _check_run(batch_size, accum, lr, epochs, run: dict) -> None:
         _positive(run["clip_grad"], "--clip-grad", "gradient norm")
     if run.get("precision", "fp32") not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"--precision must be fp32, bf16 or fp16, got {run['precision']!r}")
-    from ..tools.predict import resolve_device
 
     resolve_device(run.get("device", "auto"))
 
@@ -193,10 +217,7 @@ def _check_video_options(video: bool, data, num_frames, frame_stride, repeat_aug
         _whole(repeat_aug, "--repeat-aug", 1)
 
 
-
-
 def _interrupted(out):
-    from .engine import RunInterrupted, checkpoint_step, describe_checkpoint
 
     last = Path(out) / "last.pt"
     return RunInterrupted(f"interrupted; {describe_checkpoint(last)}"
@@ -238,7 +259,6 @@ def pretrain(
     flip per clip, Kinetics statistics, mask ratio 0.9 over 1x8x8-token mask units, the
     time-strided normalised-pixel loss of the official video MAE, and ``repeat_aug`` clips per
     decoded video (default: the recipe's, 4 for pretraining [Hiera Tab. 11a]). ``val``: the centre clip of each video, as ``hiera mae-viz`` reads it."""
-    from .engine import RunFolder, RunInterrupted
 
     _check_run(batch_size, accum, lr, epochs, run)
     if mask_ratio is not None:  # the range now, before anything is built; the model then says
@@ -257,9 +277,6 @@ def pretrain(
 
 def _pretrain(data, out, model, epochs, batch_size, accum, lr, mask_ratio, init, resume, val, config, video,
               num_frames, frame_stride, repeat_aug, run) -> dict:
-    from ..data.images import check_readable, open_images, pretrain_transform
-    from .engine import MAETask, RunConfig, Trainer
-    from .recipes import build_optimizer, pretrain_recipe, video_pretrain_recipe
 
     model = model or ("hiera_base_16x224" if video else "hiera_base_224")
     name = "base" if model == "custom" else model
@@ -271,7 +288,6 @@ def _pretrain(data, out, model, epochs, batch_size, accum, lr, mask_ratio, init,
         overrides.setdefault("drop_path_rate", recipe.drop_path_rate)
     seed = run.get("seed", 0)
     if video:  # the data first: a folder without videos fails before a large model is built
-        from ..data.video import open_videos
 
         train_set = open_videos(data, seed=seed)
     torch.manual_seed(seed)  # the same initial weights in every process and every rerun
@@ -282,8 +298,6 @@ def _pretrain(data, out, model, epochs, batch_size, accum, lr, mask_ratio, init,
     size = tuple(net.input_size)
     extra = {}
     if video:
-        from ..data.transforms import VideoEvalTransform
-        from ..data.video import ClipSampling, VideoTrainTransform
 
         frames = _clip_frames(net, num_frames, model)
         train_set.sampling = ClipSampling(frames, recipe.frame_stride, recipe.target_fps, "random")
@@ -367,7 +381,6 @@ def finetune(
     training images (up to ``PROBE_HEAD_IMAGES`` of them, centre crops): "linear probe, then
     fine-tune", which lets a short fine-tuning of a pretrained trunk adapt the features instead
     of spending its steps finding the head (see :func:`hiera.probe.fit_head`)."""
-    from .engine import RunFolder, RunInterrupted
 
     _check_run(batch_size, accum, lr, epochs, run)
     video = _video_run(data, model, config, video)
@@ -389,10 +402,6 @@ def finetune(
 
 def _finetune(data, out, val, model, init, epochs, batch_size, accum, lr, linear_probe, ema, resume, config, mixup,
               recipe_overrides, video, num_frames, frame_stride, repeat_aug, probe_head, run) -> dict:
-    from ..data.images import check_readable, finetune_transform, open_images, relabel
-    from .engine import ClassifyTask, RunConfig, Trainer
-    from .recipes import adamw, build_optimizer, finetune_recipe, video_finetune_recipe
-    from ..data.transforms import ImageEvalTransform
 
     model = model or ("hiera_base_16x224" if video else "hiera_base_224")
     name = "base" if model == "custom" else model
@@ -405,7 +414,6 @@ def _finetune(data, out, val, model, init, epochs, batch_size, accum, lr, linear
         recipe = dataclasses.replace(recipe, **recipe_overrides)
     seed = run.get("seed", 0)
     if video:
-        from ..data.video import open_videos
 
         train_set = open_videos(data, labelled=True, seed=seed)
     else:
@@ -429,8 +437,6 @@ def _finetune(data, out, val, model, init, epochs, batch_size, accum, lr, linear
             p.requires_grad = pname.startswith(("head.", "norm."))
     extra, lr_batch = {}, batch_size
     if video:
-        from ..data.transforms import VideoEvalTransform
-        from ..data.video import ClipSampling, VideoTrainTransform
 
         frames = _clip_frames(net, num_frames, model)
         train_set.sampling = ClipSampling(frames, recipe.frame_stride, recipe.target_fps, "random")
@@ -503,10 +509,6 @@ PROBE_HEAD_IMAGES = 10000  # enough for a head of a few hundred classes; more co
 def _probe_head(net, data, size, crop_pct, seed: int, device) -> str:
     """``finetune(probe_head=True)``: fit the head on (a seeded sample of) the training images, on
     the run's device (under torchrun each process fits the same head; DDP then broadcasts rank 0's)."""
-    from ..data.images import open_images
-    from ..tools.predict import resolve_device
-    from .probe import fit_head
-    from ..data.transforms import ImageEvalTransform
 
     device = resolve_device(device)
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
@@ -543,11 +545,6 @@ def evaluate(data, model: Optional[str] = None, weights=None, batch_size: int = 
     processes that decode. ``"unreadable"`` counts the files that could not be decoded (skipped)."""
     from torch.utils.data import DataLoader
 
-    from ..data.images import check_list_source, check_readable, collate, open_images, relabel
-    from .engine import evaluate_classifier
-    from ..tools.predict import resolve_device
-    from ..formats.read import load_model
-    from ..data.transforms import eval_transform
 
     _whole(batch_size, "--batch-size", 1)
     _whole(workers, "--workers", 0)
@@ -560,10 +557,9 @@ def evaluate(data, model: Optional[str] = None, weights=None, batch_size: int = 
     net = load_model(model, weights, need_head=True)
     net.to(dev).eval()
     num_classes = net.head.projection.out_features
-    names, named_by = _model_class_names(weights, classes, num_classes)
+    names, named_by = model_class_names(weights, classes, num_classes)
     video = len(tuple(net.input_size)) == 3
     if video:
-        from ..data.video import ViewAverage, is_video_source, open_videos
 
         if is_video_source(data) is False:
             raise ValueError(f"the model takes video clips {list(net.input_size)}, but {data} holds images")
@@ -611,60 +607,8 @@ def evaluate(data, model: Optional[str] = None, weights=None, batch_size: int = 
             "confused": pairs, "confusion": confusion.long().tolist()}
 
 
-def _model_class_names(weights, classes, num_classes: int) -> Tuple[Optional[List[str]], Optional[str]]:
-    """The model's class names in output order and where they came from, or (None, None)."""
-    from ..data.labels import read_class_names
-
-    if classes is not None:
-        if isinstance(classes, (list, tuple)):
-            names, where = [str(c) for c in classes], "the class names given"
-        else:
-            names, where = read_class_names(classes), f"class names from {classes}"
-    elif weights is not None:
-        names, where = _stored_class_names(Path(weights))
-    else:
-        names, where = None, None
-    if names is None:
-        return None, None
-    if len(names) != num_classes:
-        raise ValueError(f"{where}: {len(names)} names, but the model has {num_classes} outputs")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ValueError(f"{where}: the names {dup[:5]} appear more than once; each output needs its own name")
-    return names, where
-
-
-def _stored_class_names(path: Path) -> Tuple[Optional[List[str]], Optional[str]]:
-    """Class names saved with the weights: ``classes.txt`` of a model folder (``hiera finetune``
-    writes it beside ``config.json``), the ``classes`` a training checkpoint records, or the
-    ``id2label`` of a Hugging Face config that names real classes."""
-    from ..data.labels import read_class_names
-
-    folder = path if path.is_dir() else (path.parent if (path.parent / "config.json").exists() else None)
-    if folder is not None and (folder / "classes.txt").is_file():
-        return read_class_names(folder / "classes.txt"), f"{folder / 'classes.txt'}"
-    if folder is not None and (folder / "config.json").is_file():
-        try:
-            id2label = json.loads((folder / "config.json").read_text()).get("id2label") or {}
-            names = [str(id2label[k]) for k in sorted(id2label, key=int)]
-        except (ValueError, KeyError, TypeError, AttributeError, OSError):
-            names = []
-        if names and not all(n == f"LABEL_{i}" for i, n in enumerate(names)):
-            return names, f"id2label of {folder / 'config.json'}"
-    if path.is_file() and path.suffix != ".safetensors":
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            names = state.get("extra", {}).get("classes") if isinstance(state, dict) else None
-        except Exception:  # unreadable files are load_model's to report
-            names = None
-        if names:
-            return [str(n) for n in names], f"the classes recorded in {path}"
-    return None, None
-
-
 def _unnamed_mapping(dataset, data, num_classes: int) -> Tuple[List[str], Optional[str]]:
     """Labels for a model without class names, only where the mapping is unambiguous."""
-    from ..data.images import relabel
 
     indices = [str(i) for i in range(num_classes)]
     found = dataset.classes
@@ -685,254 +629,3 @@ def _unnamed_mapping(dataset, data, num_classes: int) -> Tuple[List[str], Option
         f"the model has {num_classes} outputs but no class names (no classes.txt with its weights), and {data} has "
         f"{len(found)} classes, so which output each of them is cannot be told; give the model's class names in "
         "output order with --classes FILE (one per line)")
-
-
-# ---------------------------------------------------------------------------------- CLI
-def _run_args(p):
-    g = p.add_argument_group("running")
-    g.add_argument("--out", "-o", required=True, help="run folder: checkpoints, metrics.jsonl, curves.png, model/")
-    g.add_argument("--epochs", type=float, help="epochs (default: the recipe's; pretrain 1600 images, 3200 videos; finetune 50-300 images, 100-150 videos)")
-    g.add_argument("--batch-size", type=int, default=64, help="samples per optimizer step over all processes")
-    g.add_argument("--accum", type=int, default=1, help="gradient accumulation: micro-batches per step")
-    g.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's, scaled with the batch)")
-    g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    g.add_argument("--clip-grad", type=float, help="clip the gradient norm to this")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--grad-checkpointing", action="store_true", help="recompute blocks in backward (less memory)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--save-every", type=int, default=0, help="steps between checkpoints (also at epoch ends)")
-    g.add_argument("--eval-every", type=int, default=0, help="steps between evaluations (default: epoch ends)")
-    g.add_argument("--log-every", type=int, default=10)
-    g.add_argument("--workers", type=int, default=2, help="data loading processes")
-    g.add_argument("--device", default="auto", help=DEVICE_HELP)
-    g.add_argument("--threads", type=int, help=THREADS_HELP)
-    g.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
-    g.add_argument("--overwrite", action="store_true",
-                   help="start again in an --out that holds a run (its last.pt, metrics.jsonl, model/ are deleted)")
-    g.add_argument("--config", help='constructor overrides as JSON, e.g. \'{"input_size": [256, 256]}\'')
-    g.add_argument("--no-progress", action="store_true")
-
-
-def _parse_config(text: Optional[str]) -> Optional[dict]:
-    if text is None:
-        return None
-    try:
-        config = json.loads(text)
-    except ValueError as e:
-        raise ValueError(f"--config is not valid JSON ({e}): {text[:80]!r}; expected an object such as "
-                         "'{\"input_size\": [256, 256]}'") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"--config must be a JSON object of constructor arguments, such as "
-                         f"'{{\"input_size\": [256, 256]}}', got {type(config).__name__} {text[:80]!r}")
-    return config
-
-
-def _check_output_file(path: Optional[str], flag: str) -> None:
-    """A file a command writes at the end: checked before the work, not after it."""
-    if path is None:
-        return
-    target = Path(path)
-    folder = target.parent
-    if target.is_dir():
-        raise ValueError(f"{flag} {target} is a folder; give a file name, e.g. {target / 'result.json'}")
-    if not folder.is_dir():
-        raise ValueError(f"{flag} {target}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise ValueError(f"{flag} {target}: cannot write there (permission denied or a read-only file system)")
-
-
-def _run_kwargs(args) -> dict:
-    return dict(precision=args.precision, clip_grad=args.clip_grad, compile=args.compile,
-                grad_checkpointing=args.grad_checkpointing, seed=args.seed, save_every=args.save_every,
-                eval_every=args.eval_every, log_every=args.log_every, num_workers=args.workers,
-                device=args.device, progress=not args.no_progress)
-
-
-def _video_args(p, finetune: bool) -> None:
-    g = p.add_argument_group(
-        "video", "Video runs are chosen by a *_16x224 model, a 3-D custom config, data made of videos "
-                 "(a folder of clips, one sub-folder per class, or a CSV of 'path,label[,start,end]'), or --video.")
-    g.add_argument("--video", action="store_true", default=None, help="train on the videos of --data")
-    g.add_argument("--frames", type=int, help="frames per clip (default: the model's, 16 for *_16x224; must agree with it)")
-    g.add_argument("--frame-stride", type=float, help="frames between clip samples, counted at 30 fps (default 4)")
-    g.add_argument("--repeat-aug", type=int,
-                   help="clips per decoded video, each with its own crop%s (default %s)"
-                        % ((" and augmentation", "1") if finetune else (" and mask", "4, the paper's repeated sampling")))
-
-
-def _video_kwargs(args) -> dict:
-    return dict(video=args.video, num_frames=args.frames, frame_stride=args.frame_stride, repeat_aug=args.repeat_aug)
-
-
-def add_parser(subparsers) -> None:
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = subparsers.add_parser(
-        "pretrain", help="MAE-pretrain a Hiera on a folder of images or videos", formatter_class=fmt,
-        description="MAE pretraining with the paper's recipe for the model size. Images: AdamW 0.9/0.95, lr 8e-4 "
-                    "per 4096 images, warmup then cosine, mask ratio 0.6, random-resized crop 0.2-1 and flip. "
-                    "Videos (Kinetics recipe): 16-frame clips 4 frames apart at 30 fps, random start, one "
-                    "random-resized crop 0.5-1 and flip per clip, 4 clips per decoded video, lr 8e-4 per 512, 3200 epochs with 120 "
-                    "of warmup, mask ratio 0.9 over 1x8x8-token mask units.",
-        epilog="""examples:
-  hiera pretrain --data photos/ --model hiera_small_224 --epochs 400 --batch-size 256 --out runs/mae
-  hiera pretrain --data photos/ --model hiera_base_224 --init mae_hiera_base_224.mae_in1k --epochs 100 --out runs/more
-  torchrun --nproc_per_node 8 $(which hiera) pretrain --data photos/ --batch-size 4096 --precision bf16 --out runs/mae
-  hiera pretrain --data photos/ --out runs/mae --resume          # after an interruption
-  hiera pretrain --data clips/ --model hiera_base_16x224 --epochs 100 --batch-size 64 --precision bf16 --out runs/vmae
-  hiera pretrain --data k400_train.csv --model hiera_base_16x224 --repeat-aug 4 --workers 12 --out runs/vmae""")
-    p.add_argument("--data", required=True,
-                   help="image or video folder (class sub-folders or flat), or a list file of paths")
-    p.add_argument("--val", help="folder for the validation loss and reconstructions")
-    p.add_argument("--model", "-m", default=None,
-                   help="zoo model (its mae_ version is used) or 'custom' (default: hiera_base_224, or "
-                        "hiera_base_16x224 for videos)")
-    p.add_argument("--init", help="start from these weights (path, or zoo name.checkpoint)")
-    p.add_argument("--mask-ratio", type=float, help="fraction of mask units dropped (default 0.6 images, 0.9 videos)")
-    _video_args(p, finetune=False)
-    _run_args(p)
-    p.set_defaults(func=_cmd_pretrain)
-
-    p = subparsers.add_parser(
-        "finetune", help="fine-tune a (pretrained) Hiera classifier on labelled images or videos", formatter_class=fmt,
-        description="Fine-tuning with the paper's recipe for the model size (AdamW, layer-wise lr decay, "
-                    "RandAugment, random erasing, mixup/cutmix, label smoothing, drop path). Videos: random "
-                    "16-frame clips with one crop, flip, RandAugment policy and erasing box per clip, mixup / "
-                    "cutmix of whole clips, head dropout, gradient clipping at 5 (the paper's Kinetics recipe, Tab. 11b).",
-        epilog="""examples:
-  hiera finetune --data train/ --val val/ --model hiera_small_224 --init runs/mae/last.pt --epochs 50 --out runs/ft
-  hiera finetune --data train/ --val val/ --init mae_hiera_base_224.mae_in1k --epochs 100 --out runs/ft
-  hiera finetune --data train/ --val val/ --init runs/mae/last.pt --linear-probe --out runs/probe
-  hiera finetune --data clips/train/ --val clips/val/ --model hiera_base_16x224 --init runs/vmae/last.pt \\
-      --batch-size 32 --precision bf16 --grad-checkpointing --out runs/vft
-  hiera finetune --data train.csv --model hiera_base_16x224 --init mae_hiera_base_16x224.mae_k400 --out runs/vft""")
-    p.add_argument("--data", required=True,
-                   help="training images or videos: one sub-folder per class, or a 'path,label' list")
-    p.add_argument("--val", help="validation images or videos, the same class sub-folders")
-    p.add_argument("--model", "-m", default=None,
-                   help="zoo model or 'custom' (with --config) (default: hiera_base_224, or hiera_base_16x224 for videos)")
-    p.add_argument("--init", help="start from these weights: our MAE checkpoint, or zoo name.checkpoint")
-    p.add_argument("--linear-probe", action="store_true", help="train the head only")
-    p.add_argument("--probe-head", action="store_true",
-                   help="fit the fresh head by a linear probe on the training images first, then fine-tune (LP-FT; "
-                        "helps a short fine-tuning of a pretrained trunk)")
-    p.add_argument("--ema", action="store_true", default=None, help="keep an EMA of the weights and evaluate it")
-    p.add_argument("--no-mixup", action="store_true", help="turn mixup/cutmix off")
-    _video_args(p, finetune=True)
-    _run_args(p)
-    p.set_defaults(func=_cmd_finetune)
-
-    p = subparsers.add_parser(
-        "evaluate", help="top-1/top-5 accuracy and confusions on labelled images or videos", formatter_class=fmt,
-        description="Evaluate a classifier on a folder with one sub-folder per class (or a 'path,label' list). "
-                    "Video models: 3 spatial x 5 temporal views per video with the softmax averaged (the "
-                    "Kinetics protocol), or --views single for the centre view.",
-        epilog="""examples:
-  hiera evaluate --data val/ --weights runs/ft/model
-  hiera evaluate --data clips/val/ --weights runs/vft/model                 # 3x5 views
-  hiera evaluate --data k400_val.csv --model hiera_base_16x224 --views single --json result.json""")
-    p.add_argument("--data", required=True, help="labelled images or videos: a folder of class sub-folders, or a "
-                                                 "path,label list (.csv / .txt)")
-    p.add_argument("--model", "-m", help="zoo name or Hub repo")
-    p.add_argument("--weights", "-w", help="weights file or folder (any layout)")
-    p.add_argument("--batch-size", type=int, default=64, help="model inputs per forward pass (each video view counts)")
-    p.add_argument("--views", choices=("multi", "single"), default="multi",
-                   help="videos: multi = 5 clips x 3 crops, softmax averaged; single = centre clip and crop")
-    p.add_argument("--workers", type=int, default=2, help="data loading processes")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--threads", type=int, help=THREADS_HELP)
-    p.add_argument("--classes", metavar="FILE",
-                   help="the model's class names in output order (a text file, one per line, a JSON list, or a "
-                        "folder of class sub-folders); default: classes.txt beside the weights")
-    p.add_argument("--json", help="also write the full result (confusion matrix included) here")
-    p.set_defaults(func=_cmd_evaluate)
-
-
-def _one_line(error) -> str:
-    if isinstance(error, OSError) and error.strerror and not isinstance(error, FileNotFoundError):
-        text = f"{error.strerror}: {error.filename}" if error.filename else error.strerror
-    else:
-        text = str(error) or type(error).__name__
-    return " ".join(part.strip() for part in text.splitlines() if part.strip())
-
-
-def _guard(command: str, fn):
-    """Run a command: user errors and Ctrl-C end in one line and an exit code (1; 130 for Ctrl-C),
-    never a traceback."""
-    from .engine import RunInterrupted, TrainingDiverged
-
-    try:
-        return fn()
-    except KeyboardInterrupt as e:
-        message = str(e) if isinstance(e, RunInterrupted) and str(e) else "interrupted; nothing was written"
-        return fail(command, _one_line(message), 130)
-    except (CheckpointError, ValueError, FileNotFoundError, TrainingDiverged, OSError) as e:
-        return fail(command, _one_line(e))
-    except torch.OutOfMemoryError as e:
-        return fail(command, f"out of memory ({_one_line(e)[:200]}); lower --batch-size, or use --accum, "
-                             "--grad-checkpointing or --precision bf16")
-
-
-THREADS_HELP = ("CPU threads for PyTorch (default: its own choice, one per core); give fewer when other jobs hold "
-                "cores, as two threads on two busy cores run many times slower")
-
-
-def _set_threads(args) -> None:
-    """``--threads N``: asked for on the command line, so the process-wide setting is the user's."""
-    threads = getattr(args, "threads", None)
-    if threads is not None:
-        if isinstance(threads, bool) or threads < 1:
-            raise ValueError(f"--threads must be a whole number >= 1, got {threads}")
-        torch.set_num_threads(threads)
-
-
-def _cmd_pretrain(args) -> int:
-    def go():
-        _set_threads(args)
-        last = pretrain(args.data, args.out, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
-                        accum=args.accum, lr=args.lr, mask_ratio=args.mask_ratio, init=args.init, resume=args.resume,
-                        val=args.val, config=_parse_config(args.config), overwrite=args.overwrite,
-                        **_video_kwargs(args), **_run_kwargs(args))
-        print(json.dumps(last))
-        return 0
-    return _guard("pretrain", go)
-
-
-def _cmd_finetune(args) -> int:
-    def go():
-        _set_threads(args)
-        last = finetune(args.data, args.out, val=args.val, model=args.model, init=args.init, epochs=args.epochs,
-                        batch_size=args.batch_size, accum=args.accum, lr=args.lr, linear_probe=args.linear_probe,
-                        ema=args.ema, resume=args.resume, config=_parse_config(args.config), overwrite=args.overwrite,
-                        mixup=False if args.no_mixup else None, probe_head=args.probe_head, **_video_kwargs(args),
-                        **_run_kwargs(args))
-        print(json.dumps(last))
-        return 0
-    return _guard("finetune", go)
-
-
-def _cmd_evaluate(args) -> int:
-    def go():
-        _set_threads(args)
-        _check_output_file(args.json, "--json")
-        result = evaluate(args.data, model=args.model, weights=args.weights, batch_size=args.batch_size,
-                          device=args.device, views=args.views, workers=args.workers, classes=args.classes)
-        what = "videos" if result["views"] != "single view" else "images"
-        if result["assumed"]:
-            print(f"note: {result['assumed']}")
-        print(f"top-1 {result['acc1']:.2f}%  top-5 {result['acc5']:.2f}%  ({result['n']} {what}, {result['views']})")
-        if result["unreadable"]:
-            print(f"skipped {result['unreadable']} unreadable files")
-        for name, acc in result["per_class_acc1"].items():
-            print(f"  {name:<24} {acc:6.2f}%")
-        for pair in result["confused"]:
-            print(f"  confused: {pair['true']} -> {pair['predicted']} ({pair['count']})")
-        if args.json:
-            Path(args.json).write_text(json.dumps(result, indent=2))
-        return 0
-    return _guard("evaluate", go)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:  # for `python -m hiera.train`
-    from ..cli import main as cli_main
-
-    return cli_main(argv)

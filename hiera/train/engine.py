@@ -39,7 +39,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from ..data.images import StepSampler, collate
-from ..tools.predict import resolve_device  # the one meaning of --device, for every command
+from ..devices import resolve_device
+from ..tools.mae_viz import CLI_FONT_SIZE, caption_text, mae_reconstruction, render_grid
 from ..weights import CheckpointError, save_atomic, write_atomic
 
 try:
@@ -805,7 +806,6 @@ class MAETask:
             return
         from PIL import Image
 
-        from ..tools.mae_viz import CLI_FONT_SIZE, caption_text, mae_reconstruction, render_grid
 
         batch = collate(samples)
         model = _unwrap(trainer.model)

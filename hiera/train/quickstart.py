@@ -10,13 +10,23 @@ finetune, evaluate, predict) and ends in a report with pictures.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import time
 from pathlib import Path
 
 import torch
+
+from ..data.images import open_images
+from ..data.synthetic import CLASSES, make_dataset
+from ..data.transforms import ImageEvalTransform
+from ..mae import MaskedAutoencoderHiera
+from ..tools.mae_viz import _font, _to_uint8, mae_reconstruction
+from ..tools.predict import predict
+from ..zoo import load_model
+from .commands import evaluate, finetune, pretrain
+from .plots import plot_comparison, plot_curves
+from .probe import encoder_features, heldout_mae_loss, linear_probe, per_class_subset
 
 # A small Hiera for 64x64 images: 3 stages (strides 4, 8, 16), 4x4-token mask units, so an
 # image has 16 mask units of 16x16 pixels and MAE keeps 6 of them at mask ratio 0.6.
@@ -59,7 +69,6 @@ def quickstart(out="quickstart", per_class: int = 200, val_per_class: int = 50, 
     labelled images per class train the classifiers (``few`` per class for the few-label runs);
     ``val_per_class`` held-out images per class measure everything.
     """
-    from ..data.synthetic import CLASSES, make_dataset
 
     for name, value, low in (("--per-class", per_class, 1), ("val_per_class", val_per_class, 1), ("--pool", pool, 1),
                              ("--pretrain-epochs", pretrain_epochs, 1), ("--few", few, 1),
@@ -113,8 +122,6 @@ def _few_label_folder(train_dir: Path, dest: Path, per_class: int, seed: int) ->
 
 def _load_split(folder: Path, size) -> tuple:
     """All images of a labelled folder as normalised tensors: ``([N, 3, H, W], [N] labels)``."""
-    from ..data.images import open_images
-    from ..data.transforms import ImageEvalTransform
 
     dataset = open_images(folder, labelled=True, transform=ImageEvalTransform(size, crop_pct=None))
     samples = [dataset[i] for i in range(len(dataset))]
@@ -125,12 +132,6 @@ def _load_split(folder: Path, size) -> tuple:
 
 def _compare(out, data, few_dir, few, pretrain_epochs, finetune_epochs, few_epochs, batch_size, run, times, start,
              seed) -> dict:
-    from ..mae import MaskedAutoencoderHiera
-    from .plots import plot_comparison, plot_curves
-    from ..tools.predict import predict
-    from .probe import encoder_features, heldout_mae_loss, linear_probe, per_class_subset
-    from ..formats.read import load_model
-    from .commands import evaluate, finetune, pretrain
 
     t = time.perf_counter()
     pretrain(data.unlabelled_dir, out / "pretrain", val=data.val_dir, model="custom", config=dict(SMALL, **DECODER),
@@ -233,7 +234,6 @@ def _reconstruction_sheet(mae, untrained, x_val, y_val, path: Path, seed: int) -
     pretrained MAE: rows of original | masked | untrained | pretrained | pretrained + visible."""
     from PIL import Image, ImageDraw
 
-    from ..tools.mae_viz import _font, _to_uint8, mae_reconstruction
 
     picks = [int(torch.nonzero(y_val == c)[0, 0]) for c in torch.unique(y_val).tolist()]
     x = x_val[picks]
@@ -348,52 +348,3 @@ def _meaning(r: dict) -> list:
             f"per class (untrained: {ft_few['no pretraining']:.1f}%) and {ft_all['MAE']:.1f}% with all labels "
             f"(untrained: {ft_all['no pretraining']:.1f}%).")
     return out
-
-
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "quickstart", help="MAE-pretrain, probe, fine-tune and compare with no pretraining, offline in minutes",
-        description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  hiera quickstart --out quickstart/    # then open quickstart/report.md\n"
-               "  hiera quickstart --pretrain-epochs 150 --threads 2   # longer pretraining (about 55 minutes)")
-    p.add_argument("--out", "-o", default="quickstart",
-                   help="folder for the data, runs and report (running again replaces the runs in it)")
-    p.add_argument("--pool", type=int, default=8000, help="unlabelled images to pretrain on (default 8000)")
-    p.add_argument("--per-class", type=int, default=200, help="labelled training images per class (default 200)")
-    p.add_argument("--few", type=int, default=10, help="labels per class of the few-label runs (default 10)")
-    p.add_argument("--pretrain-epochs", type=int, default=16, help="MAE epochs over the pool (default 16)")
-    p.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs with all labels (default 10)")
-    p.add_argument("--few-epochs", type=int, default=40, help="fine-tuning epochs with few labels (default 40)")
-    p.add_argument("--workers", type=int, default=1, help="data-loading processes per run (default 1)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for PyTorch (default: its own choice; give 1 when another job holds a core)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data, the weights and the masks (default 0)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run)
-
-
-def _run(args) -> int:
-    from .commands import _guard
-
-    def go() -> int:
-        from .engine import RunInterrupted
-
-        if args.threads is not None:
-            if args.threads < 1:
-                raise ValueError(f"--threads must be >= 1, got {args.threads}")
-            torch.set_num_threads(args.threads)
-        try:
-            report = quickstart(args.out, per_class=args.per_class, pool=args.pool, few=args.few,
-                                pretrain_epochs=args.pretrain_epochs, finetune_epochs=args.finetune_epochs,
-                                few_epochs=args.few_epochs, workers=args.workers, seed=args.seed,
-                                progress=not args.no_progress)
-        except KeyboardInterrupt:  # (a run's own message would offer --resume, which quickstart has not)
-            raise RunInterrupted(f"interrupted; {args.out} holds what was done so far, and running "
-                                 "`hiera quickstart` again starts over") from None
-        c = report["comparison"]
-        print("top-1 on held-out images, MAE vs no pretraining (chance "
-              f"{report['chance_acc1']:.1f}%): " + "; ".join(
-                  f"{k} {v['MAE']:.1f}% vs {v['no pretraining']:.1f}%" for k, v in c.items())
-              + f"; {report['seconds']['total']:.0f} s. Report: {Path(args.out) / 'report.md'}")
-        return 0 if report["finetune"]["mae_all"]["acc1"] > report["chance_acc1"] else 1
-    return _guard("quickstart", go)
