@@ -5,7 +5,7 @@ from typing import Callable, Dict, Optional
 
 from .layers import conv_nd, do_masked_conv, do_pool, get_resized_mask  # noqa: F401
 from .token_order import Reroll, Unroll, undo_windowing  # noqa: F401
-from .weights import CheckpointError, load_weights
+from .weights import CheckpointError, load_weights, with_head_classes
 from .zoo import read_weights
 
 
@@ -27,9 +27,7 @@ def pretrained_model(checkpoints: Optional[Dict[str, str]], default: Optional[st
                         f"unknown checkpoint {checkpoint!r} for {model_fn.__name__}; choose one of {list(checkpoints)}"
                     )
                 state = read_weights(checkpoints[checkpoint])
-                head = state.get("head.projection.weight")
-                if head is not None and "num_classes" not in kwargs:
-                    kwargs["num_classes"] = head.shape[0]
+                kwargs = with_head_classes(state, kwargs)
             model = model_fn(**kwargs)
             if state is not None:
                 model.load_report = load_weights(model, state, strict=strict, source=f"{model_fn.__name__}:{checkpoint}")

@@ -27,7 +27,16 @@ from huggingface_hub.errors import (
     OfflineModeIsEnabled,
 )
 
-from .weights import CheckpointError, default_file_mode, load_weights, read_checkpoint, unreachable, write_atomic
+from .weights import (
+    CheckpointError,
+    default_file_mode,
+    load_weights,
+    read_checkpoint,
+    unreachable,
+    with_head_classes,
+    write_atomic,
+    zoo_name_for,
+)
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # The model cards this package writes carry this line, so a later save may replace them (a card
@@ -119,7 +128,7 @@ def _finetune_model_args(model: torch.nn.Module) -> str:
     """``--model ...`` for fine-tuning a classifier of this MAE's architecture."""
     zoo = getattr(model, "zoo_name", None)
     if zoo:
-        return f"--model {zoo.removeprefix('mae_')}"
+        return f"--model {zoo_name_for(zoo, mae=False)}"
     encoder = {k: v for k, v in (getattr(model, "config", None) or {}).items()
                if not k.startswith("decoder_") and k != "num_classes"}
     return f"--model custom --config '{json.dumps(encoder, default=list)}'"
@@ -276,10 +285,7 @@ class HubMixin(
     ):
         weights_file = _find_weights(model_id, revision, cache_dir, force_download, local_files_only, token)
         state = read_checkpoint(weights_file)
-        head = state.get("head.projection.weight")
-        if head is not None and "num_classes" not in model_kwargs:
-            model_kwargs["num_classes"] = head.shape[0]
-        model = cls(**model_kwargs)
+        model = cls(**with_head_classes(state, model_kwargs))
         model.load_report = load_weights(model, state, strict=strict, source=model_id)
         model.to(torch.device(map_location))
         model.eval()

@@ -80,6 +80,30 @@ def checkpoint_kind(state_dict: Mapping[str, torch.Tensor]) -> str:
     return "encoder"
 
 
+def head_classes(state_dict: Mapping[str, torch.Tensor]) -> Optional[int]:
+    """The number of classes of the classification head in ``state_dict`` (None: no head)."""
+    head = state_dict.get(_HEAD_KEYS[0])
+    return None if head is None else int(head.shape[0])
+
+
+def with_head_classes(state_dict: Mapping[str, torch.Tensor], kwargs: dict) -> dict:
+    """``kwargs`` with ``num_classes`` from the checkpoint's head, unless the caller gave one: a
+    pretrained head of another size than the config's default loads as it is."""
+    classes = head_classes(state_dict)
+    return kwargs if classes is None or "num_classes" in kwargs else {**kwargs, "num_classes": classes}
+
+
+# Zoo names: ``mae_X`` is the MAE (encoder + decoder) form of the classifier ``X``.
+MAE_PREFIX = "mae_"
+
+
+def zoo_name_for(name: str, mae: bool) -> str:
+    """The zoo name of architecture ``name`` as an MAE (``mae_hiera_base_224``) or as a classifier
+    (``hiera_base_224``), whichever ``name`` was given as."""
+    base = name[len(MAE_PREFIX):] if name.startswith(MAE_PREFIX) else name
+    return MAE_PREFIX + base if mae else base
+
+
 def model_kind(model: nn.Module) -> str:
     return checkpoint_kind(dict(model.named_parameters()))
 

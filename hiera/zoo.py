@@ -15,7 +15,7 @@ import fnmatch
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -25,7 +25,16 @@ from .formats.read import read_any
 from .hub import hub_download
 from .mae import MaskedAutoencoderHiera
 from .model import Hiera
-from .weights import _HEAD_KEYS, CheckpointError, StateDict, download_checkpoint, load_weights
+from .weights import (
+    _HEAD_KEYS,
+    MAE_PREFIX,
+    CheckpointError,
+    StateDict,
+    download_checkpoint,
+    load_weights,
+    with_head_classes,
+    zoo_name_for,
+)
 
 CHECKPOINT_BASE_URL = "https://dl.fbaipublicfiles.com/hiera/"
 
@@ -60,14 +69,33 @@ TOP1 = {
 }
 
 
+# How the released checkpoints saw their inputs (the data side reads these from the zoo entry).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+KINETICS_MEAN = (0.45, 0.45, 0.45)
+KINETICS_STD = (0.225, 0.225, 0.225)
+CROP_PCT = 224 / 256  # crop / resize ratio of the ImageNet evaluation transform
+
+
 @dataclass
 class ModelSpec:
+    """One zoo model: its class and configuration, its checkpoints, and how its checkpoints want
+    their inputs (normalisation and evaluation crop), as timm's pretrained configs record them."""
+
     name: str
     cls: type
     kwargs: dict
     checkpoints: Dict[str, str] = field(default_factory=dict)  # checkpoint name -> URL
     default: Optional[str] = None
-    crop_pct: Optional[float] = None  # evaluation crop / resize ratio, when not the usual 224/256
+    crop_pct: float = CROP_PCT  # evaluation crop / resize ratio
+    mean: Optional[Tuple[float, ...]] = None  # default: ImageNet's for images, Kinetics' for video
+    std: Optional[Tuple[float, ...]] = None
+
+    def __post_init__(self):
+        if self.mean is None:
+            self.mean = KINETICS_MEAN if self.video else IMAGENET_MEAN
+        if self.std is None:
+            self.std = KINETICS_STD if self.video else IMAGENET_STD
 
     @property
     def video(self) -> bool:
@@ -188,9 +216,8 @@ def create_model(
     if pretrained:
         source = resolve_checkpoint(spec, checkpoint)
         state = read_weights(source, progress=progress)
-        head = state.get("head.projection.weight")
-        if head is not None and "num_classes" not in kwargs and spec.cls is Hiera:
-            kwargs["num_classes"] = head.shape[0]
+        if spec.cls is Hiera:
+            kwargs = with_head_classes(state, kwargs)
     model = spec.cls(**{**spec.kwargs, **kwargs})
     if pretrained:
         model.load_report = load_weights(model, state, strict=strict, source=f"{spec.name}:{checkpoint or spec.default}")
@@ -223,7 +250,7 @@ def match_zoo(state: StateDict) -> Optional[str]:
     """The zoo model whose weights have these shapes (head and position-embedding sizes aside)."""
     ignore = ("head.projection.", "pos_embed", "decoder_pos_embed")
     want = {k: tuple(v.shape) for k, v in state.items() if not k.startswith(ignore)}
-    for name in sorted(MODELS, key=lambda n: (n.startswith("mae_"), n)):
+    for name in sorted(MODELS, key=lambda n: (n.startswith(MAE_PREFIX), n)):
         with torch.device("meta"):
             model = create_model(name)
         have = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(ignore)}
@@ -289,9 +316,9 @@ def _zoo_checkpoint_without_head(model: str) -> Optional[str]:
         return None
     if spec.cls is not Hiera:  # the MAE constructors
         return (f"an MAE model (encoder + decoder), without a classification head; {_HEADLESS_USES}"
-                f"; to classify, use {name.removeprefix('mae_')}")
+                f"; to classify, use {zoo_name_for(name, mae=False)}")
     url = spec.checkpoints.get(checkpoint or spec.default or "", "")
-    if not url.rsplit("/", 1)[-1].startswith("mae_"):
+    if not url.rsplit("/", 1)[-1].startswith(MAE_PREFIX):  # the official MAE-pretraining files
         return None
     tuned = [f"{name}.{c}" for c in spec.checkpoints if "_ft_" in c]
     return (f"the {checkpoint} checkpoint is MAE-pretrained (encoder + decoder), without a trained "
@@ -332,8 +359,8 @@ def _load_model(model, weights, mae, **kwargs) -> nn.Module:
         raise CheckpointError("say which model: a zoo name (see `hiera zoo`), a Hub repo id, or --weights PATH")
     if weights is None:
         name = model.split(".", 1)[0]
-        if mae and not name.startswith("mae_"):
-            name = "mae_" + name
+        if mae:
+            name = zoo_name_for(name, mae=True)
         if name in MODELS:
             checkpoint = model.split(".", 1)[1] if "." in model else None
             location = resolve_checkpoint(MODELS[name], checkpoint)
@@ -348,17 +375,12 @@ def _load_model(model, weights, mae, **kwargs) -> nn.Module:
     state, config, _ = read_any(weights)
     if model is not None:
         name = model.split(".", 1)[0]
-        if mae and not name.startswith("mae_"):
-            name = "mae_" + name
-        built = create_model(name, **kwargs)
+        built = create_model(zoo_name_for(name, mae=True) if mae else name, **kwargs)
     elif config is not None:
         cls = MaskedAutoencoderHiera if mae else Hiera
         if cls is Hiera:
             config = {k: v for k, v in config.items() if not k.startswith("decoder_")}
-        head = state.get("head.projection.weight")
-        if head is not None and "num_classes" not in kwargs:
-            kwargs["num_classes"] = head.shape[0]
-        built = cls(config=config, **kwargs)
+        built = cls(config=config, **with_head_classes(state, kwargs))
     else:
         name = match_zoo(state)
         if name is None:
@@ -366,13 +388,6 @@ def _load_model(model, weights, mae, **kwargs) -> nn.Module:
                 f"cannot tell which architecture {weights} is (no config inside and no zoo model has these "
                 "weight shapes); pass --model NAME"
             )
-        if mae and not name.startswith("mae_"):
-            name = "mae_" + name
-        if not mae and name.startswith("mae_"):
-            name = name[len("mae_"):]
-        head = state.get("head.projection.weight")
-        if head is not None and "num_classes" not in kwargs:
-            kwargs["num_classes"] = head.shape[0]
-        built = create_model(name, **kwargs)
+        built = create_model(zoo_name_for(name, mae), **with_head_classes(state, kwargs))
     built.load_report = load_weights(built, state, strict=None, source=str(weights))
     return built

@@ -22,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..mae import MaskedAutoencoderHiera
 from ..model import Hiera
+from ..weights import MAE_PREFIX, zoo_name_for
 from ..zoo import MODELS
 from .worker import DTYPES, IMPLS, VIT_MODELS  # the worker's own: it builds what they name
 
@@ -162,10 +163,9 @@ def _jsonable(value):
 def resolve_model(name: str, task: str, overrides: Optional[dict] = None) -> Tuple[str, dict, Tuple[int, ...]]:
     """The zoo name for ``task`` (``mae_`` prefixed for MAE), the constructor's full keyword
     arguments with ``overrides`` applied, and the input size."""
-    base = name[4:] if name.startswith("mae_") else name
-    full = "mae_" + base if task == "mae" else base
+    full = zoo_name_for(name, mae=task == "mae")
     if full not in MODELS:
-        known = ", ".join(n for n in sorted(MODELS) if n.startswith("mae_") == (task == "mae"))
+        known = ", ".join(n for n in sorted(MODELS) if n.startswith(MAE_PREFIX) == (task == "mae"))
         raise CompareError(f"no {'MAE ' if task == 'mae' else ''}zoo model {full!r}; choose one of: {known}")
     arch = _jsonable({**MODELS[full].kwargs, **(overrides or {})})
     size = tuple(int(s) for s in arch.get("input_size", (224, 224)))

@@ -41,7 +41,7 @@ from ..bench.timing import (
     system_info,
 )
 from ..devices import resolve_device
-from ..weights import CheckpointError
+from ..weights import CheckpointError, zoo_name_for
 from ..zoo import MODELS, create_model, load_model
 from .common import exit_on_interrupt, fail, one_line, set_threads
 
@@ -143,8 +143,8 @@ def _device(name: Optional[str]) -> torch.device:
 def _load(args) -> nn.Module:
     if args.weights is None:
         name = args.model.split(".", 1)[0]
-        if args.mae and not name.startswith("mae_"):
-            name = "mae_" + name
+        if args.mae:
+            name = zoo_name_for(name, mae=True)
         if name not in MODELS:
             raise LookupError(
                 f"unknown zoo model {args.model!r}: without --weights the benchmark builds zoo architectures "

@@ -30,10 +30,8 @@ from timm.data import create_transform
 from torch.utils.data import Dataset, Sampler
 
 from ..model import kept_mask_units
+from ..zoo import IMAGENET_MEAN, IMAGENET_STD
 from .media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, MediaError, load_image
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

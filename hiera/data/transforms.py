@@ -31,14 +31,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from ..zoo import MODELS, ModelSpec
+from ..zoo import CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, KINETICS_MEAN, KINETICS_STD, MODELS, ModelSpec
 from .media import MediaError, load_clips, sample_frame_indices
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-KINETICS_MEAN = (0.45, 0.45, 0.45)
-KINETICS_STD = (0.225, 0.225, 0.225)
-CROP_PCT = 224 / 256  # crop / resize ratio of the ImageNet evaluation transform
 
 VIDEO_NUM_FRAMES = 16
 VIDEO_STRIDE = 4  # frames between samples at VIDEO_FPS (SlowFast's DATA.SAMPLING_RATE for Hiera)
@@ -273,16 +267,15 @@ class VideoEvalTransform:
                 f"fit={self.fit}, mean={self.mean}, std={self.std})")
 
 
-def _crop_pct(model_or_spec) -> float:
-    """The zoo's evaluation crop for this model (timm's abswin weights use 0.95), else 224/256."""
-
+def _zoo_spec(model_or_spec) -> Optional[ModelSpec]:
+    """The zoo entry of a model, a HieraFeatures backbone, a zoo name or spec (None: not a zoo model)."""
     spec = model_or_spec
     if isinstance(spec, str):
-        spec = MODELS.get(spec)
-    elif not isinstance(spec, ModelSpec):
+        return MODELS.get(spec.split(".", 1)[0])
+    if not isinstance(spec, ModelSpec):
         inner = getattr(spec, "model", spec)  # HieraFeatures wraps the model
-        spec = MODELS.get(getattr(inner, "zoo_name", None) or "")
-    return spec.crop_pct if isinstance(spec, ModelSpec) and spec.crop_pct else CROP_PCT
+        return MODELS.get(getattr(inner, "zoo_name", None) or "")
+    return spec
 
 
 def _input_size(model_or_spec) -> Tuple[int, ...]:
@@ -340,7 +333,12 @@ def eval_transform(
         if views != "single":
             raise ValueError("views='multi' (5 clips x 3 crops) is for video models; an image model sees each "
                              "image once (resize, centre crop): use views='single'")
-        return ImageEvalTransform(size, crop_pct=_crop_pct(model_or_spec) if fit == "crop" else None)
+        spec = _zoo_spec(model_or_spec)
+        norm = dict(mean=spec.mean, std=spec.std) if spec else {}
+        crop_pct = spec.crop_pct if spec else CROP_PCT
+        return ImageEvalTransform(size, crop_pct=crop_pct if fit == "crop" else None, **norm)
     if len(size) == 3:
-        return VideoEvalTransform(size, views=views, fit=fit)
+        spec = _zoo_spec(model_or_spec)
+        norm = dict(mean=spec.mean, std=spec.std, crop_pct=spec.crop_pct) if spec else {}
+        return VideoEvalTransform(size, views=views, fit=fit, **norm)
     raise ValueError(f"no evaluation transform for {len(size)}-D inputs {size} (only images and videos)")

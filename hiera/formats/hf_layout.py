@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from ..weights import StateDict
+from ..weights import StateDict, head_classes
 from .common import (
     _MAE_DECODER_PREFIXES,
     _first_difference,
@@ -354,8 +354,8 @@ def official_to_hf(
         else:
             architecture = "HieraModel"
     kw = dict(config_kwargs)
-    if architecture == "HieraForImageClassification" and "head.projection.weight" in state:
-        kw["num_classes"] = int(state["head.projection.weight"].shape[0])
+    if architecture == "HieraForImageClassification" and head_classes(state) is not None:
+        kw["num_classes"] = head_classes(state)
     hf_cfg = official_config_to_hf(kw, architecture)
     stages = hf_cfg["depths"]
     block_stage = [(s, j) for s, d in enumerate(stages) for j in range(d)]

@@ -14,7 +14,7 @@ from .. import formats
 from ..formats.read import read_any
 from ..mae import MaskedAutoencoderHiera
 from ..model import Hiera
-from ..weights import CheckpointError, checkpoint_kind, save_atomic, write_atomic
+from ..weights import CheckpointError, checkpoint_kind, head_classes, save_atomic, write_atomic, zoo_name_for
 from ..zoo import MODELS, match_zoo
 
 TARGETS = ("official", "safetensors", "timm", "hf")
@@ -34,12 +34,8 @@ def _zoo_name_for(model: str, state) -> str:
     name = model.split(".", 1)[0]
     if name not in MODELS:
         raise CheckpointError(f"unknown model {model!r}; see `hiera zoo`")
-    mae = checkpoint_kind(state) == "mae"
-    if mae and not name.startswith("mae_") and "mae_" + name in MODELS:
-        return "mae_" + name
-    if not mae and name.startswith("mae_") and name[len("mae_"):] in MODELS:
-        return name[len("mae_"):]
-    return name
+    other = zoo_name_for(name, mae=checkpoint_kind(state) == "mae")
+    return other if other in MODELS else name
 
 
 def fit_problem(state, config: dict) -> Optional[str]:
@@ -53,9 +49,8 @@ def fit_problem(state, config: dict) -> Optional[str]:
     kwargs = dict(config)
     if not mae:
         kwargs = {k: v for k, v in kwargs.items() if not k.startswith("decoder_")}
-    head = state.get("head.projection.weight")
-    if head is not None:
-        kwargs["num_classes"] = int(head.shape[0])
+    if head_classes(state) is not None:
+        kwargs["num_classes"] = head_classes(state)
     try:
         with torch.device("meta"):  # shapes only: no memory, no initialisation
             own = (MaskedAutoencoderHiera if mae else Hiera)(**kwargs).state_dict()
@@ -114,8 +109,8 @@ def convert_checkpoint(src, dst, to: str, model: Optional[str] = None) -> Path:
         config = dict(MODELS[name].kwargs) if name else None
         if config is not None and fit_problem(state, config):
             config = None  # e.g. another input size: no zoo config describes these weights
-    if config is not None and "head.projection.weight" in state:
-        config["num_classes"] = int(state["head.projection.weight"].shape[0])
+    if config is not None and head_classes(state) is not None:
+        config["num_classes"] = head_classes(state)
     dst = Path(dst)
 
     if to == "official" and dst.suffix in (".pth", ".pt"):

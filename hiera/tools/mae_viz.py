@@ -34,11 +34,7 @@ import torch
 from ..data.media import load_image
 from ..data.transforms import ImageEvalTransform, VideoEvalTransform
 from ..weights import write_atomic
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-KINETICS_MEAN = (0.45, 0.45, 0.45)
-KINETICS_STD = (0.225, 0.225, 0.225)
+from ..zoo import IMAGENET_MEAN, IMAGENET_STD, KINETICS_MEAN, KINETICS_STD
 
 DEFAULT_MASK_RATIO_IMAGE = 0.6
 DEFAULT_MASK_RATIO_VIDEO = 0.9

@@ -32,7 +32,7 @@ from ..devices import resolve_device
 from ..formats.read import read_any
 from ..mae import MaskedAutoencoderHiera
 from ..model import Hiera, mask_ratio_value
-from ..weights import load_weights
+from ..weights import load_weights, zoo_name_for
 from ..zoo import MODELS, create_model, load_model, read_weights, resolve_checkpoint
 from .engine import (
     ClassifyTask,
@@ -68,9 +68,7 @@ def _build(name: str, mae: bool, overrides: dict):
     try:
         if name == "custom":
             return (MaskedAutoencoderHiera if mae else Hiera)(**overrides)
-        base = name.split(".", 1)[0]
-        base = base[len("mae_"):] if base.startswith("mae_") else base
-        return create_model(("mae_" + base) if mae else base, **overrides)
+        return create_model(zoo_name_for(name.split(".", 1)[0], mae), **overrides)
     except TypeError as e:  # an unknown or mistyped --config key
         raise ValueError(f"--config does not fit the model: {e}") from None
 

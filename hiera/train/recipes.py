@@ -52,6 +52,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
+from ..weights import zoo_name_for
+
 __all__ = [
     "SIZES",
     "PretrainRecipe",
@@ -403,7 +405,7 @@ def model_size(name_or_size: Union[str, nn.Module]) -> str:
             f"{name_or_size!r} is a video model; these are the image (ImageNet-1k) recipes: use "
             "video_pretrain_recipe / video_finetune_recipe (Kinetics-400)"
         )
-    stem = name[len("mae_"):] if name.startswith("mae_") else name
+    stem = zoo_name_for(name, mae=False)
     stem = stem[len("hiera_"):] if stem.startswith("hiera_") else stem
     for size in SIZES:  # "base_plus" before "base"
         if stem == size or stem.startswith(size + "_"):
