@@ -12,7 +12,7 @@ def __getattr__(name: str):
     """``DropPath`` and ``Mlp`` are timm's here, as in the official module, imported on first use
     so that ``import hiera`` does not pay for importing timm."""
     if name in ("DropPath", "Mlp"):
-        import timm.layers
+        import timm.layers  # on first use, as the docstring says
 
         return getattr(timm.layers, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

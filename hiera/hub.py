@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import torch
-from huggingface_hub import ModelCard, PyTorchModelHubMixin, hf_hub_download
+from huggingface_hub import ModelCard, PyTorchModelHubMixin, constants, hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
@@ -48,8 +48,6 @@ CARD_MARKER = "<!-- model card written by hiera's save_pretrained -->"
 def hub_unreachable() -> Optional[str]:
     """Why the Hugging Face Hub cannot be asked now (None when it can): ``HF_HUB_OFFLINE`` is set,
     or its host (``HF_ENDPOINT``, default huggingface.co) does not accept a connection."""
-    from huggingface_hub import constants
-
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE=1 is set"
     why = unreachable(constants.ENDPOINT)
@@ -58,8 +56,6 @@ def hub_unreachable() -> Optional[str]:
 
 def offline_help(repo_id: str) -> str:
     """What to do about a Hub repo that is needed but neither reachable nor cached."""
-    from huggingface_hub import constants
-
     then = ("keep HF_HUB_OFFLINE=1 to use the cache without trying the network" if constants.HF_HUB_OFFLINE else
             "set HF_HUB_OFFLINE=1 to use the cache without trying the network")
     where = "with HF_HUB_OFFLINE unset, where the Hub is reachable" if constants.HF_HUB_OFFLINE else \

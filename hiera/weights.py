@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import urllib.error
+import urllib.request
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Union
+from urllib.parse import urlsplit
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
 from .pos_embed import adapt_pos_embed, resize_pos_embed
 
@@ -150,7 +154,6 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> StateDict:
         raise CheckpointError(f"{path} is a directory without model.safetensors or pytorch_model.bin")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
 
             obj = load_file(str(path), device="cpu")
         else:
@@ -181,9 +184,6 @@ def unreachable(url: str, timeout: Optional[float] = None) -> Optional[str]:
     for the URL's scheme (``HTTPS_PROXY`` ...) and the host is not in ``NO_PROXY``. The timeout is
     ``$HIERA_CONNECT_TIMEOUT`` seconds (default 5).
     """
-    import socket
-    import urllib.request
-    from urllib.parse import urlsplit
 
     parts = urlsplit(url)
     host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)

@@ -328,13 +328,11 @@ def test_save_pretrained_weights_are_readable_by_others(tmp_path):
 
 
 def test_features_that_cannot_be_written_leave_no_partial_file(saved, tmp_path, monkeypatch, capsys):
-    import safetensors.torch
-
     def disk_full(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"\0" * 1000)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    monkeypatch.setattr(extract_mod, "save_file", disk_full)  # where the feature writer looks it up
     code = main(["features", str(saved / "photo.png"), "--weights", str(saved / "cls"), "--out",
                  str(tmp_path / "f"), "--no-progress"])
     err = capsys.readouterr().err
@@ -357,7 +355,7 @@ def test_ctrl_c_exits_130_in_one_line(saved, tmp_path, monkeypatch, capsys, tool
         argv = ["features", str(saved / "photo.png"), "--weights", str(saved / "cls"), "--out", str(tmp_path / "f"),
                 "--no-progress"]
     else:
-        monkeypatch.setattr("hiera.cli.mae_viz.mae_reconstruction", stop)
+        monkeypatch.setattr("hiera.tools.mae_viz.mae_reconstruction", stop)
         argv = ["mae-viz", str(saved / "photo.png"), "--weights", str(saved / "mae"), "--out", str(tmp_path / "v")]
     try:
         code = main(argv)

@@ -121,10 +121,6 @@ def _add_flops(model: nn.Module, size: Sequence[int], mode: str, measurements: L
                 m["mfu"] = m["tflops"] / peak
 
 
-def _error(msg: str, code: int) -> int:
-    return fail("benchmark", msg, code)
-
-
 def _device(name: Optional[str]) -> torch.device:
     """``--device`` of one model's run: the one rule of :func:`hiera.devices.resolve_device`, on the
     devices that benchmarking times (cpu, cuda); ``auto`` never picks mps."""
@@ -160,9 +156,9 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         return cmd_compare(args)
     option = check_not_compare(args)
     if option:
-        return _error(f"{option} needs --compare", 2)
+        return fail("benchmark", f"{option} needs --compare", 2)
     if args.mode is not None and len(args.mode) > 1:
-        return _error("one --mode at a time (several only with --compare)", 2)
+        return fail("benchmark", "one --mode at a time (several only with --compare)", 2)
     # The defaults of one model's run (--compare has its own).
     args.mode = args.mode[0] if args.mode else "inference"
     args.batch_size = args.batch_size or [1]
@@ -170,37 +166,37 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     args.warmup = 3 if args.warmup is None else args.warmup
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     if args.model is None and args.weights is None:
-        return _error("say which model: --model NAME (zoo name) and/or --weights PATH", 2)
+        return fail("benchmark", "say which model: --model NAME (zoo name) and/or --weights PATH", 2)
     if any(b < 1 for b in args.batch_size):
-        return _error(f"--batch-size values must be >= 1, got {args.batch_size}", 2)
+        return fail("benchmark", f"--batch-size values must be >= 1, got {args.batch_size}", 2)
     if args.warmup < 0:
-        return _error(f"--warmup must be >= 0, got {args.warmup}", 2)
+        return fail("benchmark", f"--warmup must be >= 0, got {args.warmup}", 2)
     if args.iters is not None and args.iters < 1:
-        return _error(f"--iters must be >= 1, got {args.iters}", 2)
+        return fail("benchmark", f"--iters must be >= 1, got {args.iters}", 2)
     if args.min_time is not None and not args.min_time > 0:
-        return _error(f"--min-time must be > 0, got {args.min_time}", 2)
+        return fail("benchmark", f"--min-time must be > 0, got {args.min_time}", 2)
     if args.threads is not None and args.threads < 1:
-        return _error(f"--threads must be >= 1, got {args.threads}", 2)
+        return fail("benchmark", f"--threads must be >= 1, got {args.threads}", 2)
     try:
         dev = _device(args.device)
     except ValueError as e:
-        return _error(one_line(e), 2)
+        return fail("benchmark", one_line(e), 2)
     set_threads(args)
     try:
         model = _load(args)
     except LookupError as e:
-        return _error(str(e), 2)
+        return fail("benchmark", str(e), 2)
     except (CheckpointError, ValueError, TypeError, OSError) as e:
-        return _error(f"could not load the model: {e}", 1)
+        return fail("benchmark", f"could not load the model: {e}", 1)
     if args.input_size is not None and len(args.input_size) != len(model.input_size):
-        return _error(f"--input-size needs {len(model.input_size)} numbers for this model "
+        return fail("benchmark", f"--input-size needs {len(model.input_size)} numbers for this model "
                       f"(its size is {' '.join(map(str, model.input_size))})", 2)
     size = tuple(args.input_size) if args.input_size else tuple(model.input_size)
     if args.input_size:
         try:
             model.geometry(size)
         except ValueError as e:
-            return _error(str(e), 2)
+            return fail("benchmark", str(e), 2)
 
     name = args.model or str(args.weights)
     if args.weights is None and args.model and "." in args.model:
@@ -339,19 +335,16 @@ def _given(value, default):
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``hiera benchmark --compare``."""
-    def error(msg: str, code: int = 2) -> int:
-        return fail("benchmark", msg, code)
-
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     if args.weights is not None or args.mae:
-        return error("--compare builds zoo architectures with random weights: drop --weights/--mae "
-                     "(use --task mae for MAE training)")
+        return fail("benchmark", "--compare builds zoo architectures with random weights: drop --weights/--mae "
+                     "(use --task mae for MAE training)", 2)
     try:
         overrides = json.loads(args.kwargs) if args.kwargs else {}
     except ValueError as e:
-        return error(f"--kwargs is not JSON: {e}")
+        return fail("benchmark", f"--kwargs is not JSON: {e}", 2)
     if not isinstance(overrides, dict):
-        return error("--kwargs must be a JSON object")
+        return fail("benchmark", "--kwargs must be a JSON object", 2)
     if args.input_size:
         overrides["input_size"] = list(args.input_size)
     if args.scaling and args.mode is None:
@@ -395,16 +388,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
             scaling_frames=args.scaling_frames or (8, 16), video_batch=_given(args.video_batch, 2),
             scaling_batches=args.scaling_batches or (1, 4, 8, 16, 32, 64))
     except CompareError as e:
-        return error(str(e))
+        return fail("benchmark", str(e), 2)
     if args.plot:
         try:  # optional: only --plot needs it; fail now, not after an hour of measuring
             import matplotlib  # noqa: F401
         except ImportError:
-            return error("--plot needs matplotlib: pip install matplotlib")
+            return fail("benchmark", "--plot needs matplotlib: pip install matplotlib", 2)
     runnable = [c for c in cases if c.skip is None and c.impl in launch]
     if not runnable:
         reasons = "; ".join(f"{NAMES[k]}: {v}" for k, v in missing.items())
-        return error(f"nothing to run: every case is skipped ({reasons or 'unsupported combinations'})", 1)
+        return fail("benchmark", f"nothing to run: every case is skipped ({reasons or 'unsupported combinations'})", 1)
 
     record = run_plan(cases, settings, launch, missing, log)
     record["options"] = {k: v for k, v in vars(args).items() if k not in ("func", "command")}

@@ -52,30 +52,26 @@ Weights over 1.5 GiB go to a side file OUT.data next to the .onnx.""",
     return p
 
 
-def _error(msg: str, code: int) -> int:
-    return fail("export", msg, code)
-
-
 @exit_on_interrupt("export")
 def _cmd_export(args: argparse.Namespace) -> int:
     if args.model is None and args.weights is None:
-        return _error("say which model: --model NAME and/or --weights PATH", 2)
+        return fail("export", "say which model: --model NAME and/or --weights PATH", 2)
     if args.batch < 1:
-        return _error(f"--batch must be >= 1, got {args.batch}", 2)
+        return fail("export", f"--batch must be >= 1, got {args.batch}", 2)
     if args.opset is not None and not 7 <= args.opset <= 30:
-        return _error(f"--opset must be an ONNX opset version (e.g. 17, 18, 20), got {args.opset}", 2)
+        return fail("export", f"--opset must be an ONNX opset version (e.g. 17, 18, 20), got {args.opset}", 2)
     if not args.atol > 0:
-        return _error(f"--atol must be > 0, got {args.atol}", 2)
+        return fail("export", f"--atol must be > 0, got {args.atol}", 2)
     try:
         # The graph outputs classifier logits: a head left at its random init would export nonsense.
         model = load_model(args.model, args.weights, mae=False, need_head=True)
     except (CheckpointError, ValueError, TypeError, OSError) as e:
-        return _error(f"could not load the model: {e}", 1)
+        return fail("export", f"could not load the model: {e}", 1)
     if hasattr(model, "forward_decoder"):
-        return _error("this is an MAE model (no classification head); export needs a classifier", 2)
+        return fail("export", "this is an MAE model (no classification head); export needs a classifier", 2)
     model = model.float().cpu().eval()
     if args.input_size is not None and len(args.input_size) != len(model.input_size):
-        return _error(f"--input-size needs {len(model.input_size)} numbers for this model "
+        return fail("export", f"--input-size needs {len(model.input_size)} numbers for this model "
                       f"(its size is {' '.join(map(str, model.input_size))})", 2)
     if args.out:
         out = Path(args.out)
@@ -91,10 +87,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         info = export_onnx(model, out, input_size=args.input_size, batch=args.batch,
                            dynamic_batch=args.dynamic_batch, opset=args.opset, exporter=args.exporter)
     except (ValueError, TypeError) as e:
-        return _error(str(e), 2)
+        return fail("export", str(e), 2)
     except Exception as e:  # noqa: BLE001 - exporter failures: missing packages, unsupported operators
         lines = str(e).strip().splitlines() or [type(e).__name__]
-        return _error(f"export failed: {type(e).__name__}: " + "\n  ".join(lines[:3]), 1)
+        return fail("export", f"export failed: {type(e).__name__}: " + "\n  ".join(lines[:3]), 1)
     extra = f" + {info.path}.data" if info.external_data else ""
     print(f"wrote {info.path}{extra} ({info.exporter} exporter, opset {info.opset}, input {list(info.input_shape)})")
     if not args.verify:
@@ -112,5 +108,5 @@ def _cmd_export(args: argparse.Namespace) -> int:
         worst = max(worst, diff)
         print(f"onnxruntime vs PyTorch, batch {b}: max |logit difference| = {diff:.3g}")
     if worst > args.atol:
-        return _error(f"onnxruntime's logits differ from PyTorch's by {worst:.3g} > --atol {args.atol:g}", 1)
+        return fail("export", f"onnxruntime's logits differ from PyTorch's by {worst:.3g} > --atol {args.atol:g}", 1)
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from ..devices import resolve_device
-from ..tools.features import check_size, extract_features
 from .common import add_model_arguments, exit_on_interrupt, fail, load_model_or_fail, report_skipped
 
 EPILOG = """\
@@ -64,6 +63,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 @exit_on_interrupt("features")
 def run_features(args: argparse.Namespace) -> int:
     """The ``hiera features`` command; returns the exit code."""
+    # The library is loaded when the command runs: `hiera --help` and the other commands start without it.
+    from ..tools.features import (
+        check_size,
+        extract_features,
+    )
+
     prog = "features"
     if args.batch_size < 1 or args.num_workers < 0:
         return fail(prog, "--batch-size must be >= 1, --num-workers >= 0")

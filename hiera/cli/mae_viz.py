@@ -6,17 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..data.media import MediaError, find_media
 from ..devices import DEVICE_HELP, resolve_device
-from ..tools.mae_viz import (
-    CLI_FONT_SIZE,
-    MIN_PANEL,
-    is_mae,
-    load_image_input,
-    load_video_input,
-    mae_reconstruction,
-    save_grid,
-)
 from ..weights import CheckpointError
 from ..zoo import load_model
 from .common import exit_on_interrupt, fail
@@ -65,8 +55,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="video: frames between clip samples, at 30 fps (default 4)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--scale", type=int, default=None,
-                   help=f"enlarge each picture this many times (default: enough for {MIN_PANEL} pixels or more "
-                        "on its shorter side)")
+                   help="enlarge each picture this many times (default: enough for a readable size, "
+                        "hiera.tools.mae_viz.MIN_PANEL pixels or more on its shorter side)")
     p.add_argument("--no-titles", action="store_true", help="leave out the column titles")
     p.add_argument("--no-caption", action="store_true", help="leave out the caption under each grid")
     p.add_argument("--no-raw", action="store_true", help="leave out the raw prediction column")
@@ -74,45 +64,45 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _error(msg: str, code: int) -> int:
-    return fail("mae-viz", msg, code)
-
-
 @exit_on_interrupt("mae-viz")
 def _cmd_mae_viz(args: argparse.Namespace) -> int:
+    # The library is loaded when the command runs: `hiera --help` and the other commands start without it.
+    from ..data.media import MediaError, find_media
+    from ..tools.mae_viz import CLI_FONT_SIZE, is_mae, load_image_input, load_video_input, mae_reconstruction, save_grid
+
 
     if args.mask_ratio is not None and not 0.0 <= args.mask_ratio < 1.0:
-        return _error(f"--mask-ratio must be in [0, 1), got {args.mask_ratio}", 2)
+        return fail("mae-viz", f"--mask-ratio must be in [0, 1), got {args.mask_ratio}", 2)
     if args.frames is not None and args.frames < 1:
-        return _error(f"--frames must be >= 1, got {args.frames}", 2)
+        return fail("mae-viz", f"--frames must be >= 1, got {args.frames}", 2)
     if args.frame_stride is not None and not args.frame_stride > 0:
-        return _error(f"--frame-stride must be > 0, got {args.frame_stride}", 2)
+        return fail("mae-viz", f"--frame-stride must be > 0, got {args.frame_stride}", 2)
     if args.scale is not None and args.scale < 1:
-        return _error(f"--scale must be >= 1, got {args.scale}", 2)
+        return fail("mae-viz", f"--scale must be >= 1, got {args.scale}", 2)
     if args.model is None and args.weights is None:
-        return _error("say which model: --model NAME (zoo name or Hub repo id) and/or --weights PATH", 2)
+        return fail("mae-viz", "say which model: --model NAME (zoo name or Hub repo id) and/or --weights PATH", 2)
     try:
         device = resolve_device(args.device)
     except ValueError as e:
-        return _error(str(e), 2)
+        return fail("mae-viz", str(e), 2)
 
     try:
         model = load_model(args.model, args.weights, mae=True)
     except (CheckpointError, ValueError, TypeError, OSError) as e:
-        return _error(f"could not load the model: {e}", 1)
+        return fail("mae-viz", f"could not load the model: {e}", 1)
     if not is_mae(model):
-        return _error(f"{type(model).__name__} is not an MAE model (it has no decoder)", 1)
+        return fail("mae-viz", f"{type(model).__name__} is not an MAE model (it has no decoder)", 1)
     video = len(model.input_size) == 3
     kind = "video" if video else "image"
     given = [opt for opt, value in (("--frames", args.frames), ("--frame-stride", args.frame_stride)) if value is not None]
     if given and not video:
-        return _error(f"{' and '.join(given)}: only for video models; this is an image model", 2)
+        return fail("mae-viz", f"{' and '.join(given)}: only for video models; this is an image model", 2)
     model = model.to(device).eval()
     files = find_media(args.inputs, kinds=(kind,))
     for skipped in files.skipped:
         print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
     if not files:
-        return _error(f"no {kind} inputs found for this {kind} model", 2)
+        return fail("mae-viz", f"no {kind} inputs found for this {kind} model", 2)
 
     out_dir = Path(args.out)
     used = set()
@@ -141,7 +131,7 @@ def _cmd_mae_viz(args: argparse.Namespace) -> int:
                                    scale=args.scale, raw=not args.no_raw, caption=not args.no_caption,
                                    font_size=CLI_FONT_SIZE)
         except OSError as e:  # full disk, unwritable --out: the next inputs would fail the same way
-            return _error(str(e), 1)
+            return fail("mae-viz", str(e), 1)
         print(f"{path} -> {written}  (mask ratio {result.mask_ratio:.2f}, loss {result.loss.item():.4f})")
     if failures:
         print(f"{failures} of {len(files)} inputs could not be read", file=sys.stderr)

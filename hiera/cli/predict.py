@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from rich.console import Console
+from rich.table import Table
+
 from ..devices import resolve_device
-from ..tools.predict import format_results, is_video_model, predict, saved_class_names
 from ..weights import write_atomic
 from .common import add_model_arguments, exit_on_interrupt, fail, load_model_or_fail, report_skipped
 
@@ -76,12 +78,7 @@ def _output_format(args: argparse.Namespace) -> str:
     return {".json": "json", ".csv": "csv"}.get(suffix, "table")
 
 
-def _print_rich_table(results: Sequence[dict], title: Optional[str]) -> bool:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # rich is optional: plain text instead
-        return False
+def _print_rich_table(results: Sequence[dict], title: Optional[str]) -> None:
     table = Table(title=title, show_lines=True)
     table.add_column("input", overflow="fold")
     table.add_column("class")
@@ -90,12 +87,19 @@ def _print_rich_table(results: Sequence[dict], title: Optional[str]) -> bool:
         table.add_row(r["path"], "\n".join(n for n, _ in r["labels"]),
                       "\n".join(f"{100 * p:.2f}%" for _, p in r["labels"]))
     Console().print(table)
-    return True
 
 
 @exit_on_interrupt("predict")
 def run_predict(args: argparse.Namespace) -> int:
     """The ``hiera predict`` command; returns the exit code."""
+    # The library is loaded when the command runs: `hiera --help` and the other commands start without it.
+    from ..tools.predict import (
+        format_results,
+        is_video_model,
+        predict,
+        saved_class_names,
+    )
+
     prog = "predict"
     if args.topk < 1 or args.batch_size < 1 or args.num_workers < 0:
         return fail(prog, "--topk and --batch-size must be >= 1, --num-workers >= 0")
@@ -131,6 +135,8 @@ def run_predict(args: argparse.Namespace) -> int:
             write_atomic(args.output, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         except OSError as e:
             return fail(prog, f"cannot write {args.output}: {e}")
-    elif not (fmt == "table" and sys.stdout.isatty() and _print_rich_table(results, name)):
+    elif fmt == "table" and sys.stdout.isatty():
+        _print_rich_table(results, name)
+    else:
         sys.stdout.write(format_results(results, fmt, results.skipped, name))
     return 1 if args.strict and results.skipped else 0

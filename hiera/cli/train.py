@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Optional
 
 from ..devices import DEVICE_HELP
-from ..train.commands import evaluate, finetune, pretrain
-from ..train.engine import TrainingDiverged
 from .common import THREADS_HELP, guard, set_threads
 
 
@@ -173,7 +171,17 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=_cmd_evaluate)
 
 
+def _guarded(command: str, go) -> int:
+    # The library is loaded when the command runs: `hiera --help` and the other commands start without it.
+    from ..train.engine import TrainingDiverged
+
+    return guard(command, go, errors=(TrainingDiverged,))
+
+
 def _cmd_pretrain(args) -> int:
+    # The library is loaded when the command runs: `hiera --help` and the other commands start without it.
+    from ..train.commands import pretrain
+
     def go():
         set_threads(args)
         last = pretrain(args.data, args.out, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
@@ -182,10 +190,13 @@ def _cmd_pretrain(args) -> int:
                         **_video_kwargs(args), **_run_kwargs(args))
         print(json.dumps(last))
         return 0
-    return guard("pretrain", go, errors=(TrainingDiverged,))
+    return _guarded("pretrain", go)
 
 
 def _cmd_finetune(args) -> int:
+    # The library is loaded when the command runs: `hiera --help` and the other commands start without it.
+    from ..train.commands import finetune
+
     def go():
         set_threads(args)
         last = finetune(args.data, args.out, val=args.val, model=args.model, init=args.init, epochs=args.epochs,
@@ -195,10 +206,13 @@ def _cmd_finetune(args) -> int:
                         **_run_kwargs(args))
         print(json.dumps(last))
         return 0
-    return guard("finetune", go, errors=(TrainingDiverged,))
+    return _guarded("finetune", go)
 
 
 def _cmd_evaluate(args) -> int:
+    # The library is loaded when the command runs: `hiera --help` and the other commands start without it.
+    from ..train.commands import evaluate
+
     def go():
         set_threads(args)
         _check_output_file(args.json, "--json")
@@ -217,4 +231,4 @@ def _cmd_evaluate(args) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2))
         return 0
-    return guard("evaluate", go, errors=(TrainingDiverged,))
+    return _guarded("evaluate", go)

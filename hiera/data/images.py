@@ -12,7 +12,7 @@ Three rules make runs repeatable, resumable and independent of the number of pro
   and counts it, and the trainer logs the count (a run of only bad files stops with an error).
 
 The dataset takes a ``key = (epoch, index)`` rather than an index; the video dataset
-(:class:`hiera.video_data.VideoFiles`) builds on the same ``load(index) -> (media, label)`` and
+(:class:`hiera.data.video.VideoFiles`) builds on the same ``load(index) -> (media, label)`` and
 reuses the rest.
 """
 
@@ -28,6 +28,7 @@ import torch
 from PIL import Image, ImageOps
 from timm.data import create_transform
 from torch.utils.data import Dataset, Sampler
+from torchvision import transforms as T
 
 from ..model import kept_mask_units
 from ..zoo import IMAGENET_MEAN, IMAGENET_STD
@@ -298,7 +299,7 @@ def collate(samples: List[Optional[dict]]) -> dict:
     """Stack the readable samples; ``"n_bad"`` counts the ones that were not.
 
     A sample with ``"repeats": R`` holds R clips of one video (``[R, ...]`` tensors, see
-    :class:`hiera.video_data.VideoFiles`): they are concatenated into the batch, its other values
+    :class:`hiera.data.video.VideoFiles`): they are concatenated into the batch, its other values
     repeated R times, so the model sees R samples and ``"n"`` counts them."""
     good = [s for s in samples if s is not None]
     batch = {"n_bad": len(samples) - len(good), "n": len(good)}
@@ -370,7 +371,6 @@ class StepSampler(Sampler):
 
 def pretrain_transform(input_size: Sequence[int], scale=(0.2, 1.0), mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """MAE pretraining augmentation: random-resized crop (bicubic) and horizontal flip."""
-    from torchvision import transforms as T
 
     return T.Compose([
         T.RandomResizedCrop(tuple(input_size), scale=scale, interpolation=T.InterpolationMode.BICUBIC),

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
 import torch
+from torchvision.datasets.folder import find_classes
+from torchvision.models import ResNet50_Weights
+from torchvision.models.video import R3D_18_Weights
 
 IMAGENET_NUM_CLASSES = 1000
 KINETICS_NUM_CLASSES = 400
@@ -22,7 +25,6 @@ KINETICS_NUM_CLASSES = 400
 
 def imagenet_classes() -> List[str]:
     """The 1000 ImageNet-1k class names, in class-index order (``"tench"``, ``"goldfish"``, ...)."""
-    from torchvision.models import ResNet50_Weights
 
     # Any ImageNet-1k weights enum carries the same list; ResNet50 is present in every torchvision.
     return list(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
@@ -30,7 +32,6 @@ def imagenet_classes() -> List[str]:
 
 def kinetics400_classes() -> List[str]:
     """The 400 Kinetics-400 class names, in class-index order (``"abseiling"``, ``"air drumming"``, ...)."""
-    from torchvision.models.video import R3D_18_Weights
 
     return list(R3D_18_Weights.KINETICS400_V1.meta["categories"])
 
@@ -55,7 +56,6 @@ def read_class_names(source: Union[str, os.PathLike]) -> List[str]:
     if not path.exists():
         raise FileNotFoundError(f"class names: {path} does not exist (expected a text file, JSON file or folder)")
     if path.is_dir():
-        from torchvision.datasets.folder import find_classes
 
         try:
             classes, _ = find_classes(str(path))

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
+import av
 import numpy as np
 import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 PathLike = Union[str, os.PathLike]
 
@@ -71,7 +73,6 @@ def load_image(path: PathLike):
     composited on white (rather than dropping alpha, which turns transparent areas into whatever
     colour the hidden pixels have, often black). Multi-frame files (GIF, TIFF) give their first frame.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     try:
@@ -89,7 +90,6 @@ def load_image(path: PathLike):
 
 
 def _to_rgb(img):
-    from PIL import Image
 
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit / float greyscale: convert("RGB") would clip everything above 255 to white.
@@ -120,7 +120,6 @@ class VideoInfo:
 
 
 def _open(path: Path, threads: str = "AUTO"):
-    import av
 
     if not path.exists():
         raise MediaError(path, "no such file")
@@ -132,10 +131,10 @@ def _open(path: Path, threads: str = "AUTO"):
         container.close()
         raise MediaError(path, "the file has no video stream")
     stream = container.streams.video[0]
-    # "AUTO": frame + slice threads, several times faster for one video on a multi-core machine.
+    # "AUTO": frame + slice threads, for one video on a multi-core machine.
     # "NONE" for DataLoader workers (they parallelise across videos) and for decoding next to
     # torch's OpenMP threads: frame threads hand frames to each other, and threads still spinning
-    # after a torch op delay every hand-off (measured 10x slower on 2 cores).
+    # after a torch op delay every hand-off (many times slower on a small machine).
     stream.thread_type = threads
     return container, stream
 
@@ -203,7 +202,6 @@ def read_video(
     A stream that breaks part-way keeps the frames decoded before the damage; a file from which no
     frame can be decoded raises :class:`MediaError`.
     """
-    import av
 
     path = Path(path)
     container, stream = _open(path, threads)
@@ -390,7 +388,6 @@ def media_kind(path: PathLike) -> Optional[str]:
 def _sniff_kind(path: Path) -> Optional[str]:
     """The kind of a file with an unknown extension, by reading its header."""
     try:
-        from PIL import Image
 
         with Image.open(path):
             return "image"

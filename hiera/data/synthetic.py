@@ -6,7 +6,7 @@ and phase, and mild pixel noise. Colour statistics therefore carry (almost) no c
 and a model must look at shapes and orientations to tell the classes apart, which is what MAE
 pretraining should help with. ``tests/test_synthetic.py`` checks both halves of that claim.
 
-    from hiera.synthetic import make_dataset
+    from hiera.data.synthetic import make_dataset
     info = make_dataset("data/shapes", num_per_class_train=200, num_per_class_val=50)
     # data/shapes/train/<class>/*.png, data/shapes/val/<class>/*.png (torchvision ImageFolder layout)
 
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
+from PIL import Image
 
 __all__ = ["CLASSES", "SyntheticInfo", "render", "generate", "make_dataset", "MARKER"]
 
@@ -187,7 +188,6 @@ class SyntheticInfo:
 
 
 def _write_pngs(folder: Path, images: np.ndarray, prefix: str = "") -> None:
-    from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(images):
@@ -261,7 +261,7 @@ def make_dataset(
             if not ours:
                 raise FileExistsError(
                     f"{folder} exists and is not empty, and {root} has no {MARKER} marker: not a dataset "
-                    "made by hiera.synthetic. Choose another root or remove it."
+                    "made by hiera.data.synthetic. Choose another root or remove it."
                 )
             shutil.rmtree(folder)  # made by us with other parameters, or interrupted
     root.mkdir(parents=True, exist_ok=True)

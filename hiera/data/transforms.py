@@ -169,7 +169,7 @@ class VideoEvalTransform:
         stride: frames between samples, counted at ``target_fps``.
         crop_pct: single view's crop / resize ratio (224 / 256).
         fit: ``"crop"`` (the protocol above) or ``"stretch"`` (resize frames straight to ``H x W``).
-        pad: how videos shorter than a clip are padded, see :func:`hiera.media.sample_frame_indices`.
+        pad: how videos shorter than a clip are padded, see :func:`hiera.data.media.sample_frame_indices`.
 
     Use :meth:`load` for a path, or :meth:`indices` + your own decoding + ``__call__``.
     """

@@ -2,11 +2,11 @@
 
 A clip is ``num_frames`` frames ``stride`` frames apart, the stride counted at ``target_fps`` (16
 frames 4 apart at 30 fps for the ``hiera_*_16x224`` models), chosen by
-:func:`hiera.media.sample_frame_indices` and decoded with PyAV (:mod:`hiera.media`):
+:func:`hiera.data.media.sample_frame_indices` and decoded with PyAV (:mod:`hiera.data.media`):
 
 * training: each clip starts at a random frame, seeded per sample (see :mod:`hiera.data`);
 * evaluation: the centre clip, or ``num_clips`` clips spread evenly over the video (multi-view),
-  read by :func:`hiera.media.load_clips` exactly as ``hiera predict`` and ``hiera mae-viz`` read
+  read by :func:`hiera.data.media.load_clips` exactly as ``hiera predict`` and ``hiera mae-viz`` read
   them, so what is evaluated and visualised is what the model sees in training;
 * videos shorter than a clip are padded by repeating their last frame, never an error; files that
   cannot be decoded come back as ``None`` and are counted by :func:`hiera.data.collate`.
@@ -36,7 +36,9 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn as nn
+from PIL import Image
 from timm.data.auto_augment import rand_augment_transform
+from torchvision.transforms import v2
 
 from .images import (
     ImageFiles,
@@ -68,7 +70,7 @@ class ClipSampling:
 
     ``mode``: ``"random"`` (training), ``"center"`` or ``"uniform"`` (evaluation; ``num_clips``
     evenly spaced clips). ``stride`` counts frames at ``target_fps`` (None: frames of the file).
-    ``pad``: how videos shorter than a clip are padded (see :func:`hiera.media.sample_frame_indices`).
+    ``pad``: how videos shorter than a clip are padded (see :func:`hiera.data.media.sample_frame_indices`).
     """
 
     num_frames: int = VIDEO_NUM_FRAMES
@@ -90,7 +92,7 @@ def read_clips(path, sampling: ClipSampling, generator: Optional[torch.Generator
     """Decode the clips ``sampling`` picks from the video at ``path``: uint8 ``[num_clips, T, H, W, 3]``.
 
     ``start`` / ``end`` (seconds) restrict the clips to a segment of the video. Evaluation clips of
-    a whole video come from :func:`hiera.media.load_clips`, the reader of ``hiera predict``.
+    a whole video come from :func:`hiera.data.media.load_clips`, the reader of ``hiera predict``.
     Training clips are read from the container's frame count by seeking, which decodes a clip's
     frames (and those since the keyframe before it) rather than the whole video. A header that
     over-states the length makes the frames past the real end repeat the last one (a clip wholly
@@ -98,7 +100,7 @@ def read_clips(path, sampling: ClipSampling, generator: Optional[torch.Generator
 
     ``threads="NONE"`` decodes on one thread: data loading parallelises across videos (DataLoader
     workers), and FFmpeg's frame threads stall next to torch's OpenMP threads (see
-    :func:`hiera.media.read_video`). The frames are the same with any threading.
+    :func:`hiera.data.media.read_video`). The frames are the same with any threading.
     """
     s = sampling
     if start is None and end is None and s.mode != "random":
@@ -147,7 +149,6 @@ class VideoTrainTransform:
         mean: Sequence[float] = KINETICS_MEAN,
         std: Sequence[float] = KINETICS_STD,
     ):
-        from torchvision.transforms import v2
 
         size = tuple(int(s) for s in input_size)
         self.size = size[-2:]  # (T, H, W) or (H, W): the frame count comes from the sampling
@@ -186,7 +187,6 @@ class VideoTrainTransform:
     def _same_policy_per_frame(self, x: torch.Tensor) -> torch.Tensor:
         """timm's RandAugment draws its ops and magnitudes from python's and numpy's generators:
         rewinding both before each frame gives every frame the same ops with the same magnitudes."""
-        from PIL import Image
 
         state = (random.getstate(), np.random.get_state())
         frames = []
@@ -240,7 +240,7 @@ class VideoFiles(ImageFiles):
 
     Args:
         transform: :class:`VideoTrainTransform` (training) or
-            :class:`hiera.transforms.VideoEvalTransform` (evaluation; its clip sampling is used).
+            :class:`hiera.data.transforms.VideoEvalTransform` (evaluation; its clip sampling is used).
         sampling: the clips to read (default: 16 random frames 4 apart at 30 fps; taken from the
             transform for a :class:`VideoEvalTransform`).
         repeats: clips sampled (and augmented, and masked) per decoded video. Decoding is the

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from safetensors import safe_open
 
 from ..weights import CheckpointError, StateDict, read_checkpoint, unwrap_state_dict
 from .common import detect_format
@@ -34,7 +35,6 @@ def read_any(path) -> tuple:
         return _to_official(state, config, cls_name)
     state = read_checkpoint(path)
     if path.suffix == ".safetensors" and config is None:  # `hiera convert --to safetensors` keeps it here
-        from safetensors import safe_open
 
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}

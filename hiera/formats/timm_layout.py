@@ -217,7 +217,7 @@ def timm_config_to_official(
     """
     model = model_or_name
     if isinstance(model_or_name, str):
-        import timm
+        import timm  # only to build a timm model by name: `import hiera` does not load timm
 
         model = timm.create_model(model_or_name, pretrained=False, device="meta", **create_kwargs)
     elif create_kwargs:

@@ -10,6 +10,9 @@ import json
 from pathlib import Path
 from typing import Optional
 
+import torch
+from safetensors.torch import save_file
+
 from .. import formats
 from ..formats.read import read_any
 from ..mae import MaskedAutoencoderHiera
@@ -21,7 +24,6 @@ TARGETS = ("official", "safetensors", "timm", "hf")
 
 
 def _atomic_safetensors(state, path: Path, metadata=None) -> None:
-    from safetensors.torch import save_file
 
     tensors = {k: v.contiguous() for k, v in state.items()}
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
@@ -42,7 +44,6 @@ def fit_problem(state, config: dict) -> Optional[str]:
     """Why ``state`` does not fit the model ``config`` builds (None when it does): the first tensor
     whose shape differs, with both shapes, or weights one of the two lacks. A classifier head of
     another size, or no head or final norm at all (an encoder checkpoint), fits."""
-    import torch
 
 
     mae = checkpoint_kind(state) == "mae"

@@ -1,8 +1,8 @@
 """Multi-scale feature maps of images and videos, written to disk: :func:`extract_features`, and the
 ``hiera features`` sub-command.
 
-    from hiera.resolve import load_model
-    from hiera.extract import extract_features
+    from hiera.zoo import load_model
+    from hiera.tools.features import extract_features
 
     model = load_model("hiera_base_224.mae_in1k")
     extract_features(model, ["photos/"], "feats/", stages=(2, 3), size=(448, 640))
@@ -17,8 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from ..data.media import MediaList, Skipped, find_media
 from ..data.transforms import eval_transform
@@ -95,13 +98,12 @@ def extract_features(
         fit: with ``size``: ``"stretch"`` resizes inputs to exactly that size (the whole image,
             aspect ratio not kept); ``"crop"`` resizes keeping the aspect ratio and crops the centre.
             Without ``size`` the model's evaluation transform is used (resize, centre crop 224/256).
-        batch_size, device, num_workers, progress: as for :func:`hiera.predict.predict`.
+        batch_size, device, num_workers, progress: as for :func:`hiera.tools.predict.predict`.
         transform: replaces the transform (PIL -> ``[3, H, W]``; for video ``.load(path)``).
     Returns:
-        a :class:`hiera.media.MediaList` of ``{"path": input, "files": [written paths],
+        a :class:`hiera.data.media.MediaList` of ``{"path": input, "files": [written paths],
         "shapes": {"stage{i}": shape}}``; ``.skipped`` lists inputs left out, with the reason.
     """
-    from tqdm.auto import tqdm
 
 
     if output_fmt not in ("NCHW", "NHWC"):
@@ -169,12 +171,10 @@ def _write(tensors: Dict[str, torch.Tensor], stem: Path, fmt: str, metadata: Dic
     # that a later reader would take for features.
 
     if fmt == "safetensors":
-        from safetensors.torch import save_file
 
         path = stem.with_name(stem.name + ".safetensors")
         write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
         return [str(path)]
-    import numpy as np
 
     written = []
     for key, t in tensors.items():

@@ -30,6 +30,7 @@ from typing import List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
 from ..data.media import load_image
 from ..data.transforms import ImageEvalTransform, VideoEvalTransform
@@ -275,7 +276,6 @@ def auto_scale(height: int, width: int, min_panel: int = MIN_PANEL) -> int:
 def _font(size: Optional[int]):
     """PIL's bitmap font (``size=None``), or its scalable font at ``size`` pixels where Pillow has
     FreeType (else the bitmap font)."""
-    from PIL import ImageFont
 
     if size is None:
         return ImageFont.load_default()
@@ -296,7 +296,6 @@ def _header_height(font_size: Optional[int]) -> int:
 
 def _wrap(text: str, font, width: int) -> List[str]:
     """``text`` in lines no wider than ``width`` pixels (paragraphs split at newlines)."""
-    from PIL import Image, ImageDraw
 
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     lines = []
@@ -367,7 +366,6 @@ def render_grid(
     scalable font at this size (default: its small bitmap font). ``caption``: text written under
     the grid, wrapped to its width (e.g. :func:`caption_text`). Without a caption the size is
     :func:`grid_size`."""
-    from PIL import Image, ImageDraw
 
     pictures = [result.original, result.masked, result.reconstruction, result.pasted]
     names = list(COLUMN_TITLES)

@@ -22,6 +22,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from ..backbone import HieraFeatures
 from ..data.labels import class_names as default_names
@@ -32,7 +33,7 @@ from ..devices import resolve_device
 from ..mae import MaskedAutoencoderHiera
 
 # ------------------------------------------------------------------------------------------ shared
-# Helpers the feature extractor (hiera.extract) shares with predict.
+# Helpers the feature extractor (hiera.tools.features) shares with predict.
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -137,13 +138,12 @@ def predict(
         num_workers: DataLoader workers decoding inputs in parallel (0: in this process).
         progress: show a tqdm progress bar (on stderr).
     Returns:
-        a :class:`hiera.media.MediaList` of ``{"path": str, "labels": [(name, probability), ...],
+        a :class:`hiera.data.media.MediaList` of ``{"path": str, "labels": [(name, probability), ...],
         "indices": [class index, ...]}`` in input order, best first; probabilities are softmax
         scores (averaged over views). ``.skipped`` lists ``(path, reason)`` for every input that was
         left out (missing, wrong kind, corrupt, or so elongated that resizing it would take
-        gigabytes: see :func:`hiera.transforms.check_resize`).
+        gigabytes: see :func:`hiera.data.transforms.check_resize`).
     """
-    from tqdm.auto import tqdm
 
 
     if isinstance(model, MaskedAutoencoderHiera) or not hasattr(unwrap_model(model), "head"):

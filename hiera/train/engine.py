@@ -36,7 +36,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from PIL import Image
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from ..data.images import StepSampler, collate
 from ..devices import resolve_device
@@ -67,7 +72,7 @@ class RunInterrupted(KeyboardInterrupt):
 
 @dataclass
 class RunConfig:
-    """How to run (the recipe's numbers live in :mod:`hiera.recipes`)."""
+    """How to run (the recipe's numbers live in :mod:`hiera.train.recipes`)."""
 
     out_dir: str
     total_steps: int
@@ -416,7 +421,6 @@ class Trainer:
         self.optimizer = make_optimizer(model)
         self.ema = None
         if cfg.ema_decay:
-            from timm.utils import ModelEmaV3
 
             self.ema = ModelEmaV3(model, decay=cfg.ema_decay)
         self.net = model
@@ -629,7 +633,6 @@ class Trainer:
         batches = iter(loader)
         bar = None
         if cfg.progress and self.is_main:
-            from tqdm import tqdm
 
             left = cfg.total_steps - self.step
             threads = f", {torch.get_num_threads()} CPU threads" if self.device.type == "cpu" else ""
@@ -804,7 +807,6 @@ class MAETask:
         samples = [s for s in (source[(0, i)] for i in picks) if s is not None]
         if not samples:
             return
-        from PIL import Image
 
 
         batch = collate(samples)
@@ -836,8 +838,6 @@ class ClassifyTask:
     name = "finetune"
 
     def __init__(self, num_classes: int, mixup_args: Optional[dict] = None, label_smoothing: float = 0.0):
-        from timm.data import Mixup
-        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
         self.num_classes = num_classes
         self.mixup = None

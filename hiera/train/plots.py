@@ -8,7 +8,7 @@ Each line of a metrics file is one record, a dict such as::
 :func:`plot_curves` draws one panel per metric, one colour per run (e.g. "MAE-pretrained" vs
 "from scratch"), train as solid lines and validation as dashed lines with markers::
 
-    from hiera.plots import plot_curves
+    from hiera.train.plots import plot_curves
     plot_curves({"MAE-pretrained": "runs/ft_mae/metrics.jsonl",
                  "from scratch": "runs/ft_scratch/metrics.jsonl"},
                 "curves.png", keys=("loss", "acc1", "lr"))
@@ -172,7 +172,7 @@ def plot_curves(
         )
 
     try:
-        import matplotlib
+        import matplotlib  # slow to import: loaded by the plots only, not by every command
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("plotting needs matplotlib: pip install matplotlib") from e
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -229,7 +229,7 @@ def plot_comparison(
     their colour across groups (first seen, first colour). Returns the written path.
     """
     try:
-        import matplotlib
+        import matplotlib  # slow to import: loaded by the plots only, not by every command
     except ImportError as e:  # pragma: no cover - matplotlib is a dependency
         raise ImportError("plotting needs matplotlib: pip install matplotlib") from e
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -1,21 +1,20 @@
 """``hiera quickstart``: what MAE pretraining buys, shown end to end on a laptop CPU, offline.
 
-It generates shapes whose classes differ in structure, not colour (hiera.synthetic): a pool of
-unlabelled images, a labelled training set and held-out images. It MAE-pretrains a small Hiera on
-the unlabelled pool, then compares the MAE encoder against the same network without pretraining:
-reconstructions of held-out images, a linear probe of the frozen encoder, and fine-tuning with
-few labels and with all labels. Everything runs through the package's own commands (pretrain,
-finetune, evaluate, predict) and ends in a report with pictures.
-"""
+The steps, as ``hiera quickstart --help`` tells them: generate shapes whose classes differ in
+structure, not colour (:mod:`hiera.data.synthetic`); MAE-pretrain a small Hiera on an unlabelled
+pool; compare the MAE encoder with the same network untrained (reconstructions, a linear probe,
+fine-tuning with few and with all labels) through the package's own commands; write a report."""
 
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import time
 from pathlib import Path
 
 import torch
+from PIL import Image, ImageDraw
 
 from ..data.images import open_images
 from ..data.synthetic import CLASSES, make_dataset
@@ -33,9 +32,8 @@ from .probe import encoder_features, heldout_mae_loss, linear_probe, per_class_s
 SMALL = dict(input_size=(64, 64), embed_dim=48, num_heads=2, stages=(1, 2, 3), q_pool=2, mask_unit_size=(4, 4),
              mask_unit_attn=(True, False, False))
 DECODER = dict(decoder_embed_dim=96, decoder_depth=2, decoder_num_heads=4)
-# What the encoder learns grows with the number of images it has reconstructed (measured on an
-# H200 with benchmarks/mae_scale.py: the linear probe passes the random encoder's within the
-# first few hundred thousand; fine-tuning needs over a million). Batches of 256 at 1.5e-3 (the
+# What the encoder learns grows with the number of images it has reconstructed (the scale curve
+# of benchmarks/mae_scale.py, in benchmarks/records/2026-11-30-h200-mae-scale.json). Batches of 256 at 1.5e-3 (the
 # recipe's 8e-4 per 4096 images would be 5e-5: far too little for a few hundred steps) learn
 # fastest per image on these shapes.
 PRETRAIN = dict(batch_size=256, lr=1.5e-3)
@@ -107,7 +105,6 @@ def quickstart(out="quickstart", per_class: int = 200, val_per_class: int = 50, 
 def _few_label_folder(train_dir: Path, dest: Path, per_class: int, seed: int) -> Path:
     """``dest/<class>/``: ``per_class`` images of each class of ``train_dir``, picked at random
     (seeded) and copied, so the few-label runs read an ordinary folder."""
-    import random
 
     if dest.exists():
         shutil.rmtree(dest)
@@ -232,7 +229,6 @@ def _images_seen(run_dir: Path) -> int:
 def _reconstruction_sheet(mae, untrained, x_val, y_val, path: Path, seed: int) -> str:
     """One held-out image per class, masked the same way, reconstructed by the untrained and the
     pretrained MAE: rows of original | masked | untrained | pretrained | pretrained + visible."""
-    from PIL import Image, ImageDraw
 
 
     picks = [int(torch.nonzero(y_val == c)[0, 0]) for c in torch.unique(y_val).tolist()]

@@ -51,6 +51,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 
 from ..weights import zoo_name_for
 
@@ -476,7 +477,6 @@ def param_groups(
     Every group carries ``lr_scale`` (1.0 without layer decay) and ``weight_decay``; the schedulers
     here and timm's multiply the scheduled lr by ``lr_scale``.
     """
-    from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 
     skip = no_weight_decay_names(model)
     if layer_decay is not None:
