@@ -310,7 +310,7 @@ def test_scheduler_sets_scaled_lrs_and_round_trips():
 # ------------------------------------------------------------------ the paper's tables, as data
 # Every value the Hiera paper's recipe tables give (arXiv 2306.00989, appendix; as quoted in the
 # project's reference notes, hiera-paper-numbers.md), written out here independently of
-# hiera/recipes.py, so that a preset drifting from the paper fails. A field maps to one value for
+# hiera/train/recipes.py, so that a preset drifting from the paper fails. A field maps to one value for
 # every size the table covers, or to {size: value}. Values a table leaves open (two options) are in
 # TABLE_OPTIONS; values the tables do not give at all are in NOT_IN_TABLES.
 _B_TO_H = ("base", "base_plus", "large", "huge")  # the video tables cover B, B+, L, H only
@@ -349,7 +349,7 @@ PAPER_TABLES = {
 }
 
 # Where a table gives options without saying which applies to the preset: the options, and the
-# one the module picked (documented next to the value in hiera/recipes.py).
+# one the module picked (documented next to the value in hiera/train/recipes.py).
 TABLE_OPTIONS = [  # (recipe function, sizes, field, the table's options, the value used)
     (finetune_recipe, ("large",), "drop_path_rate", (0.1, 0.2), 0.1),  # Tab. 14b "0.1 or 0.2 (L)"
     (recipes.video_finetune_recipe, ("base", "base_plus"), "layer_decay", (0.85, 0.8), 0.8),  # Tab. 11b

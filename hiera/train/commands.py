@@ -1,33 +1,28 @@
 """``hiera pretrain``, ``hiera finetune`` and ``hiera evaluate``: the paper's recipes on your images
-or videos (see :mod:`hiera.video_data` for the video layouts).
+or videos (see :mod:`hiera.data.video` for the video layouts).
 
 Each command is a thin layer over :func:`pretrain`, :func:`finetune` and :func:`evaluate`, which
 tests and notebooks call directly. Several processes: ``torchrun --nproc_per_node N -m hiera.cli
 pretrain ...`` (or ``torchrun ... $(which hiera) pretrain ...``).
+
+Images and videos take one path: what differs (recipe, data, transforms, evaluation protocol,
+the options each takes) is a :class:`hiera.train.modality.Modality`, chosen once per run.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
+import contextlib
+import dataclasses
 import os
 from pathlib import Path
 from typing import List, Optional, Tuple
 
 import torch
+from torch.utils.data import DataLoader
 
-from ..data.images import (
-    check_list_source,
-    check_readable,
-    collate,
-    finetune_transform,
-    open_images,
-    pretrain_transform,
-    relabel,
-)
+from ..data.images import check_list_source, check_readable, collate, open_images, relabel
 from ..data.labels import model_class_names
-from ..data.transforms import ImageEvalTransform, VideoEvalTransform, eval_transform
-from ..data.video import ClipSampling, VideoTrainTransform, ViewAverage, is_video_source, open_videos
+from ..data.transforms import ImageEvalTransform
 from ..devices import resolve_device
 from ..formats.read import read_any
 from ..mae import MaskedAutoencoderHiera
@@ -46,18 +41,10 @@ from .engine import (
     describe_checkpoint,
     evaluate_classifier,
 )
+from .modality import for_model, for_run, positive, whole
 from .plots import plot_curves
 from .probe import fit_head
-from .recipes import (
-    adamw,
-    build_optimizer,
-    finetune_recipe,
-    is_video_name,
-    lr_schedule,
-    pretrain_recipe,
-    video_finetune_recipe,
-    video_pretrain_recipe,
-)
+from .recipes import adamw, build_optimizer, lr_schedule
 
 
 # ---------------------------------------------------------------------------------- models
@@ -86,11 +73,53 @@ def _init_weights(model, init: Optional[str], strict=None):
     return load_weights(model, state, strict=strict, source=init)
 
 
+def _model_config(config: Optional[dict], model: str, defaults: dict) -> dict:
+    """``config`` (``--config``), with the recipe's ``defaults`` for what it leaves out of a zoo
+    model (a custom model's config is taken whole)."""
+    config = dict(config or {})
+    return config if model == "custom" else {**defaults, **config}
+
+
+def _freeze_trunk(net, recipe):
+    """A linear probe: only the head (and the norm before it) trains, with the recipe's mixup,
+    layer decay and augmentation off."""
+    for pname, p in net.named_parameters():
+        p.requires_grad = pname.startswith(("head.", "norm."))
+    return dataclasses.replace(recipe, layer_decay=None, mixup=0.0, cutmix=0.0, rand_augment=None, reprob=0.0)
+
+
+# ---------------------------------------------------------------------------------- the run
+def _steps_per_epoch(modality, train_set, data, val_set, val, batch_size: int, classes=None) -> int:
+    """Optimizer steps per epoch, once the data are known to be readable; ``classes`` names the
+    validation labels by the training classes (fine-tuning)."""
+    check_readable(train_set, data)
+    if val_set is not None:
+        if classes is not None:
+            # By name: a validation folder without one class must not shift every later label.
+            relabel(val_set, classes, val, f"the training data ({data})")
+        check_readable(val_set, val)
+    steps = len(train_set) // batch_size
+    if steps == 0:
+        raise ValueError(f"{len(train_set)} {modality.noun} are fewer than one batch of {batch_size}")
+    return steps
+
+
 def _schedule(recipe, steps_per_epoch: int, batch_size: int, lr: Optional[float]):
 
     total, warmup = recipe.schedule_steps(steps_per_epoch)
     peak = lr if lr is not None else recipe.lr(batch_size)
     return total, warmup, peak, (lambda step: lr_schedule(step, total, warmup, peak, recipe.min_lr))
+
+
+def _fit(trainer, report, resume: bool, note: Optional[str] = None) -> dict:
+    """Train (continuing the run in the folder when ``resume``); the last training record."""
+    if trainer.is_main and report is not None:
+        print(f"init: {report}")
+    if trainer.is_main and note:
+        print(note, flush=True)
+    if resume:
+        trainer.resume()
+    return trainer.fit()
 
 
 def _finish(trainer, model, out: Path, classes=None, data=None) -> None:
@@ -119,107 +148,44 @@ def _finish(trainer, model, out: Path, classes=None, data=None) -> None:
         plot_curves(out / "metrics.jsonl", out / "curves.png", keys=("loss",))
 
 
-# ---------------------------------------------------------------------------------- video
-def _video_run(data, model: Optional[str], config: Optional[dict], video: Optional[bool]) -> bool:
-    """Whether a run is on video: asked for (``video=True``), a video model (``*_16x224``, or a
-    custom config with a 3-D ``input_size``), or data made of videos. Mismatches are errors."""
-
-    if model == "custom":
-        model_video = len((config or {}).get("input_size", (224, 224))) == 3
-    elif model is not None:
-        model_video = is_video_name(model)
-    else:
-        model_video = None
-    data_video = is_video_source(data) if video is None else None
-    if video is None:
-        video = bool(model_video or data_video)
-    if video and model_video is False:
-        why = "the data are videos" if data_video else "--video was given"
-        raise ValueError(f"{why}, but {model!r} is an image model; use a video model such as hiera_base_16x224 "
-                         "(or 'custom' with a 3-D input_size)")
-    if video and data_video is False:
-        raise ValueError(f"{model!r} is a video model, but {data} holds images; give a folder or list of videos")
-    if not video and model_video:
-        raise ValueError(f"{model!r} is a video model; train it on videos (a folder of clips per class, or a CSV)")
-    return video
-
-
-def _clip_frames(net, num_frames: Optional[int], model: str) -> int:
-    """Frames per clip: the model's, and a requested clip length must agree with it."""
-    size = tuple(net.input_size)
-    if len(size) != 3:
-        raise ValueError(f"{model!r} takes images {size}, not clips; use a video model such as hiera_base_16x224")
-    if num_frames is not None and num_frames != size[0] and not getattr(net, "dynamic_size", False):
-        raise ValueError(
-            f"clips of {num_frames} frames were asked for, but {model!r} takes {size[0]} frames (input "
-            f"{list(size)}); drop --frames, or build the model for {num_frames} frames with "
-            f"--config '{{\"input_size\": [{num_frames}, {size[1]}, {size[2]}]}}'"
-        )
-    return size[0]
-
-
-def _with(recipe, **fields):
-    """``recipe`` with the fields that are not None replaced."""
-    import dataclasses
-
-    fields = {k: v for k, v in fields.items() if v is not None}
-    return dataclasses.replace(recipe, **fields) if fields else recipe
-
-
 # ---------------------------------------------------------------------------------- checks
-def _whole(value, flag: str, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{flag} must be a whole number >= {low}, got {value!r}")
-
-
-def _positive(value, flag: str, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{flag} must be a positive {what}, got {value!r}")
-
-
 def _check_run(batch_size, accum, lr, epochs, run: dict) -> None:
     """Every number a run takes, checked before any work: a bad one fails at once with what is
     expected instead of being ignored (a negative --save-every), misread or failing hours later."""
-    _whole(batch_size, "--batch-size", 1)
-    _whole(accum, "--accum", 1)
+    whole(batch_size, "--batch-size", 1)
+    whole(accum, "--accum", 1)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if batch_size % (world * accum):
         raise ValueError(f"--batch-size {batch_size} must be divisible by processes x --accum = {world} x {accum}")
     if lr is not None:
-        _positive(lr, "--lr", "learning rate")
+        positive(lr, "--lr", "learning rate")
     if epochs is not None:
-        _positive(epochs, "--epochs", "number")
+        positive(epochs, "--epochs", "number")
     for key, flag, low in (("save_every", "--save-every", 0), ("eval_every", "--eval-every", 0),
                            ("log_every", "--log-every", 1), ("num_workers", "--workers", 0)):
         if key in run:
-            _whole(run[key], flag, low)
+            whole(run[key], flag, low)
     if run.get("clip_grad") is not None:
-        _positive(run["clip_grad"], "--clip-grad", "gradient norm")
+        positive(run["clip_grad"], "--clip-grad", "gradient norm")
     if run.get("precision", "fp32") not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"--precision must be fp32, bf16 or fp16, got {run['precision']!r}")
 
     resolve_device(run.get("device", "auto"))
 
 
-def _check_video_options(video: bool, data, num_frames, frame_stride, repeat_aug) -> None:
-    given = [flag for flag, value in (("--frames", num_frames), ("--frame-stride", frame_stride),
-                                      ("--repeat-aug", repeat_aug)) if value is not None]
-    if not video and given:
-        raise ValueError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for video runs, and this run "
-                         f"is on images ({data}); drop {'it' if len(given) == 1 else 'them'}, or train a video model")
-    if num_frames is not None:
-        _whole(num_frames, "--frames", 1)
-    if frame_stride is not None:
-        _positive(frame_stride, "--frame-stride", "number of frames")
-    if repeat_aug is not None:
-        _whole(repeat_aug, "--repeat-aug", 1)
-
-
-def _interrupted(out):
-
-    last = Path(out) / "last.pt"
-    return RunInterrupted(f"interrupted; {describe_checkpoint(last)}"
-                          + ("; continue with --resume" if checkpoint_step(last) is not None else ""))
+@contextlib.contextmanager
+def _run_folder(out, resume: bool, overwrite: bool):
+    """The run folder ``out``, held for the run (see :class:`hiera.train.engine.RunFolder`); Ctrl-C
+    becomes :class:`RunInterrupted` saying where the last checkpoint is."""
+    try:
+        with RunFolder(out, resume=resume, overwrite=overwrite):
+            yield
+    except KeyboardInterrupt as e:
+        if isinstance(e, RunInterrupted):
+            raise
+        last = Path(out) / "last.pt"
+        raise RunInterrupted(f"interrupted; {describe_checkpoint(last)}"
+                             + ("; continue with --resume" if checkpoint_step(last) is not None else "")) from None
 
 
 # ---------------------------------------------------------------------------------- commands
@@ -247,95 +213,45 @@ def pretrain(
     recipe for the model's size, shrunk to ``epochs`` and ``batch_size``. ``init`` continues from
     existing weights; ``resume`` continues an interrupted run in ``out``; ``overwrite`` replaces the
     run already in ``out`` (without either, a folder holding a run is refused; see
-    :class:`hiera.engine.RunFolder`). ``run``: fields of :class:`hiera.engine.RunConfig`
+    :class:`hiera.train.engine.RunFolder`). ``run``: fields of :class:`hiera.train.engine.RunConfig`
     (precision, clip_grad, compile, save_every, seed, ...). Bad arguments raise ValueError before
-    any work; Ctrl-C raises :class:`hiera.engine.RunInterrupted` saying where the last checkpoint is.
+    any work; Ctrl-C raises :class:`hiera.train.engine.RunInterrupted` saying where the last checkpoint is.
 
     Video (``video=True``, a ``*_16x224`` / 3-D custom model, or a folder / list of videos; the
     default model is then ``hiera_base_16x224``): clips of the model's frame count (``num_frames``
     must agree), ``frame_stride`` frames apart at 30 fps (default 4), one random-resized crop and
     flip per clip, Kinetics statistics, mask ratio 0.9 over 1x8x8-token mask units, the
     time-strided normalised-pixel loss of the official video MAE, and ``repeat_aug`` clips per
-    decoded video (default: the recipe's, 4 for pretraining [Hiera Tab. 11a]). ``val``: the centre clip of each video, as ``hiera mae-viz`` reads it."""
-
+    decoded video (default: the recipe's, 4 for pretraining [Hiera Tab. 11a]). ``val``: the centre
+    clip of each video, as ``hiera mae-viz`` reads it."""
     _check_run(batch_size, accum, lr, epochs, run)
     if mask_ratio is not None:  # the range now, before anything is built; the model then says
         mask_ratio_value(mask_ratio)  # which ratios its input allows (check_mask_ratio)
-    video = _video_run(data, model, config, video)
-    _check_video_options(video, data, num_frames, frame_stride, repeat_aug)
-    try:
-        with RunFolder(out, resume=resume, overwrite=overwrite):
-            return _pretrain(data, out, model, epochs, batch_size, accum, lr, mask_ratio, init, resume, val, config,
-                             video, num_frames, frame_stride, repeat_aug, run)
-    except KeyboardInterrupt as e:
-        if isinstance(e, RunInterrupted):
-            raise
-        raise _interrupted(out) from None
-
-
-def _pretrain(data, out, model, epochs, batch_size, accum, lr, mask_ratio, init, resume, val, config, video,
-              num_frames, frame_stride, repeat_aug, run) -> dict:
-
-    model = model or ("hiera_base_16x224" if video else "hiera_base_224")
-    name = "base" if model == "custom" else model
-    recipe = (video_pretrain_recipe(name) if video else pretrain_recipe(name)).scaled(epochs=epochs, batch_size=batch_size)
-    if video:
-        recipe = _with(recipe, frame_stride=frame_stride, repeat_aug=repeat_aug)
-    overrides = dict(config or {})
-    if model != "custom":
-        overrides.setdefault("drop_path_rate", recipe.drop_path_rate)
-    seed = run.get("seed", 0)
-    if video:  # the data first: a folder without videos fails before a large model is built
-
-        train_set = open_videos(data, seed=seed)
-    torch.manual_seed(seed)  # the same initial weights in every process and every rerun
-    net = _build(model, mae=True, overrides=overrides)
-    ratio = recipe.mask_ratio if mask_ratio is None else mask_ratio
-    net.check_mask_ratio(ratio)  # e.g. 0.98 keeps no unit of 49: say so before any data is read
-    report = _init_weights(net, init, strict=False)
-    size = tuple(net.input_size)
-    extra = {}
-    if video:
-
-        frames = _clip_frames(net, num_frames, model)
-        train_set.sampling = ClipSampling(frames, recipe.frame_stride, recipe.target_fps, "random")
-        train_set.transform = VideoTrainTransform(size, scale=recipe.crop_scale, ratio=recipe.crop_ratio,
-                                                  hflip=recipe.hflip)
-        train_set.mask_units, train_set.mask_ratio, train_set.repeats = net.num_mask_units, ratio, recipe.repeat_aug
-        # Validation clips are read as `hiera mae-viz` reads a video (centre clip, shorter side to
-        # the crop size), so the reconstructions of a run and of mae-viz can be compared.
-        val_set = open_videos(
-            val, transform=VideoEvalTransform(size, views="single", stride=recipe.frame_stride,
-                                              target_fps=recipe.target_fps, crop_pct=1.0),
-            seed=seed, mask_units=net.num_mask_units, mask_ratio=ratio) if val else None
-        extra = {"video": True, "frames": frames, "frame_stride": recipe.frame_stride,
-                 "target_fps": recipe.target_fps, "repeat_aug": recipe.repeat_aug}
-    else:
-        make = lambda root: open_images(  # noqa: E731
-            root, transform=pretrain_transform(size, scale=recipe.crop_scale), seed=seed,
-            mask_units=net.num_mask_units, mask_ratio=ratio)
-        train_set = make(data)
-        val_set = make(val) if val else None
-    check_readable(train_set, data)
-    if val_set is not None:
-        check_readable(val_set, val)
-    steps_per_epoch = len(train_set) // batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_set)} {'videos' if video else 'images'} are fewer than one batch of {batch_size}")
-    total, warmup, peak, lr_at = _schedule(recipe, steps_per_epoch, batch_size, lr)
-    cfg = RunConfig(out_dir=str(out), total_steps=total, batch_size=batch_size, accum=accum,
-                    extra={"recipe": recipe.to_dict(), "peak_lr": peak, "warmup_steps": warmup,
-                           "mask_ratio": ratio, "data": str(data), "init": init, **extra}, **run)
-    trainer = Trainer(net, MAETask(), train_set, val_set,
-                      lambda m: build_optimizer(m, recipe, batch_size), lr_at, cfg)
-    if trainer.is_main and report is not None:
-        print(f"init: {report}")
-    if resume:
-        trainer.resume()
-    last = trainer.fit()
-    _finish(trainer, net, Path(out), data={"pretraining": f"{data} ({len(train_set)} {'videos' if video else 'images'}, "
-                                                          "labels unused)"})
-    return last
+    modality = for_run(data, model, config, video, num_frames, frame_stride, repeat_aug)
+    with _run_folder(out, resume, overwrite):
+        model = model or modality.default_model
+        recipe = modality.pretrain_recipe(model, epochs, batch_size)
+        seed = run.get("seed", 0)
+        train_set = modality.open(data, seed)  # the data first: an empty folder fails before a large model is built
+        overrides = _model_config(config, model, {"drop_path_rate": recipe.drop_path_rate})
+        torch.manual_seed(seed)  # the same initial weights in every process and every rerun
+        net = _build(model, mae=True, overrides=overrides)
+        ratio = recipe.mask_ratio if mask_ratio is None else mask_ratio
+        net.check_mask_ratio(ratio)  # e.g. 0.98 keeps no unit of 49: say so before any data is read
+        report = _init_weights(net, init, strict=False)
+        val_set = modality.pretrain_data(train_set, val, net, model, recipe, ratio, seed)
+        steps_per_epoch = _steps_per_epoch(modality, train_set, data, val_set, val, batch_size)
+        total, warmup, peak, lr_at = _schedule(recipe, steps_per_epoch, batch_size, lr)
+        cfg = RunConfig(out_dir=str(out), total_steps=total, batch_size=batch_size, accum=accum,
+                        extra={"recipe": recipe.to_dict(), "peak_lr": peak, "warmup_steps": warmup,
+                               "mask_ratio": ratio, "data": str(data), "init": init,
+                               **modality.run_facts(net, recipe)}, **run)
+        trainer = Trainer(net, MAETask(), train_set, val_set,
+                          lambda m: build_optimizer(m, recipe, batch_size), lr_at, cfg)
+        last = _fit(trainer, report, resume)
+        _finish(trainer, net, Path(out), data={"pretraining": f"{data} ({len(train_set)} {modality.noun}, "
+                                                              "labels unused)"})
+        return last
 
 
 def finetune(
@@ -378,127 +294,58 @@ def finetune(
     ``probe_head`` (images): before training, set the fresh head by a linear probe on the
     training images (up to ``PROBE_HEAD_IMAGES`` of them, centre crops): "linear probe, then
     fine-tune", which lets a short fine-tuning of a pretrained trunk adapt the features instead
-    of spending its steps finding the head (see :func:`hiera.probe.fit_head`)."""
+    of spending its steps finding the head (see :func:`hiera.train.probe.fit_head`)."""
 
     _check_run(batch_size, accum, lr, epochs, run)
-    video = _video_run(data, model, config, video)
-    _check_video_options(video, data, num_frames, frame_stride, repeat_aug)
-    args = dict(val=val, model=model, init=init, epochs=epochs, batch_size=batch_size, accum=accum, lr=lr,
-                linear_probe=linear_probe, ema=ema, resume=resume, config=config, mixup=mixup,
-                recipe_overrides=recipe_overrides, video=video, num_frames=num_frames, frame_stride=frame_stride,
-                repeat_aug=repeat_aug, probe_head=probe_head)
-    if probe_head and video:
-        raise ValueError("--probe-head fits the head on images; it is not available for video runs yet")
-    try:
-        with RunFolder(out, resume=resume, overwrite=overwrite):
-            return _finetune(data, out, run=run, **args)
-    except KeyboardInterrupt as e:
-        if isinstance(e, RunInterrupted):
-            raise
-        raise _interrupted(out) from None
+    modality = for_run(data, model, config, video, num_frames, frame_stride, repeat_aug, probe_head=probe_head)
+    with _run_folder(out, resume, overwrite):
+        model = model or modality.default_model
+        recipe = modality.finetune_recipe(model, epochs, batch_size)
+        if recipe_overrides:  # e.g. {"rand_augment": None, "reprob": 0.0} for a lighter recipe
+            recipe = dataclasses.replace(recipe, **recipe_overrides)
+        seed = run.get("seed", 0)
+        train_set = modality.open(data, seed, labelled=True)
+        classes = train_set.classes
+        if not classes:
+            raise ValueError(f"{data} has no class sub-folders: fine-tuning needs labelled {modality.noun}")
+        overrides = _model_config(dict(config or {}, num_classes=len(classes)), model,
+                                  modality.finetune_defaults(recipe, linear_probe))
+        torch.manual_seed(seed)
+        net = _build(model, mae=False, overrides=overrides)
+        report = _init_weights(net, init, strict=False)
+        if linear_probe:
+            recipe = _freeze_trunk(net, recipe)
+        val_set = modality.finetune_data(train_set, val, net, model, recipe, seed)
+        run = modality.finetune_run(recipe, run)
+        steps_per_epoch = _steps_per_epoch(modality, train_set, data, val_set, val, batch_size, classes=classes)
+        lr_batch = modality.finetune_lr_batch(recipe, batch_size)
+        total, warmup, peak, lr_at = _schedule(recipe, steps_per_epoch, lr_batch, lr)
+        use_mixup = (recipe.mixup > 0 or recipe.cutmix > 0) if mixup is None else mixup
+        task = ClassifyTask(len(classes), mixup_args=recipe.mixup_args(len(classes)) if use_mixup else None,
+                            label_smoothing=recipe.label_smoothing)
+        use_ema = recipe.ema if ema is None else ema
+        cfg = RunConfig(out_dir=str(out), total_steps=total, batch_size=batch_size, accum=accum,
+                        ema_decay=recipe.ema_decay if use_ema else None,
+                        extra={"recipe": recipe.to_dict(), "peak_lr": peak, "warmup_steps": warmup,
+                               "classes": classes, "data": str(data), "init": init,
+                               "linear_probe": linear_probe, **modality.run_facts(net, recipe)}, **run)
+        head_note = None
+        if probe_head and not resume:  # before the trainer: its EMA copy must start from the fitted head
+            head_note = _probe_head(net, data, tuple(net.input_size), recipe.eval_crop_pct, seed,
+                                    run.get("device", "auto"))
 
+        def make_optimizer(m):
+            return build_optimizer(m, recipe, lr_batch) if not linear_probe else adamw(
+                [p for p in m.parameters() if p.requires_grad], lr=peak, betas=recipe.betas, weight_decay=0.0)
 
-def _finetune(data, out, val, model, init, epochs, batch_size, accum, lr, linear_probe, ema, resume, config, mixup,
-              recipe_overrides, video, num_frames, frame_stride, repeat_aug, probe_head, run) -> dict:
-
-    model = model or ("hiera_base_16x224" if video else "hiera_base_224")
-    name = "base" if model == "custom" else model
-    recipe = (video_finetune_recipe(name) if video else finetune_recipe(name)).scaled(epochs=epochs, batch_size=batch_size)
-    if video:
-        recipe = _with(recipe, frame_stride=frame_stride, repeat_aug=repeat_aug)
-    if recipe_overrides:  # e.g. {"rand_augment": None, "reprob": 0.0} for a lighter recipe
-        import dataclasses
-
-        recipe = dataclasses.replace(recipe, **recipe_overrides)
-    seed = run.get("seed", 0)
-    if video:
-
-        train_set = open_videos(data, labelled=True, seed=seed)
-    else:
-        train_set = open_images(data, labelled=True, seed=seed)
-    if not train_set.classes:
-        raise ValueError(f"{data} has no class sub-folders: fine-tuning needs labelled {'videos' if video else 'images'}")
-    overrides = dict(config or {}, num_classes=len(train_set.classes))
-    if model != "custom":
-        overrides.setdefault("drop_path_rate", 0.0 if linear_probe else recipe.drop_path_rate)
-        if video:
-            overrides.setdefault("head_dropout", 0.0 if linear_probe else recipe.head_dropout)
-    torch.manual_seed(seed)
-    net = _build(model, mae=False, overrides=overrides)
-    report = _init_weights(net, init, strict=False)
-    size = tuple(net.input_size)
-    if linear_probe:
-        import dataclasses
-
-        recipe = dataclasses.replace(recipe, layer_decay=None, mixup=0.0, cutmix=0.0, rand_augment=None, reprob=0.0)
-        for pname, p in net.named_parameters():
-            p.requires_grad = pname.startswith(("head.", "norm."))
-    extra, lr_batch = {}, batch_size
-    if video:
-
-        frames = _clip_frames(net, num_frames, model)
-        train_set.sampling = ClipSampling(frames, recipe.frame_stride, recipe.target_fps, "random")
-        train_set.repeats = recipe.repeat_aug
-        train_set.transform = VideoTrainTransform(
-            size, scale=recipe.crop_scale, ratio=recipe.crop_ratio, hflip=recipe.hflip,
-            rand_augment=recipe.rand_augment, reprob=recipe.reprob, remode=recipe.remode)
-        val_set = None
+        trainer = Trainer(net, task, train_set, val_set, make_optimizer, lr_at, cfg)
+        last = _fit(trainer, report, resume, note=head_note)
+        result = trainer.last_eval
+        facts = {"training": f"{data} ({len(train_set)} {modality.noun}, {len(classes)} classes)"}
         if val:
-            val_set = open_videos(val, labelled=True, seed=seed, transform=VideoEvalTransform(
-                size, views="single", stride=recipe.frame_stride, target_fps=recipe.target_fps))
-        if run.get("clip_grad") is None:
-            run["clip_grad"] = recipe.clip_grad
-        lr_batch = batch_size * recipe.repeat_aug  # the lr follows the clips per step ([MAE-ST])
-        extra = {"video": True, "frames": frames, "frame_stride": recipe.frame_stride,
-                 "target_fps": recipe.target_fps, "repeat_aug": recipe.repeat_aug}
-    else:
-        train_set.transform = finetune_transform(size, auto_augment=recipe.rand_augment, re_prob=recipe.reprob,
-                                                 re_mode=recipe.remode, scale=recipe.crop_scale, hflip=recipe.hflip)
-        val_set = None
-        if val:
-            val_set = open_images(val, labelled=True, seed=seed,
-                                  transform=ImageEvalTransform(size, crop_pct=recipe.eval_crop_pct))
-    check_readable(train_set, data)
-    if val_set is not None:
-        # By name: a validation folder without one class must not shift every later label.
-        relabel(val_set, train_set.classes, val, f"the training data ({data})")
-        check_readable(val_set, val)
-    steps_per_epoch = len(train_set) // batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_set)} {'videos' if video else 'images'} are fewer than one batch of {batch_size}")
-    total, warmup, peak, lr_at = _schedule(recipe, steps_per_epoch, lr_batch, lr)
-    use_mixup = (recipe.mixup > 0 or recipe.cutmix > 0) if mixup is None else mixup
-    task = ClassifyTask(len(train_set.classes), mixup_args=recipe.mixup_args(len(train_set.classes)) if use_mixup else None,
-                        label_smoothing=recipe.label_smoothing)
-    use_ema = recipe.ema if ema is None else ema
-    cfg = RunConfig(out_dir=str(out), total_steps=total, batch_size=batch_size, accum=accum,
-                    ema_decay=recipe.ema_decay if use_ema else None,
-                    extra={"recipe": recipe.to_dict(), "peak_lr": peak, "warmup_steps": warmup,
-                           "classes": train_set.classes, "data": str(data), "init": init,
-                           "linear_probe": linear_probe, **extra}, **run)
-
-    head_note = None
-    if probe_head and not resume:  # before the trainer: its EMA copy must start from the fitted head
-        head_note = _probe_head(net, data, size, recipe.eval_crop_pct, seed, run.get("device", "auto"))
-
-    def make_optimizer(m):
-        return build_optimizer(m, recipe, lr_batch) if not linear_probe else adamw(
-            [p for p in m.parameters() if p.requires_grad], lr=peak, betas=recipe.betas, weight_decay=0.0)
-
-    trainer = Trainer(net, task, train_set, val_set, make_optimizer, lr_at, cfg)
-    if trainer.is_main and report is not None:
-        print(f"init: {report}")
-    if trainer.is_main and head_note:
-        print(head_note, flush=True)
-    if resume:
-        trainer.resume()
-    last = trainer.fit()
-    result = trainer.last_eval
-    facts = {"training": f"{data} ({len(train_set)} {'videos' if video else 'images'}, {len(train_set.classes)} classes)"}
-    if val:
-        facts["validation"] = f"{val} ({len(val_set)} {'videos' if video else 'images'})"
-    _finish(trainer, trainer.ema.module if trainer.ema else net, Path(out), classes=train_set.classes, data=facts)
-    return {**last, **{f"val_{k}": v for k, v in result.items()}}
+            facts["validation"] = f"{val} ({len(val_set)} {modality.noun})"
+        _finish(trainer, trainer.ema.module if trainer.ema else net, Path(out), classes=classes, data=facts)
+        return {**last, **{f"val_{k}": v for k, v in result.items()}}
 
 
 PROBE_HEAD_IMAGES = 10000  # enough for a head of a few hundred classes; more costs time and float64 memory
@@ -541,11 +388,9 @@ def evaluate(data, model: Optional[str] = None, weights=None, batch_size: int = 
     protocol of the Kinetics results) with the softmax averaged over the 15 views, or on the centre
     view (``views="single"``). ``batch_size`` counts model inputs (views). ``workers``: DataLoader
     processes that decode. ``"unreadable"`` counts the files that could not be decoded (skipped)."""
-    from torch.utils.data import DataLoader
 
-
-    _whole(batch_size, "--batch-size", 1)
-    _whole(workers, "--workers", 0)
+    whole(batch_size, "--batch-size", 1)
+    whole(workers, "--workers", 0)
     if views not in ("multi", "single"):
         raise ValueError(f"views must be 'multi' or 'single', got {views!r}")
     dev = resolve_device(device)
@@ -556,18 +401,7 @@ def evaluate(data, model: Optional[str] = None, weights=None, batch_size: int = 
     net.to(dev).eval()
     num_classes = net.head.projection.out_features
     names, named_by = model_class_names(weights, classes, num_classes)
-    video = len(tuple(net.input_size)) == 3
-    if video:
-
-        if is_video_source(data) is False:
-            raise ValueError(f"the model takes video clips {list(net.input_size)}, but {data} holds images")
-        transform = eval_transform(net, views=views)
-        dataset = open_videos(data, labelled=True, transform=transform)
-        runner, per_batch = ViewAverage(net, chunk=batch_size), max(1, batch_size // transform.num_views)
-        protocol = f"{transform.num_crops} spatial x {transform.num_clips} temporal"
-    else:
-        dataset = open_images(data, labelled=True, transform=eval_transform(net))
-        runner, per_batch, protocol = net, batch_size, "single view"
+    dataset, runner, per_batch, protocol = for_model(net).evaluation(net, data, views, batch_size)
     assumed = None
     if names is not None:
         relabel(dataset, names, data, f"the model ({named_by})")
@@ -590,6 +424,13 @@ def evaluate(data, model: Optional[str] = None, weights=None, batch_size: int = 
     if not stats["n"]:
         raise ValueError(f"none of the {len(dataset)} files in {data} could be read ({unreadable} unreadable)")
     confusion = stats.pop("confusion")
+    return {**stats, "views": protocol, "unreadable": unreadable, "classes": names, "assumed": assumed,
+            **_per_class(confusion, dataset, names, num_classes)}
+
+
+def _per_class(confusion: torch.Tensor, dataset, names: List[str], num_classes: int) -> dict:
+    """The per-class part of :func:`evaluate`'s result: accuracy of the classes in the data, the
+    classes missing from it, the five most confused pairs and the confusion matrix."""
     present = sorted({label for _, label in dataset.items if label >= 0})
     per_class = (confusion.diag() / confusion.sum(1).clamp(min=1) * 100).tolist()
     off = confusion.clone()
@@ -599,8 +440,7 @@ def evaluate(data, model: Optional[str] = None, weights=None, batch_size: int = 
         t, p = divmod(flat, off.shape[1])
         if off[t, p] > 0:
             pairs.append({"true": names[t], "predicted": names[p], "count": int(off[t, p])})
-    return {**stats, "views": protocol, "unreadable": unreadable, "classes": names, "assumed": assumed,
-            "per_class_acc1": {names[i]: per_class[i] for i in present},
+    return {"per_class_acc1": {names[i]: per_class[i] for i in present},
             "missing_classes": [names[i] for i in range(num_classes) if i not in set(present)][:1000],
             "confused": pairs, "confusion": confusion.long().tolist()}
 
