@@ -61,7 +61,7 @@ def write_video(path, num_frames, width=64, height=48, fps=30, codec="mpeg4", go
 
 
 def cli(argv):
-    """``hiera <argv>`` with this module's sub-commands on a local parser (cli.py wires them later)."""
+    """``hiera <argv>`` with this module's sub-commands on a local parser (hiera.cli wires them all)."""
     parser = argparse.ArgumentParser(prog="hiera")
     sub = parser.add_subparsers(dest="command")
     predict_cli.add_parser(sub)
