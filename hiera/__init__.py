@@ -10,6 +10,7 @@ from .backbone import HieraFeatures
 from .layers import Head, HieraBlock, MaskUnitAttention, PatchEmbed
 from .mae import MaskedAutoencoderHiera
 from .model import Hiera, InputMismatchError
+from .hieradet import HieraDet
 from .token_order import Reroll, Unroll, undo_windowing
 from .weights import CheckpointError, LoadReport, load_weights, read_checkpoint
 from .zoo import CONSTRUCTORS, MODELS, create_model, list_models, load_model

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Sequence, Union
 
 import torch
 import torch.nn as nn
 
+from .hieradet import HieraDet
 from .model import Hiera
 
 
 class HieraFeatures(nn.Module):
-    """Wraps a :class:`Hiera` so that calling it returns feature maps instead of class scores.
+    """Wraps a :class:`Hiera` (or a SAM2 :class:`HieraDet` trunk) so that calling it returns feature
+    maps instead of class scores.
 
     ``out_indices`` picks stages (or blocks with ``per_block=True``); ``feature_info`` gives the
     channels and stride of each output, like timm's feature extractors. Any input size that tiles
@@ -21,11 +23,11 @@ class HieraFeatures(nn.Module):
     maps are ``[B, C_i, T', H / s_i, W / s_i]``), or channels-last with ``output_fmt="NHWC"``.
     """
 
-    def __init__(self, model: Hiera, out_indices: Sequence[int] = (0, 1, 2, 3), output_fmt: str = "NCHW",
+    def __init__(self, model: Union[Hiera, HieraDet], out_indices: Sequence[int] = (0, 1, 2, 3), output_fmt: str = "NCHW",
                  per_block: bool = False):
         super().__init__()
-        if not isinstance(model, Hiera):
-            raise TypeError(f"expected a hiera.Hiera model, got {type(model).__name__}")
+        if not isinstance(model, (Hiera, HieraDet)):
+            raise TypeError(f"expected a hiera.Hiera or hiera.HieraDet model, got {type(model).__name__}")
         self.model = model
         self.model.dynamic_size = True
         self.out_indices = tuple(out_indices)

@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from .backbone import HieraFeatures
 from .formats.read import read_any
+from .hieradet import HieraDet
 from .hub import hub_download
 from .mae import MaskedAutoencoderHiera
 from .model import Hiera
@@ -60,7 +61,21 @@ VIDEO = dict(
     sep_pos_embed=True,
 )
 
+# SAM 2 / SAM 2.1's image-encoder trunks (HieraDet), as SAM 2's configs (sam2.1_hiera_{t,s,b+,l}.yaml) set
+# them; the rest are HieraDet's defaults (SAM 2's: stages (2, 3, 16, 3), global_att_blocks (12, 16, 20),
+# window_spec (8, 4, 14, 7), background position embedding 14x14). SAM 2 runs every size at 1024x1024.
+SAM2_TRUNKS = {
+    "tiny": dict(embed_dim=96, num_heads=1, stages=(1, 2, 7, 2), global_att_blocks=(5, 7, 9),
+                 window_pos_embed_bkg_spatial_size=(7, 7)),
+    "small": dict(embed_dim=96, num_heads=1, stages=(1, 2, 11, 2), global_att_blocks=(7, 10, 13),
+                  window_pos_embed_bkg_spatial_size=(7, 7)),
+    "base_plus": dict(embed_dim=112, num_heads=2),
+    "large": dict(embed_dim=144, num_heads=2, stages=(2, 6, 36, 4), global_att_blocks=(23, 33, 43),
+                  window_pos_embed_bkg_spatial_size=(7, 7), window_spec=(8, 4, 16, 8)),
+}
+
 # ImageNet-1k / Kinetics-400 top-1 of the fine-tuned checkpoints, from the paper (Tables 9 and 10).
+# (The SAM 2 paper reports no ImageNet accuracy for its trunks: they have none here.)
 TOP1 = {
     "hiera_tiny_224": 82.8, "hiera_small_224": 83.8, "hiera_base_224": 84.5,
     "hiera_base_plus_224": 85.2, "hiera_large_224": 86.1, "hiera_huge_224": 86.9,
@@ -138,6 +153,18 @@ def _specs() -> Dict[str, ModelSpec]:
     specs["hiera_base_abswin_256"] = ModelSpec(
         "hiera_base_abswin_256", Hiera, dict(embed_dim=96, num_heads=1, stages=(2, 3, 16, 3), **abswin)
     )  # timm lists no released weights for it
+    # SAM 2's trunks. Weights: timm's Hub repos, converted from SAM 2's checkpoints (fb_r*: SAM 2,
+    # fb_r*_2pt1: SAM 2.1; r896 / r1024 is timm's evaluation size), without a head; the default is
+    # timm's. Inputs: resized whole to the model's size, ImageNet statistics (as SAM 2 does).
+    for size, trunk in SAM2_TRUNKS.items():
+        name = f"sam2_hiera_{size}"
+        tag = "fb_r1024" if size == "large" else "fb_r896"
+        specs[name] = ModelSpec(
+            name, HieraDet, {**trunk, "input_size": (1024, 1024)},
+            {t: f"hf-hub:timm/{name}.{t}" for t in (tag, tag + "_2pt1")},
+            tag,
+            crop_pct=1.0,
+        )
     return specs
 
 
@@ -199,11 +226,12 @@ def create_model(
     trunk. See :func:`hiera.weights.load_weights` for ``strict``. ``kwargs`` override the config.
 
     ``features_only=True`` returns a :class:`hiera.backbone.HieraFeatures` backbone (with
-    ``out_indices`` and ``output_fmt``); ``dynamic_size=True`` accepts any input size that tiles.
+    ``out_indices`` and ``output_fmt``); ``dynamic_size=True`` accepts any input size that tiles
+    (a :class:`hiera.HieraDet` does by default, as SAM 2).
     """
     features = {k: kwargs.pop(k) for k in ("out_indices", "output_fmt") if k in kwargs}
     features_only = kwargs.pop("features_only", False)
-    dynamic_size = kwargs.pop("dynamic_size", False)
+    dynamic_size = kwargs.pop("dynamic_size", None)  # None: the class's own (Hiera: fixed; HieraDet: any)
     if features and not features_only:
         raise ValueError(f"{sorted(features)} only apply with features_only=True")
     if "." in name and checkpoint is None:
@@ -216,12 +244,13 @@ def create_model(
     if pretrained:
         source = resolve_checkpoint(spec, checkpoint)
         state = read_weights(source, progress=progress)
-        if spec.cls is Hiera:
+        if spec.cls in (Hiera, HieraDet):
             kwargs = with_head_classes(state, kwargs)
     model = spec.cls(**{**spec.kwargs, **kwargs})
     if pretrained:
         model.load_report = load_weights(model, state, strict=strict, source=f"{spec.name}:{checkpoint or spec.default}")
-    model.dynamic_size = dynamic_size
+    if dynamic_size is not None:
+        model.dynamic_size = dynamic_size
     model.zoo_name = spec.name  # lets tools find the zoo facts (e.g. the evaluation crop)
     if features_only:
         return HieraFeatures(model, **features)
@@ -314,6 +343,9 @@ def _zoo_checkpoint_without_head(model: str) -> Optional[str]:
     spec = MODELS.get(name)
     if spec is None:
         return None
+    if spec.cls is HieraDet:
+        return ("SAM 2's image-encoder trunk (HieraDet), without a classification head; use it as a backbone "
+                "(model.forward_intermediates(x): feature maps at strides 4, 8, 16, 32)")
     if spec.cls is not Hiera:  # the MAE constructors
         return (f"an MAE model (encoder + decoder), without a classification head; {_HEADLESS_USES}"
                 f"; to classify, use {zoo_name_for(name, mae=False)}")
@@ -331,6 +363,9 @@ def head_problem(model: nn.Module) -> Optional[str]:
 
     inner = getattr(model, "model", model)  # HieraFeatures wraps the Hiera
     uses = _HEADLESS_USES
+    if isinstance(inner, HieraDet) and not hasattr(inner, "head"):
+        return ("a SAM 2 trunk (HieraDet) without a classification head; use it as a backbone (`hiera "
+                "features`, `features_only=True`); to classify, a head must first be trained on it")
     if isinstance(inner, MaskedAutoencoderHiera) or not hasattr(inner, "head"):
         return f"{type(inner).__name__} is an MAE / feature model without a classification head; {uses}"
     report = getattr(inner, "load_report", None)
@@ -372,13 +407,16 @@ def _load_model(model, weights, mae, **kwargs) -> nn.Module:
             return cls.from_pretrained(model, **kwargs)
         raise CheckpointError(f"unknown model {model!r}: not in the zoo (`hiera zoo`) and not a Hub repo id (org/name)")
 
-    state, config, _ = read_any(weights)
+    state, config, cls_name = read_any(weights)
+    if mae and (cls_name == "HieraDet" or (model or "").startswith("sam2_")):
+        raise CheckpointError(f"{weights} holds a SAM 2 trunk (HieraDet), which has no MAE model (decoder) "
+                              "here; it works as a backbone (`hiera features`) or, with a head, as a classifier")
     if model is not None:
         name = model.split(".", 1)[0]
         built = create_model(zoo_name_for(name, mae=True) if mae else name, **kwargs)
     elif config is not None:
-        cls = MaskedAutoencoderHiera if mae else Hiera
-        if cls is Hiera:
+        cls = HieraDet if cls_name == "HieraDet" else MaskedAutoencoderHiera if mae else Hiera
+        if cls is not MaskedAutoencoderHiera:
             config = {k: v for k, v in config.items() if not k.startswith("decoder_")}
         built = cls(config=config, **with_head_classes(state, kwargs))
     else:

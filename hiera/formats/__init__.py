@@ -21,13 +21,19 @@ Public functions::
     mask_from_noise(noise, mask_ratio) -> bool mask [B, #mask units], True = keep
     read_any(path) -> (official state_dict, config kwargs or None, class name or None)
 
+SAM 2's HieraDet trunks (:class:`hiera.HieraDet`, whose own layout is SAM 2's trunk layout)::
+
+    sam2_to_ours(sam2_checkpoint) -> trunk state_dict      ours_to_sam2(state_dict) -> image_encoder.trunk.* keys
+    timm_hieradet_to_ours(state_dict) -> state_dict          ours_to_timm_hieradet(state_dict) -> state_dict
+    is_sam2_checkpoint(obj) -> bool
+
 Every converter renames keys by an explicit table; a key that matches no rule raises a
 :class:`ValueError` naming it (``drop_unmapped=True`` drops such keys instead, with a warning
 listing them). Converted state dicts share their tensors with the input, except the few that a
 conversion computes (folded layer scale, baked abswin position embedding).
 
 Modules: :mod:`.common` (detection, shared helpers), :mod:`.timm_layout`, :mod:`.hf_layout`,
-:mod:`.dispatch` (``convert``), :mod:`.read` (files and models). Only torch is imported at module
+:mod:`.sam2_layout`, :mod:`.dispatch` (``convert``), :mod:`.read` (files and models). Only torch is imported at module
 level; timm and transformers are imported when a function needs them (only
 ``timm_config_to_official("name")`` does).
 """
@@ -36,7 +42,15 @@ from .common import FORMATS, detect_format, mask_from_noise
 from .dispatch import convert
 from .hf_layout import HF_ARCHITECTURES, hf_config_to_official, hf_to_official, official_config_to_hf, official_to_hf
 from .read import read_any
-from .timm_layout import official_config_to_timm, official_to_timm, timm_config_to_official, timm_to_official
+from .sam2_layout import is_sam2_checkpoint, ours_to_sam2, sam2_to_ours
+from .timm_layout import (
+    official_config_to_timm,
+    official_to_timm,
+    ours_to_timm_hieradet,
+    timm_config_to_official,
+    timm_hieradet_to_ours,
+    timm_to_official,
+)
 
 __all__ = [
     "FORMATS",
@@ -53,4 +67,9 @@ __all__ = [
     "convert",
     "mask_from_noise",
     "read_any",
+    "sam2_to_ours",
+    "ours_to_sam2",
+    "is_sam2_checkpoint",
+    "timm_hieradet_to_ours",
+    "ours_to_timm_hieradet",
 ]

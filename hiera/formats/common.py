@@ -175,6 +175,9 @@ _HF_MARKERS = re.compile(
 _TIMM_MARKERS = re.compile(r"^(head\.fc\.|head\.norm\.|head\.pre_logits\.|pos_embed_win$|pos_embed_abs$)|^blocks\.\d+\.ls[12]\.gamma$")
 _OFFICIAL_MARKERS = re.compile(r"^(head\.projection\.|norm\.|decoder_|multi_scale_fusion_heads\.|mask_token$)")
 _SHARED_MARKERS = re.compile(r"^(patch_embed\.|pos_embed$|pos_embed_spatial$|pos_embed_temporal$|blocks\.\d+\.|encoder_norm\.)")
+# timm's HieraDet (SAM 2's trunk, ``sam2_hiera_*``) without its head: SAM 2's ``pos_embed_window`` with
+# timm's MLP names (ours, SAM 2's, are ``mlp.layers.{0,1}``). Only these two together say "timm".
+_TIMM_HIERADET_MLP = re.compile(r"^blocks\.\d+\.mlp\.fc[12]\.")
 
 
 def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -182,7 +185,8 @@ def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
 
     * hf: ``[hiera.]embeddings.patch_embeddings.*``, ``[hiera.]encoder.stages.*``, ``[hiera.]pooler.layernorm.*``,
       ``classifier.*``, ``multiscale_fusion.*``, ``decoder.decoder_*``;
-    * timm: ``head.fc.*``, ``head.norm.*``, ``pos_embed_win``, ``blocks.N.ls1.gamma``;
+    * timm: ``head.fc.*``, ``head.norm.*``, ``pos_embed_win``, ``blocks.N.ls1.gamma``, or (timm's HieraDet,
+      ``sam2_hiera_*``) ``pos_embed_window`` with ``blocks.N.mlp.fc1.*``;
     * official: ``head.projection.*``, ``norm.*``, ``decoder_*``, ``mask_token``, ``multi_scale_fusion_heads.*``,
       or only the keys official and timm share (``patch_embed.*``, ``pos_embed``, ``blocks.*``): an encoder
       without head or norm is laid out identically in both, and is reported as official.
@@ -196,6 +200,8 @@ def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
         "official": [k for k in state if _OFFICIAL_MARKERS.search(k)],
     }
     shared = [k for k in state if _SHARED_MARKERS.search(k)]
+    if "pos_embed_window" in state:  # (never in a plain Hiera's state dict, of any layout)
+        hits["timm"] += [k for k in state if _TIMM_HIERADET_MLP.search(k)]
     if hits["hf"]:
         others = hits["timm"] + hits["official"] + [k for k in shared if not k.startswith("encoder_norm.")]
         if others:

@@ -12,6 +12,7 @@ from safetensors import safe_open
 from ..weights import CheckpointError, StateDict, read_checkpoint, unwrap_state_dict
 from .common import detect_format
 from .hf_layout import hf_to_official
+from .sam2_layout import is_sam2_checkpoint, sam2_to_ours
 from .timm_layout import timm_to_official
 
 
@@ -21,7 +22,8 @@ def read_any(path) -> tuple:
     Returns ``(state_dict in the official layout, config kwargs or None, class name or None)``.
     Our training checkpoints and ``save_pretrained`` directories carry their config; official
     ``.pth`` files do not (the architecture is then matched against the zoo by weight shapes).
-    timm and Hugging Face transformers layouts are converted (see :mod:`hiera.formats`).
+    timm and Hugging Face transformers layouts are converted (see :mod:`hiera.formats`), and a SAM 2 /
+    SAM 2.1 checkpoint gives its image encoder's trunk (class name ``"HieraDet"``).
     """
     path = Path(path)
     config, cls_name = None, None
@@ -56,6 +58,8 @@ def _torch_load(path: Path):
 
 
 def _to_official(state: StateDict, config: Optional[dict], cls_name: Optional[str]):
+    if is_sam2_checkpoint(state):  # a whole SAM 2 model: its image encoder's trunk is a HieraDet
+        return sam2_to_ours(state), None, "HieraDet"
     kind = detect_format(state)
     if kind == "timm":
         state = timm_to_official(state)

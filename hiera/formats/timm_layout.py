@@ -14,6 +14,14 @@ Config arguments: timm's ``img_size`` / ``drop_rate`` are our ``input_size`` / `
 other arguments share names. Public: :func:`timm_to_official`, :func:`official_to_timm`,
 :func:`timm_config_to_official`, :func:`official_config_to_timm`.
 
+SAM 2's trunk (:class:`hiera.HieraDet`, timm's ``sam2_hiera_*``; recognised by ``pos_embed_window``)
+has its own pair, :func:`timm_hieradet_to_ours` / :func:`ours_to_timm_hieradet`, to which the two
+state-dict functions above hand such a state dict. Ours is SAM 2's trunk layout; timm's differs in::
+
+    blocks.{i}.mlp.fc1.*, blocks.{i}.mlp.fc2.*  (timm)  <->  blocks.{i}.mlp.layers.0.*, blocks.{i}.mlp.layers.1.*
+    head.norm.*                                          <->  norm.*   (ours: only with a head; see below)
+    head.fc.*                                            <->  head.projection.*
+
 Named ``timm_layout`` (not ``timm``) because :func:`timm_config_to_official` imports timm itself, when
 given a model name; that is the only import of timm, so this module loads without it.
 """
@@ -41,7 +49,8 @@ from .common import (
     _state,
 )
 
-__all__ = ["timm_to_official", "official_to_timm", "timm_config_to_official", "official_config_to_timm"]
+__all__ = ["timm_to_official", "official_to_timm", "timm_config_to_official", "official_config_to_timm",
+           "timm_hieradet_to_ours", "ours_to_timm_hieradet"]
 
 # Keys laid out identically in both (the trunk; blocks.{i}.<one of _BLOCK_PARAMS>).
 _TRUNK_KEYS = (
@@ -111,8 +120,13 @@ def timm_to_official(
 
     ``use_expand_proj=False`` (stage transitions concatenate max- and mean-pooled tokens) has no
     official form. ``head.pre_logits.*`` (an MLP head): ValueError (or dropped with ``drop_unmapped``).
+
+    A HieraDet state dict (timm's ``sam2_hiera_*``: it has ``pos_embed_window``) goes to
+    :func:`timm_hieradet_to_ours` (only ``drop_unmapped`` applies to it).
     """
     state = _state(state_dict, "timm state dict")
+    if "pos_embed_window" in state:  # SAM 2's trunk (timm's sam2_hiera_*), not the plain Hiera
+        return timm_hieradet_to_ours(state, drop_unmapped=drop_unmapped)
     if head_norm not in ("norm", "encoder_norm"):
         raise ValueError(f"head_norm must be 'norm' or 'encoder_norm', got {head_norm!r}")
     state = dict(state)
@@ -168,8 +182,12 @@ def official_to_timm(state_dict: Mapping[str, torch.Tensor], *, drop_unmapped: b
     ValueError unless ``drop_unmapped=True`` (the encoder of an MAE checkpoint then loads into a timm
     model built with ``num_classes=0``). Note that ``encoder_norm`` normalises the *fused multi-scale*
     MAE features, not the pooled last stage that timm's ``head.norm`` sees; timm maps it anyway.
+
+    Our HieraDet's state dict (it has ``pos_embed_window``) goes to :func:`ours_to_timm_hieradet`.
     """
     state = _state(state_dict, "official state dict")
+    if "pos_embed_window" in state:  # our HieraDet (SAM 2's trunk), not the plain Hiera
+        return ours_to_timm_hieradet(state, drop_unmapped=drop_unmapped)
     if "norm.weight" in state and "encoder_norm.weight" in state:
         raise ValueError("state dict has both norm.* and encoder_norm.*; both would become timm's head.norm.*")
 
@@ -348,3 +366,129 @@ def official_config_to_timm(kwargs: Mapping[str, Any]) -> Dict[str, Any]:
     out["norm_layer"] = "layernorm" if abs(eps - 1e-6) < 1e-12 else partial(nn.LayerNorm, eps=eps)
     return out
 
+
+# ====================================================================================== HieraDet
+# SAM 2's trunk: keys laid out identically in timm's sam2_hiera_* and ours (= SAM 2's own names).
+_HIERADET_TRUNK_KEYS = ("patch_embed.proj.weight", "patch_embed.proj.bias", "pos_embed", "pos_embed_window")
+_HIERADET_BLOCK_LAYERS = ("norm1", "norm2", "attn.qkv", "attn.proj", "proj")
+# The MLP: timm's names -> ours (SAM 2's MLP holds its layers in a list).
+_HIERADET_MLP = {"mlp.fc1": "mlp.layers.0", "mlp.fc2": "mlp.layers.1"}
+
+
+def _hieradet_block_rule(key: str, table: Mapping[str, str]) -> Optional[str]:
+    """``blocks.{i}.<layer>.{weight,bias}`` renamed by ``table`` (MLP names) or kept (the other
+    layers), else None."""
+    m = re.fullmatch(r"(blocks\.\d+\.)(.+)\.(weight|bias)", key)
+    if m is None:
+        return None
+    prefix, layer, param = m.groups()
+    if layer in table:
+        return f"{prefix}{table[layer]}.{param}"
+    return key if layer in _HIERADET_BLOCK_LAYERS else None
+
+
+def _is_identity_norm(weight: torch.Tensor, bias: torch.Tensor) -> bool:
+    """A LayerNorm affine at its initial value (weight 1, bias 0): what timm builds and never trains
+    when there is no classifier. (Meta tensors have no values: not known to be the identity.)"""
+    if weight.device.type == "meta" or bias.device.type == "meta":
+        return False
+    return bool(torch.all(weight == 1)) and bool(torch.all(bias == 0))
+
+
+def timm_hieradet_to_ours(
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    keep_norm: Optional[bool] = None,
+    drop_unmapped: bool = False,
+) -> StateDict:
+    """timm ``HieraDet`` (``sam2_hiera_*``) state dict -> our :class:`hiera.HieraDet` layout, which is
+    SAM 2's trunk layout (what a SAM 2 checkpoint holds under ``image_encoder.trunk.``).
+
+    Key rules (timm -> ours)::
+
+        patch_embed.proj.*, pos_embed, pos_embed_window                 -> same
+        blocks.{i}.{norm1,norm2,attn.qkv,attn.proj,proj}.{weight,bias}  -> same
+        blocks.{i}.mlp.fc1.*, blocks.{i}.mlp.fc2.*                      -> blocks.{i}.mlp.layers.0.*, .layers.1.*
+        head.fc.*                                                       -> head.projection.*
+        head.norm.*                                                     -> norm.*, or dropped (below)
+
+    No tensor changes. timm builds ``head.norm`` even without a classifier (``num_classes=0``, which
+    is how it holds SAM 2's weights), while our HieraDet has its final norm only with a head, as
+    SAM 2's trunk has none. ``keep_norm=None`` (default) therefore drops ``head.norm`` when there is
+    no ``head.fc`` and the norm is at its initial value (weight 1, bias 0: nothing was trained);
+    otherwise it becomes ``norm.*``. ``keep_norm=True`` / ``False`` always keeps / drops it.
+
+    Any other key (layer scale ``ls1``/``ls2`` of timm's ``hieradet_small``, an MLP head's
+    ``head.pre_logits.*``, ...) raises a ValueError naming it, unless ``drop_unmapped=True``.
+    """
+    state = dict(_state(state_dict, "timm HieraDet state dict"))
+    norm_keys = [k for k in ("head.norm.weight", "head.norm.bias") if k in state]
+    if keep_norm is None:
+        keep_norm = True
+        if len(norm_keys) == 2 and not any(k.startswith("head.fc.") for k in state):
+            keep_norm = not _is_identity_norm(state["head.norm.weight"], state["head.norm.bias"])
+    if not keep_norm:
+        for key in norm_keys:
+            del state[key]
+
+    def rule(key: str, value: torch.Tensor) -> Optional[str]:
+        if key in _HIERADET_TRUNK_KEYS:
+            return key
+        if key.startswith("blocks."):
+            return _hieradet_block_rule(key, _HIERADET_MLP)
+        if key in ("head.norm.weight", "head.norm.bias"):
+            return "norm" + key[len("head.norm"):]
+        if key in ("head.fc.weight", "head.fc.bias"):
+            return "head.projection" + key[len("head.fc"):]
+        return None
+
+    hint = "our HieraDet has SAM 2's trunk, a plain head (norm + linear) and no layer scale"
+    return _rename(state, rule, "timm HieraDet -> ours", drop_unmapped, hint)
+
+
+def ours_to_timm_hieradet(
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    add_head_norm: bool = True,
+    drop_unmapped: bool = False,
+) -> StateDict:
+    """Our :class:`hiera.HieraDet` state dict (SAM 2's trunk layout) -> timm's ``HieraDet``
+    (``sam2_hiera_*``), the inverse of :func:`timm_hieradet_to_ours`.
+
+    Key rules (ours -> timm)::
+
+        patch_embed.proj.*, pos_embed, pos_embed_window, blocks.{i}.{norm1,norm2,attn.*,proj}.*  -> same
+        blocks.{i}.mlp.layers.0.*, blocks.{i}.mlp.layers.1.*   -> blocks.{i}.mlp.fc1.*, blocks.{i}.mlp.fc2.*
+        norm.*                                                 -> head.norm.*
+        head.projection.*                                      -> head.fc.*
+
+    A trunk without ``norm.*`` (SAM 2's, or ours with ``num_classes=0``) gets ``head.norm`` at timm's
+    initial value (weight 1, bias 0, the last stage's width) with ``add_head_norm=True``, since every
+    timm HieraDet has that norm and ``load_state_dict(strict=True)`` would miss it; it is what
+    :func:`timm_hieradet_to_ours` drops again, so the round trip is exact. Load the result into
+    ``timm.create_model(name, num_classes=0)`` when there is no ``head.projection``. Any other key
+    raises a ValueError naming it, unless ``drop_unmapped=True``.
+    """
+    state = _state(state_dict, "HieraDet state dict")
+    to_timm = {v: k for k, v in _HIERADET_MLP.items()}
+
+    def rule(key: str, value: torch.Tensor) -> Optional[str]:
+        if key in _HIERADET_TRUNK_KEYS:
+            return key
+        if key.startswith("blocks."):
+            return _hieradet_block_rule(key, to_timm)
+        if key in ("norm.weight", "norm.bias"):
+            return "head.norm" + key[len("norm"):]
+        if key in ("head.projection.weight", "head.projection.bias"):
+            return "head.fc" + key[len("head.projection"):]
+        return None
+
+    out = _rename(state, rule, "ours -> timm HieraDet", drop_unmapped, "timm's HieraDet has no other weights")
+    if add_head_norm and "head.norm.weight" not in out:
+        last = [k for k in out if re.fullmatch(r"blocks\.\d+\.norm2\.weight", k)]
+        if not last:
+            raise ValueError("HieraDet state dict has no blocks.{i}.norm2.weight to size timm's head.norm by")
+        ref = out[max(last, key=lambda k: int(k.split(".")[1]))]
+        out["head.norm.weight"] = torch.ones_like(ref)
+        out["head.norm.bias"] = torch.zeros_like(ref)
+    return out
