@@ -12,6 +12,7 @@ generated from the tables below and keep its calling convention::
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -389,6 +390,18 @@ def head_problem(model: nn.Module) -> Optional[str]:
             "_ft_in1k or _ft_k400)")
 
 
+def trunk_class(config: dict, cls_name: Optional[str] = None) -> type:
+    """The class a config without an MAE decoder builds: the one a checkpoint names, else
+    :class:`HieraDet` for a config with SAM 2's trunk settings (arguments no plain Hiera takes:
+    ``window_spec``, ``global_att_blocks``, ...), else :class:`Hiera`."""
+    if cls_name == "HieraDet" or any(k in _HIERADET_ONLY for k in config):
+        return HieraDet
+    return Hiera
+
+
+_HIERADET_ONLY = frozenset(inspect.signature(HieraDet).parameters) - frozenset(inspect.signature(Hiera).parameters)
+
+
 def _load_model(model, weights, mae, **kwargs) -> nn.Module:
     if model is None and weights is None:
         raise CheckpointError("say which model: a zoo name (see `hiera zoo`), a Hub repo id, or --weights PATH")
@@ -415,7 +428,7 @@ def _load_model(model, weights, mae, **kwargs) -> nn.Module:
         name = model.split(".", 1)[0]
         built = create_model(zoo_name_for(name, mae=True) if mae else name, **kwargs)
     elif config is not None:
-        cls = HieraDet if cls_name == "HieraDet" else MaskedAutoencoderHiera if mae else Hiera
+        cls = trunk_class(config, cls_name) if not mae else MaskedAutoencoderHiera
         if cls is not MaskedAutoencoderHiera:
             config = {k: v for k, v in config.items() if not k.startswith("decoder_")}
         built = cls(config=config, **with_head_classes(state, kwargs))

@@ -364,3 +364,30 @@ def test_a_sam2_checkpoint_file_loads_as_a_trunk_and_as_a_backbone(tmp_path):
     maps = features(torch.randn(1, 3, 224, 160))
     assert [tuple(m.shape) for m in maps] == [(1, 28, 20, 192), (1, 7, 5, 768)]
     assert [f["reduction"] for f in features.feature_info] == [8, 32]
+
+
+def test_convert_moves_a_sam2_trunk_between_layouts_and_back(tmp_path, capsys):
+    """SAM 2 file -> our folder -> timm safetensors -> SAM 2 file gives the same tensors; layouts
+    that cannot hold a HieraDet (transformers) or that only HieraDet has (sam2) are refused."""
+    from hiera.cli import main
+    from hiera.formats import ours_to_sam2
+
+    torch.manual_seed(0)
+    trunk = hiera.create_model("sam2_hiera_tiny")
+    src = tmp_path / "sam2_hiera_tiny.pt"
+    torch.save({"model": ours_to_sam2(trunk.state_dict())}, src)
+    steps = [(src, "official", tmp_path / "ours"), (tmp_path / "ours", "timm", tmp_path / "t.safetensors"),
+             (tmp_path / "t.safetensors", "sam2", tmp_path / "back.pt")]
+    for a, to, b in steps:
+        assert main(["convert", str(a), "--to", to, "--out", str(b)]) == 0
+    back = torch.load(tmp_path / "back.pt", weights_only=True)["model"]
+    want = torch.load(src, weights_only=True)["model"]
+    assert back.keys() == want.keys() and all(torch.equal(back[k], want[k]) for k in want)
+    assert type(hiera.load_model(weights=tmp_path / "ours")) is HieraDet  # the folder's config builds a HieraDet
+    capsys.readouterr()
+    assert main(["convert", str(src), "--to", "hf", "--out", str(tmp_path / "hf")]) == 1
+    assert "transformers has no model for" in capsys.readouterr().err and not (tmp_path / "hf").exists()
+    plain = tmp_path / "plain.pth"
+    torch.save(hiera.hiera_tiny_224().state_dict(), plain)
+    assert main(["convert", str(plain), "--to", "sam2", "--out", str(tmp_path / "no.pt")]) == 1
+    assert "only SAM 2 trunks" in capsys.readouterr().err and not (tmp_path / "no.pt").exists()

@@ -25,6 +25,7 @@ def add_parser(subparsers) -> None:
   hiera convert runs/ft/model --to timm --out mine_timm.safetensors     # your own model, config kept inside
   hiera convert mine_timm.safetensors --to hf --out mine-hf/            # ...so it converts on without --model
   hiera convert runs/ft/last.pt --to safetensors --out model.safetensors
+  hiera convert sam2.1_hiera_small.pt --to timm --out sam2_small_timm.safetensors   # a SAM 2 trunk
 
 The config travels with the weights wherever the layout has room: safetensors metadata, config.json
 of a folder, or the "config" entry of a timm .pth (timm reads its "state_dict"). Only the official
@@ -32,7 +33,8 @@ of a folder, or the "config" entry of a timm .pth (timm reads its "state_dict").
 folder it came from.""",
     )
     p.add_argument("input", help="weights file or directory (official .pth, ours, timm, transformers, safetensors)")
-    p.add_argument("--to", required=True, choices=TARGETS, help="target layout")
+    p.add_argument("--to", required=True, choices=TARGETS,
+                   help="target layout (sam2: a SAM 2 trunk as SAM 2's checkpoints hold it)")
     p.add_argument("--out", "-o", required=True, help="output file, or directory for --to hf / official repo layout")
     p.add_argument("--model", "-m", help="zoo model name the weights are for, when the input carries no config "
                                          "(checked against every weight shape)")

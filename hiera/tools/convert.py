@@ -1,4 +1,5 @@
-"""``hiera convert``: move a checkpoint between the official, timm and Hugging Face layouts.
+"""``hiera convert``: move a checkpoint between the official, timm and Hugging Face layouts (and, for
+SAM 2's trunks, :class:`hiera.HieraDet`, SAM 2's own).
 
 The input may be in any supported layout (detected from its keys); the architecture comes from
 the checkpoint's own config, ``--model``, or the zoo model whose weight shapes it matches.
@@ -15,12 +16,13 @@ from safetensors.torch import save_file
 
 from .. import formats
 from ..formats.read import read_any
+from ..hieradet import HieraDet
 from ..mae import MaskedAutoencoderHiera
 from ..model import Hiera
 from ..weights import CheckpointError, checkpoint_kind, head_classes, save_atomic, write_atomic, zoo_name_for
-from ..zoo import MODELS, match_zoo
+from ..zoo import MODELS, match_zoo, trunk_class
 
-TARGETS = ("official", "safetensors", "timm", "hf")
+TARGETS = ("official", "safetensors", "timm", "hf", "sam2")
 
 
 def _atomic_safetensors(state, path: Path, metadata=None) -> None:
@@ -40,12 +42,11 @@ def _zoo_name_for(model: str, state) -> str:
     return other if other in MODELS else name
 
 
-def fit_problem(state, config: dict) -> Optional[str]:
+def fit_problem(state, config: dict, cls: Optional[type] = None) -> Optional[str]:
     """Why ``state`` does not fit the model ``config`` builds (None when it does): the first tensor
     whose shape differs, with both shapes, or weights one of the two lacks. A classifier head of
-    another size, or no head or final norm at all (an encoder checkpoint), fits."""
-
-
+    another size, or no head or final norm at all (an encoder checkpoint), fits. ``cls``: the
+    model class (default: the MAE for an MAE checkpoint, else :class:`hiera.Hiera`)."""
     mae = checkpoint_kind(state) == "mae"
     kwargs = dict(config)
     if not mae:
@@ -54,7 +55,7 @@ def fit_problem(state, config: dict) -> Optional[str]:
         kwargs["num_classes"] = head_classes(state)
     try:
         with torch.device("meta"):  # shapes only: no memory, no initialisation
-            own = (MaskedAutoencoderHiera if mae else Hiera)(**kwargs).state_dict()
+            own = (cls or (MaskedAutoencoderHiera if mae else Hiera))(**kwargs).state_dict()
     except (TypeError, ValueError) as e:
         return f"its config cannot build a model ({e})"
     wrong = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and v.shape != own[k].shape]
@@ -82,7 +83,10 @@ def convert_checkpoint(src, dst, to: str, model: Optional[str] = None) -> Path:
     * ``timm``: timm's keys, for ``timm.create_model(..., pretrained_cfg_overlay=dict(file=dst))``:
       a ``.safetensors`` file with the config in its metadata, or a ``.pth`` holding
       ``{"state_dict": ..., "config": ...}`` (the layout of timm's own training checkpoints);
-    * ``hf``: a directory for transformers' ``Hiera*.from_pretrained`` (config.json + weights).
+    * ``hf``: a directory for transformers' ``Hiera*.from_pretrained`` (config.json + weights);
+    * ``sam2``: for a SAM 2 trunk (:class:`hiera.HieraDet`), a ``.pt`` holding ``{"model": ...}`` with
+      the trunk under ``image_encoder.trunk.``, as SAM 2's checkpoints hold it (the other modules of
+      SAM 2 are not in it: load it into a SAM 2 model with ``strict=False``).
 
     The architecture is ``model`` (a zoo name), else the config the input carries, else the zoo
     model with these weight shapes. The weights must fit it (every shape, no tensor the model
@@ -93,28 +97,39 @@ def convert_checkpoint(src, dst, to: str, model: Optional[str] = None) -> Path:
 
     if to not in TARGETS:
         raise ValueError(f"unknown target layout {to!r}; choose one of {list(TARGETS)}")
-    state, config, _ = read_any(src)
+    state, config, cls_name = read_any(src)
+    cls = None
     if model is not None:
         name = _zoo_name_for(model, state)
-        config = dict(MODELS[name].kwargs)
-        problem = fit_problem(state, config)
+        config, cls = dict(MODELS[name].kwargs), MODELS[name].cls
+        problem = fit_problem(state, config, cls)
         if problem:
             raise CheckpointError(f"{src} does not fit --model {model}: {problem}; pass the model the weights "
                                   "were made for (`hiera zoo`), or leave --model out when the input carries its config")
     elif config is not None:
-        problem = fit_problem(state, config)
+        cls = trunk_class(config, cls_name)
+        problem = fit_problem(state, config, cls)
         if problem:
             raise CheckpointError(f"{src} does not fit the config it carries: {problem}")
     else:
         name = match_zoo(state)  # head and position-embedding sizes aside
-        config = dict(MODELS[name].kwargs) if name else None
-        if config is not None and fit_problem(state, config):
+        config, cls = (dict(MODELS[name].kwargs), MODELS[name].cls) if name else (None, None)
+        if config is not None and fit_problem(state, config, cls):
             config = None  # e.g. another input size: no zoo config describes these weights
+    det = cls is HieraDet or cls_name == "HieraDet"
+    if det and to == "hf":
+        raise CheckpointError(f"{src} is a SAM 2 trunk (HieraDet), which transformers has no model for; convert "
+                              "it --to official, safetensors, timm or sam2")
+    if to == "sam2" and not det:
+        raise CheckpointError(f"only SAM 2 trunks (HieraDet) have a SAM 2 layout; {src} is a plain Hiera: "
+                              "convert it --to official, safetensors, timm or hf")
     if config is not None and head_classes(state) is not None:
         config["num_classes"] = head_classes(state)
     dst = Path(dst)
 
-    if to == "official" and dst.suffix in (".pth", ".pt"):
+    if to == "sam2":
+        save_atomic({"model": formats.ours_to_sam2(state)}, dst)
+    elif to == "official" and dst.suffix in (".pth", ".pt"):
         save_atomic({"model_state": state}, dst)
     elif to in ("official", "hf"):
         if config is None:
