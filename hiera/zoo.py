@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from .backbone import HieraFeatures
-from .formats.read import read_any
+from .formats.read import read_any, to_official
 from .hieradet import HieraDet
 from .hub import hub_download
 from .mae import MaskedAutoencoderHiera
@@ -39,6 +39,7 @@ from .weights import (
 )
 
 CHECKPOINT_BASE_URL = "https://dl.fbaipublicfiles.com/hiera/"
+SAM2_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/"
 
 # Trunk sizes: (embed_dim, num_heads, stages).
 SIZES = {
@@ -154,15 +155,18 @@ def _specs() -> Dict[str, ModelSpec]:
     specs["hiera_base_abswin_256"] = ModelSpec(
         "hiera_base_abswin_256", Hiera, dict(embed_dim=96, num_heads=1, stages=(2, 3, 16, 3), **abswin)
     )  # timm lists no released weights for it
-    # SAM 2's trunks. Weights: timm's Hub repos, converted from SAM 2's checkpoints (fb_r*: SAM 2,
-    # fb_r*_2pt1: SAM 2.1; r896 / r1024 is timm's evaluation size), without a head; the default is
-    # timm's. Inputs: resized whole to the model's size, ImageNet statistics (as SAM 2 does).
+    # SAM 2's trunks, without a head. Weights: timm's Hub repos, converted from SAM 2's checkpoints
+    # (fb_r*: SAM 2, fb_r*_2pt1: SAM 2.1; r896 / r1024 is timm's evaluation size; the default, as
+    # timm's), or SAM 2's own checkpoint files (sam2, sam2_1: the whole SAM 2 model, whose image
+    # encoder's trunk is taken). Inputs: resized whole to the model's size, ImageNet statistics.
     for size, trunk in SAM2_TRUNKS.items():
         name = f"sam2_hiera_{size}"
         tag = "fb_r1024" if size == "large" else "fb_r896"
         specs[name] = ModelSpec(
             name, HieraDet, {**trunk, "input_size": (1024, 1024)},
-            {t: f"hf-hub:timm/{name}.{t}" for t in (tag, tag + "_2pt1")},
+            {**{t: f"hf-hub:timm/{name}.{t}" for t in (tag, tag + "_2pt1")},
+             "sam2": f"{SAM2_BASE_URL}072824/sam2_hiera_{size}.pt",
+             "sam2_1": f"{SAM2_BASE_URL}092824/sam2.1_hiera_{size}.pt"},
             tag,
             crop_pct=1.0,
         )
@@ -170,6 +174,18 @@ def _specs() -> Dict[str, ModelSpec]:
 
 
 MODELS: Dict[str, ModelSpec] = _specs()
+
+
+def checkpoint_source(location: str) -> str:
+    """Who published a checkpoint location: ``"Hiera"`` (the paper's files), ``"SAM 2"`` (SAM 2's
+    files), ``"timm"`` (timm's Hub repos), else the Hub organisation or ``"local"``."""
+    if location.startswith(CHECKPOINT_BASE_URL):
+        return "Hiera"
+    if location.startswith(SAM2_BASE_URL):
+        return "SAM 2"
+    if location.startswith("hf-hub:"):
+        return location[len("hf-hub:"):].split("/", 1)[0]
+    return "local"
 
 
 def list_models(pattern: str = "*") -> List[str]:
@@ -199,8 +215,8 @@ def resolve_checkpoint(spec: ModelSpec, checkpoint: Optional[str]) -> str:
 def read_weights(location: str, progress: bool = True):
     """A state dict in our layout from a URL (torch-hub cache), ``hf-hub:org/name`` (Hugging Face
     Hub cache; timm-layout repos are converted) or a local file or directory in any format."""
-    if location.startswith(("http://", "https://")):
-        return download_checkpoint(location, progress=progress)
+    if location.startswith(("http://", "https://")):  # official files, or SAM 2's (its trunk is taken)
+        return to_official(download_checkpoint(location, progress=progress))[0]
     if location.startswith("hf-hub:"):
         location = _hub_file(location[len("hf-hub:"):])
     return read_any(location)[0]

@@ -10,7 +10,7 @@ import pytest
 import timm
 import torch
 from closeness import assert_close
-from hubserver import hf_offline  # noqa: F401  (fixture)
+from hubserver import hf_offline, prefill_torch_hub_cache, torch_home  # noqa: F401  (fixtures)
 
 import hiera
 from hiera import HieraDet, InputMismatchError
@@ -391,3 +391,34 @@ def test_convert_moves_a_sam2_trunk_between_layouts_and_back(tmp_path, capsys):
     torch.save(hiera.hiera_tiny_224().state_dict(), plain)
     assert main(["convert", str(plain), "--to", "sam2", "--out", str(tmp_path / "no.pt")]) == 1
     assert "only SAM 2 trunks" in capsys.readouterr().err and not (tmp_path / "no.pt").exists()
+
+
+def test_sam2s_own_checkpoint_loads_through_the_torch_hub_cache(torch_home):
+    """``sam2_hiera_tiny.sam2_1`` names SAM 2.1's own file (the whole SAM 2 model): read from the
+    torch-hub cache like the official Hiera files, its image encoder's trunk is what loads."""
+    from hiera.formats import ours_to_sam2
+
+    torch.manual_seed(0)
+    trunk = hiera.create_model("sam2_hiera_tiny", input_size=(128, 128)).eval()
+    state = ours_to_sam2(trunk.state_dict())
+    state["sam_prompt_encoder.point_embeddings.0.weight"] = torch.randn(1, 8)
+    prefill_torch_hub_cache(torch_home, "sam2.1_hiera_tiny.pt", {"model": state})
+    loaded = hiera.create_model("sam2_hiera_tiny.sam2_1", input_size=(128, 128)).eval()
+    assert not loaded.load_report.missing and not loaded.load_report.unexpected
+    x = torch.randn(1, 3, 128, 128)
+    torch.testing.assert_close(loaded(x), trunk(x), rtol=0, atol=0)
+    assert hiera.zoo.MODELS["sam2_hiera_tiny"].checkpoints["sam2"].endswith("/072824/sam2_hiera_tiny.pt")
+
+
+def test_the_zoo_lists_the_family_with_who_published_each_checkpoint(capsys):
+    from hiera.cli import main
+    from hiera.cli.zoo import zoo_table
+
+    rows = {r["model"]: r for r in zoo_table()}
+    assert rows["sam2_hiera_tiny"]["class"] == "HieraDet"
+    assert rows["sam2_hiera_tiny"]["sources"] == {"fb_r896": "timm", "fb_r896_2pt1": "timm", "sam2": "SAM 2",
+                                                  "sam2_1": "SAM 2"}
+    assert set(rows["hiera_base_224"]["sources"].values()) == {"Hiera"}
+    assert main(["zoo"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("sam2_hiera_large "))
+    assert "fb_r1024*, fb_r1024_2pt1 (timm); sam2, sam2_1 (SAM 2)" in line

@@ -8,11 +8,12 @@ from typing import List
 
 import torch
 
-from ..zoo import MODELS, TOP1, create_model
+from ..zoo import MODELS, TOP1, checkpoint_source, create_model
 
 
 def zoo_table() -> List[dict]:
-    """One row per zoo model: name, class, input, parameters, checkpoints, reported top-1."""
+    """One row per zoo model: name, class, input, parameters, checkpoints (and who published each),
+    reported top-1."""
     rows = []
     for name, spec in sorted(MODELS.items()):
         with torch.device("meta"):  # sizes only: no memory, no initialisation
@@ -24,6 +25,7 @@ def zoo_table() -> List[dict]:
                 "input": "x".join(str(s) for s in spec.kwargs.get("input_size", (224, 224))),
                 "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
                 "checkpoints": list(spec.checkpoints),
+                "sources": {tag: checkpoint_source(url) for tag, url in spec.checkpoints.items()},
                 "default": spec.default,
                 "top1": TOP1.get(name),
             }
@@ -36,14 +38,20 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'model':<28}{'class':<24}{'input':<12}{'params (M)':>11}  {'top-1':>6}  checkpoints")
+    width = max(len(r["class"]) for r in rows) + 2
+    print(f"{'model':<28}{'class':<{width}}{'input':<12}{'params (M)':>11}  {'top-1':>6}  checkpoints (source)")
     for r in rows:
         top1 = f"{r['top1']:.1f}" if r["top1"] else "-"
+        by_source: dict = {}
+        for c in r["checkpoints"]:
+            by_source.setdefault(r["sources"][c], []).append(c + ("*" if c == r["default"] else ""))
         print(
-            f"{r['model']:<28}{r['class']:<24}{r['input']:<12}{r['params_m']:>11.2f}  {top1:>6}  "
-            + ", ".join(c + ("*" if c == r["default"] else "") for c in r["checkpoints"])
+            f"{r['model']:<28}{r['class']:<{width}}{r['input']:<12}{r['params_m']:>11.2f}  {top1:>6}  "
+            + ("; ".join(f"{', '.join(tags)} ({source})" for source, tags in by_source.items()) or "-")
         )
-    print("\n* default checkpoint; top-1: ImageNet-1k (224) or Kinetics-400 (16x224) as reported in the paper")
+    print("\n* default checkpoint; top-1: ImageNet-1k (224) or Kinetics-400 (16x224) as reported in the paper "
+          "(SAM 2 reports none for its trunks); sources: Hiera = the paper's files, SAM 2 = SAM 2's checkpoint "
+          "files (the trunk is taken), timm = timm's Hub repos")
     return 0
 
 

@@ -34,7 +34,7 @@ def read_any(path) -> tuple:
         if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
             config, cls_name = obj["config"], obj.get("class")
         state = unwrap_state_dict(obj, source=str(path))
-        return _to_official(state, config, cls_name)
+        return to_official(state, config, cls_name)
     state = read_checkpoint(path)
     if path.suffix == ".safetensors" and config is None:  # `hiera convert --to safetensors` keeps it here
 
@@ -42,7 +42,7 @@ def read_any(path) -> tuple:
             meta = f.metadata() or {}
         if "config" in meta:
             config = json.loads(meta["config"])
-    return _to_official(state, config, cls_name)
+    return to_official(state, config, cls_name)
 
 
 def _torch_load(path: Path):
@@ -57,7 +57,9 @@ def _torch_load(path: Path):
         ) from e
 
 
-def _to_official(state: StateDict, config: Optional[dict], cls_name: Optional[str]):
+def to_official(state: StateDict, config: Optional[dict] = None, cls_name: Optional[str] = None):
+    """A state dict in any supported layout -> ``(state dict in our layout, config, class name)``:
+    timm and transformers layouts are converted, a SAM 2 checkpoint gives its trunk."""
     if is_sam2_checkpoint(state):  # a whole SAM 2 model: its image encoder's trunk is a HieraDet
         return sam2_to_ours(state), None, "HieraDet"
     kind = detect_format(state)
