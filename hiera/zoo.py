@@ -155,6 +155,13 @@ def _specs() -> Dict[str, ModelSpec]:
     specs["hiera_base_abswin_256"] = ModelSpec(
         "hiera_base_abswin_256", Hiera, dict(embed_dim=96, num_heads=1, stages=(2, 3, 16, 3), **abswin)
     )  # timm lists no released weights for it
+    # Their MAEs, for pretraining your own (no weights were released): the window embedding tiles
+    # once per mask unit, so a masked unit takes its window embedding with it, as in pretraining the
+    # plain models; the global one is interpolated to other sizes, the window one tiled, as the
+    # "Window Attention is Bugged" paper prescribes.
+    for name in ("hiera_small_abswin_256", "hiera_base_abswin_256"):
+        specs["mae_" + name] = ModelSpec("mae_" + name, MaskedAutoencoderHiera, {**specs[name].kwargs, "q_pool": 2},
+                                         crop_pct=specs[name].crop_pct)
     # SAM 2's trunks, without a head. Weights: timm's Hub repos, converted from SAM 2's checkpoints
     # (fb_r*: SAM 2, fb_r*_2pt1: SAM 2.1; r896 / r1024 is timm's evaluation size; the default, as
     # timm's), or SAM 2's own checkpoint files (sam2, sam2_1: the whole SAM 2 model, whose image

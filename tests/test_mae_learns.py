@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import hiera
 from hiera.data.images import IMAGENET_MEAN, IMAGENET_STD
 from hiera.data.synthetic import CLASSES, generate
 from hiera.mae import MaskedAutoencoderHiera
@@ -90,6 +91,39 @@ def test_mae_checkpoint_hands_every_encoder_weight_to_the_classifier(tmp_path):
         ours, _ = clf.forward_tokens(x)
         theirs, _ = mae.forward_tokens(x, keep)
     torch.testing.assert_close(ours, theirs)
+
+
+ABSWIN = dict(SMALL, abs_win_pos_embed=True, global_pos_size=(4, 4))  # a window embedding per 4x4 mask unit
+
+
+def test_abswin_mae_learns_and_hands_its_encoder_to_the_abswin_classifier():
+    """The "Window Attention is Bugged" position embedding (a global one interpolated, a window one
+    tiled once per mask unit) under MAE: a short pretraining reconstructs held-out images far better
+    than the mean, and the zoo's abswin MAE hands every encoder weight to the abswin classifier."""
+    torch.manual_seed(0)
+    pool, _ = _tensors("train", 250, seed=1)
+    x_val, _ = _tensors("val", 50, seed=0)
+    net = MaskedAutoencoderHiera(**ABSWIN, **DECODER)
+    assert net.pos_embed_win.shape[-2:] == SMALL["mask_unit_size"]
+    before = heldout_mae_loss(net, x_val)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.05)
+    gen = torch.Generator().manual_seed(0)
+    steps = 150
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_schedule(step, steps, steps // 10, 1e-3)
+        loss = net(pool[torch.randint(0, len(pool), (64,), generator=gen)], mask_ratio=0.6)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = heldout_mae_loss(net.eval(), x_val)
+    assert before["loss"] > after["baseline"] and after["loss"] < 0.7 * after["baseline"], (before, after)
+
+    with torch.device("meta"):
+        mae, clf = hiera.create_model("mae_hiera_small_abswin_256"), hiera.create_model("hiera_small_abswin_256")
+    mae_state, clf_state = mae.state_dict(), clf.state_dict()
+    encoder = [k for k in clf_state if not k.startswith(("head.", "norm."))]
+    assert {k: v.shape for k, v in mae_state.items() if k in encoder} == {k: clf_state[k].shape for k in encoder}
 
 
 def test_mask_units_that_the_token_order_would_split_are_refused():
