@@ -196,3 +196,17 @@ def test_finetune_probe_head_is_refused_for_video(tmp_path):
 
     with pytest.raises(ValueError, match="--probe-head"):
         finetune(tmp_path, tmp_path / "out", model="hiera_base_16x224", probe_head=True, video=True)
+
+
+@pytest.mark.parametrize("mae", [False, True])
+def test_our_own_abswin_checkpoints_load_back(tmp_path, mae):
+    """The abswin models name their window embedding and layer scale as timm does; a checkpoint of
+    ours holding them (with our head, or an MAE decoder) is still ours, not a "mix of layouts"."""
+    torch.manual_seed(0)
+    kwargs = dict(ABSWIN, init_values=1e-5)
+    model = MaskedAutoencoderHiera(**kwargs, **DECODER) if mae else Hiera(**kwargs, num_classes=5)
+    path = tmp_path / "abswin.pt"
+    torch.save({"model": model.state_dict(), "config": model.config}, path)
+    loaded = hiera.load_model(weights=path, mae=mae)
+    assert type(loaded) is type(model) and not loaded.load_report.missing and not loaded.load_report.unexpected
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())

@@ -172,9 +172,12 @@ _HF_MARKERS = re.compile(
     r"^(hiera\.)?(embeddings\.(patch_embeddings|position_embeddings)|encoder\.stages\.|pooler\.layernorm\.)"
     r"|^(classifier\.|multiscale_fusion\.|decoder\.decoder_|decoder\.mask_token|hidden_states_norms\.)"
 )
-_TIMM_MARKERS = re.compile(r"^(head\.fc\.|head\.norm\.|head\.pre_logits\.|pos_embed_win$|pos_embed_abs$)|^blocks\.\d+\.ls[12]\.gamma$")
+_TIMM_MARKERS = re.compile(r"^(head\.fc\.|head\.norm\.|head\.pre_logits\.|pos_embed_abs$)")
 _OFFICIAL_MARKERS = re.compile(r"^(head\.projection\.|norm\.|decoder_|multi_scale_fusion_heads\.|mask_token$)")
-_SHARED_MARKERS = re.compile(r"^(patch_embed\.|pos_embed$|pos_embed_spatial$|pos_embed_temporal$|blocks\.\d+\.|encoder_norm\.)")
+# Shared: also our abswin models' window embedding and layer scale, named as timm names them.
+_SHARED_MARKERS = re.compile(
+    r"^(patch_embed\.|pos_embed$|pos_embed_spatial$|pos_embed_temporal$|pos_embed_win$|blocks\.\d+\.|encoder_norm\.)"
+)
 # timm's HieraDet (SAM 2's trunk, ``sam2_hiera_*``) without its head: SAM 2's ``pos_embed_window`` with
 # timm's MLP names (ours, SAM 2's, are ``mlp.layers.{0,1}``). Only these two together say "timm".
 _TIMM_HIERADET_MLP = re.compile(r"^blocks\.\d+\.mlp\.fc[12]\.")
@@ -185,11 +188,12 @@ def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
 
     * hf: ``[hiera.]embeddings.patch_embeddings.*``, ``[hiera.]encoder.stages.*``, ``[hiera.]pooler.layernorm.*``,
       ``classifier.*``, ``multiscale_fusion.*``, ``decoder.decoder_*``;
-    * timm: ``head.fc.*``, ``head.norm.*``, ``pos_embed_win``, ``blocks.N.ls1.gamma``, or (timm's HieraDet,
+    * timm: ``head.fc.*``, ``head.norm.*``, ``pos_embed_abs``, or (timm's HieraDet,
       ``sam2_hiera_*``) ``pos_embed_window`` with ``blocks.N.mlp.fc1.*``;
     * official: ``head.projection.*``, ``norm.*``, ``decoder_*``, ``mask_token``, ``multi_scale_fusion_heads.*``,
-      or only the keys official and timm share (``patch_embed.*``, ``pos_embed``, ``blocks.*``): an encoder
-      without head or norm is laid out identically in both, and is reported as official.
+      or only the keys official and timm share (``patch_embed.*``, ``pos_embed``, ``pos_embed_win``,
+      ``blocks.*`` with layer scale ``ls1/ls2.gamma``): an encoder without head or norm is laid out
+      identically in both, and is reported as official.
 
     Raises ValueError when the keys fit none, or mix two layouts.
     """
