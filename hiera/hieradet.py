@@ -36,7 +36,7 @@ import torch.utils.checkpoint
 from .config import records_config
 from .fast import RepacksOnModeChange, run_linear
 from .layers import DropPath, Head, PatchEmbed, attention
-from .model import Hiera, InputMismatchError, _is_int, _tuple
+from .model import Hiera, _is_int, _tuple, check_input_tensor
 
 __all__ = ["HieraDet"]
 
@@ -474,18 +474,7 @@ class HieraDet(nn.Module):
                 f"expected spatial size {tuple(self.input_size)} for this model, got {size}; set "
                 f"model.dynamic_size = True to accept any size that is a multiple of {multiple}"
             )
-        if not x.is_floating_point():
-            raise TypeError(f"expected a floating point input, got dtype {x.dtype}")
-        weight = self.patch_embed.proj.weight
-        if x.device != weight.device and weight.device.type != "meta":
-            raise InputMismatchError(
-                f"input is on {x.device} but the model is on {weight.device}; move one of them (x.to(...))"
-            )
-        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise InputMismatchError(
-                f"input dtype {x.dtype} does not match the model's {weight.dtype}; cast the input "
-                f"(x.to({weight.dtype})) or the model, or run under torch.autocast"
-            )
+        check_input_tensor(x, self.patch_embed.proj.weight)
 
     # ------------------------------------------------------------------ forward
     def get_pos_embed(self, grid: Sequence[int]) -> torch.Tensor:

@@ -85,6 +85,22 @@ class InputMismatchError(TypeError, RuntimeError):
     PyTorch (and so the official package) raised for it, so code catching either keeps working."""
 
 
+def check_input_tensor(x: torch.Tensor, weight: torch.Tensor) -> None:
+    """A float input on the device and in the dtype of ``weight`` (the first layer's), or under
+    autocast: else a clear error instead of one from deep inside a convolution."""
+    if not x.is_floating_point():
+        raise TypeError(f"expected a floating point input, got dtype {x.dtype}")
+    if x.device != weight.device and weight.device.type != "meta":
+        raise InputMismatchError(
+            f"input is on {x.device} but the model is on {weight.device}; move one of them (x.to(...))"
+        )
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise InputMismatchError(
+            f"input dtype {x.dtype} does not match the model's {weight.dtype}; cast the input "
+            f"(x.to({weight.dtype})) or the model, or run under torch.autocast"
+        )
+
+
 def _index_tables_follow_the_weights(model: nn.Module, incompatible_keys) -> None:
     """``load_state_dict`` post-hook: a model built on the meta device and loaded with
     ``assign=True`` has real weights but still meta token-order tables (they are not in the state
@@ -447,18 +463,7 @@ class Hiera(RepacksOnModeChange, HubMixin):
                 f"when loading), or set model.dynamic_size = True to accept any size that is a multiple "
                 f"of {self.size_multiple}"
             )
-        if not x.is_floating_point():
-            raise TypeError(f"expected a floating point input, got dtype {x.dtype}")
-        weight = self.patch_embed.proj.weight
-        if x.device != weight.device and weight.device.type != "meta":
-            raise InputMismatchError(
-                f"input is on {x.device} but the model is on {weight.device}; move one of them (x.to(...))"
-            )
-        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise InputMismatchError(
-                f"input dtype {x.dtype} does not match the model's {weight.dtype}; cast the input "
-                f"(x.to({weight.dtype})) or the model, or run under torch.autocast"
-            )
+        check_input_tensor(x, self.patch_embed.proj.weight)
         geometry = self.geometry(x.shape[2:], x.device)  # also checks that the size tiles
         if mask is not None:
             self._check_mask(mask, x.shape[0], geometry.mask_grid)
