@@ -33,6 +33,7 @@ fine-tuning the clips per step (``B * R``), as [MAE-ST] scales them.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 import numbers
@@ -78,20 +79,24 @@ class Evaluation(NamedTuple):
     protocol: str  # the views, in words ("single view", "3 spatial x 5 temporal")
 
 
-class Modality:
-    """What differs between image and video training; see the module docs for the shapes."""
+class Modality(abc.ABC):
+    """What differs between image and video training; see the module docs for the shapes.
+    :class:`Images` and :class:`Videos` implement the abstract steps; the others have a default."""
 
     noun: ClassVar[str]  # what the data hold, in messages: "images" / "videos"
     default_model: ClassVar[str]  # the model of a run that names none
 
+    @abc.abstractmethod
     def pretrain_recipe(self, model: str, epochs, batch_size) -> PretrainRecipe:
         """The paper's MAE pretraining recipe for ``model`` (a custom model: base's), scaled."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def finetune_recipe(self, model: str, epochs, batch_size) -> FinetuneRecipe:
         """The paper's fine-tuning recipe for ``model`` (a custom model: base's), scaled."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def open(self, data, seed: int, labelled: Optional[bool] = None) -> ImageFiles:
         """The training data, opened (listed, not read) before the model is built, so that a
         folder without anything to train on fails at once; :meth:`pretrain_data` /
@@ -102,10 +107,12 @@ class Modality:
         """Model config the fine-tuning recipe sets for a zoo model unless ``--config`` does."""
         return {"drop_path_rate": 0.0 if linear_probe else recipe.drop_path_rate}
 
+    @abc.abstractmethod
     def pretrain_data(self, train_set, val, net, model: str, recipe, mask_ratio: float, seed: int):
         """Set ``train_set``'s augmentation and MAE masks; return the validation data (or None)."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def finetune_data(self, train_set, val, net, model: str, recipe, seed: int):
         """Set ``train_set``'s augmentation; return the validation data (or None)."""
         raise NotImplementedError
@@ -122,6 +129,7 @@ class Modality:
         """What the run records about its inputs (``RunConfig.extra``) besides the recipe."""
         return {}
 
+    @abc.abstractmethod
     def evaluation(self, net, data, views: str, batch_size: int) -> Evaluation:
         """How to evaluate ``net`` on the labelled ``data`` (``batch_size`` counts model inputs)."""
         raise NotImplementedError
