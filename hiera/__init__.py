@@ -8,7 +8,7 @@
 
 from .backbone import HieraFeatures
 from .layers import Head, HieraBlock, MaskUnitAttention, PatchEmbed
-from .mae import MaskedAutoencoderHiera
+from .mae import MaskedAutoencoder, MaskedAutoencoderHiera, MaskedAutoencoderHieraDet
 from .model import Hiera, InputMismatchError
 from .hieradet import HieraDet
 from .token_order import Reroll, Unroll, undo_windowing

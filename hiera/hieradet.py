@@ -35,6 +35,7 @@ import torch.utils.checkpoint
 
 from .config import records_config
 from .fast import RepacksOnModeChange, run_linear
+from .hub import HubMixin
 from .layers import DropPath, Head, PatchEmbed, attention
 from .model import Hiera, _is_int, _tuple, check_input_tensor
 
@@ -147,6 +148,33 @@ class HieraDetAttention(RepacksOnModeChange):
         x = x.transpose(1, 2).reshape(batch, height, width, self.dim_out)
         return run_linear(self.proj, x)
 
+    def forward_units(self, x: torch.Tensor, windows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Attention across the kept mask units of a masked map (MAE pretraining):
+        ``[B, K, uh, uw, dim]`` -> ``[B, K, uh / sh, uw / sw, dim_out]``.
+
+        The tokens of a row's ``K`` units form one sequence (attention does not depend on the
+        tokens' order); queries are pooled within each unit. ``windows`` (``[B, K]`` integers)
+        lets a token attend only to the units with its unit's window id, for windows that span
+        several units but not the whole map; ``None``: one window over every kept unit.
+        """
+        batch, units, height, width, _ = x.shape
+        keys_per_unit = height * width
+        qkv = run_linear(self.qkv, x).reshape(batch, units * keys_per_unit, 3, self.heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, K * uh * uw, head_dim]
+        if self.q_stride is not None:
+            sh, sw = self.q_stride
+            q = q.reshape(batch, self.heads, units, height // sh, sh, width // sw, sw, self.head_dim).amax(dim=(4, 6))
+            height, width = height // sh, width // sw
+            q = q.reshape(batch, self.heads, units * height * width, self.head_dim)
+        if windows is None:
+            x = attention(q, k, v)
+        else:
+            same = windows[:, :, None] == windows[:, None, :]  # [B, K, K]: unit pairs in one window
+            allowed = same.repeat_interleave(height * width, 1).repeat_interleave(keys_per_unit, 2)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+        x = x.transpose(1, 2).reshape(batch, units, height, width, self.dim_out)
+        return run_linear(self.proj, x)
+
     def extra_repr(self) -> str:
         return f"heads={self.heads}, q_stride={self.q_stride}"
 
@@ -199,12 +227,40 @@ class HieraDetBlock(RepacksOnModeChange):
         x = shortcut + self.drop_path(x)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
+    def forward_units(self, x: torch.Tensor, windows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The block on the kept mask units of a masked map (MAE pretraining):
+        ``[B, K, uh, uw, dim]`` -> ``[B, K, uh', uw', dim_out]``, the same computation as
+        :meth:`forward` on those units' tokens.
+
+        A window that tiles a unit (SAM 2's first two stages, where a window *is* a unit) attends
+        within each unit, as :meth:`forward` does on the whole map. A larger window, or global
+        attention, attends across the kept units (see :meth:`HieraDetAttention.forward_units` for
+        ``windows``): the masked units are simply absent.
+        """
+        batch, units, height, width, _ = x.shape
+        shortcut = x
+        x = self.norm1(x)
+        if self.dim != self.dim_out:
+            shortcut = run_linear(self.proj, x)
+            if self.q_stride is not None:
+                shortcut = _max_pool(shortcut.flatten(0, 1), self.q_stride)
+                shortcut = shortcut.view(batch, units, *shortcut.shape[1:])
+        window = self.window_size
+        if window and height % window == 0 and width % window == 0:
+            y, grid = _to_windows(x.flatten(0, 1), window)
+            y = _from_windows(self.attn(y), grid, shortcut.shape[2:4])
+            y = y.view(batch, units, *y.shape[1:])
+        else:
+            y = self.attn.forward_units(x, windows)
+        x = shortcut + self.drop_path(y)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
     def extra_repr(self) -> str:
         return f"dim={self.dim}, dim_out={self.dim_out}, window_size={self.window_size}"
 
 
 # ------------------------------------------------------------------------------------------ model
-class HieraDet(nn.Module):
+class HieraDet(nn.Module, HubMixin):
     """SAM 2's Hiera trunk ("HieraDet"), with timm's optional classification head.
 
     Input ``[B, in_chans, H, W]``, any ``H, W`` that are multiples of :attr:`size_multiple` (32 for

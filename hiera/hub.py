@@ -13,6 +13,7 @@ error within seconds that says what to do (:func:`hub_download`).
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -141,9 +142,10 @@ def model_card(
 ) -> str:
     """The ``README.md`` of a saved model folder: what the model is, its classes, data, training,
     metrics and how to load it. Only what is known is written; nothing is claimed about the Hub.
+    A model without a head is a feature encoder, and its card claims no classification.
 
     Args:
-        model: the :class:`hiera.Hiera` or :class:`hiera.MaskedAutoencoderHiera` being saved.
+        model: the :class:`hiera.Hiera`, :class:`hiera.HieraDet` (SAM 2's trunk) or MAE being saved.
         classes: class names in output order (``save_pretrained`` also writes them to classes.txt).
         data: what it was trained (and validated) on: a sentence, a list of them, or a dict such as
             ``{"train": "photos/train (4000 images, 10 classes)", "val": "photos/val (1000 images)"}``.
@@ -155,6 +157,8 @@ def model_card(
     """
     config = dict(getattr(model, "config", {}) or {})
     is_mae = hasattr(model, "forward_decoder")  # an MAE has a decoder (hub sits below mae.py: no import)
+    # SAM 2's trunk, or an MAE of it: by class name, as hub.py sits below hieradet.py too.
+    sam2 = any(c.__name__ == "HieraDet" for c in type(model).__mro__)
     input_size = tuple(config.get("input_size", getattr(model, "input_size", ())))
     video = len(input_size) == 3
     params = sum(p.numel() for p in model.parameters())
@@ -168,12 +172,12 @@ def model_card(
     kind = "MAE (encoder + decoder)" if is_mae else ("video classifier" if video else "image classifier")
     if not is_mae and not num_classes:
         kind = "video feature encoder" if video else "image feature encoder"
-    title = f"Hiera {kind}" + (f" ({zoo} architecture)" if zoo else "")
+    title = (f"SAM 2's HieraDet trunk, {kind}" if sam2 else f"Hiera {kind}") + (f" ({zoo} architecture)" if zoo else "")
     size = " x ".join(str(s) for s in input_size)
     where = location or "path/to/this/folder"
     hub_id = location is not None and not os.path.exists(location) and location.count("/") == 1
 
-    tags = ["hiera", "vision", "video" if video else "image"]
+    tags = ["hiera"] + (["hieradet", "sam2"] if sam2 else []) + ["vision", "video" if video else "image"]
     lines = ["---", "library_name: hiera", "tags:"] + [f"- {t}" for t in tags]
     if num_classes and not is_mae:
         lines.append(f"pipeline_tag: {'video-classification' if video else 'image-classification'}")
@@ -191,9 +195,19 @@ def model_card(
     elif is_mae:
         depth = config.get("decoder_depth")
         summary.append(f"a decoder of {depth} block{'' if depth == 1 else 's'}, width {config.get('decoder_embed_dim')}")
+    hiera_paper = "Ryali et al., ICML 2023, https://arxiv.org/abs/2306.00989"
+    if sam2:
+        what = ("The architecture of SAM 2's image-encoder trunk (HieraDet; Ravi et al., 2024, "
+                f"https://arxiv.org/abs/2408.00714): a hierarchical vision transformer (Hiera; {hiera_paper}) "
+                "with windowed attention, a few global-attention blocks and an absolute-window position embedding.")
+        multiple = sorted(set(getattr(model, "size_multiple", ())))
+        if multiple and not is_mae:
+            what += (f" It takes any input whose sides are multiples of {' and '.join(map(str, multiple))} "
+                     "(`model.dynamic_size`, on by default).")
+    else:
+        what = f"A hierarchical vision transformer (Hiera; {hiera_paper})."
     lines += ["## Model", "", "; ".join(summary) + ".",
-              "A hierarchical vision transformer (Hiera; Ryali et al., ICML 2023, https://arxiv.org/abs/2306.00989). "
-              "The constructor arguments are in `config.json`, the weights in `model.safetensors`.", ""]
+              what + " The constructor arguments are in `config.json`, the weights in `model.safetensors`.", ""]
     norm = "Kinetics (mean 0.45, std 0.225)" if video else "ImageNet (mean 0.485, 0.456, 0.406; std 0.229, 0.224, 0.225)"
     lines += [f"Inputs are RGB {'clips' if video else 'images'} of {size or 'the configured size'}, normalised with the "
               f"{norm} statistics, as the `hiera` tools prepare them.", ""]
@@ -227,8 +241,13 @@ def model_card(
                   f"hiera finetune --data train/ --val val/ {_finetune_model_args(model)} --init {where} --out runs/ft",
                   "```", ""]
     else:
-        lines += [f"logits = model(x, return_logits=True)  # x: {shape}, normalised",
-                  "features = model.forward_intermediates(x)  # one feature map per stage", "```", "",
+        if num_classes:
+            # The plain Hiera is asked for logits (in eval mode it returns probabilities, as the
+            # official package); HieraDet's forward returns logits and takes no such argument.
+            asks = "return_logits" in inspect.signature(model.forward).parameters
+            lines.append(f"logits = model(x{', return_logits=True' if asks else ''})  # x: {shape}, normalised")
+        features = "features = model.forward_intermediates(x)  # one feature map per stage"
+        lines += [features + ("" if num_classes else f"; x: {shape}, normalised"), "```", "",
                   "Command line:", "", "```"]
         if num_classes:
             lines.append(f"hiera predict --weights {where} {'clip.mp4' if video else 'photo.jpg'}")

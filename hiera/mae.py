@@ -7,11 +7,14 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 
 from .config import records_config
 from .fast import _eager_cpu, linear, run_linear
+from .hieradet import HieraDet
+from .hieradet import _LayerNorm as _HieraDetNorm
 from .layers import HieraBlock, conv_nd
-from .model import Hiera, _is_int, _norm_layer
+from .model import Hiera, _is_int, _norm_layer, check_mask, kept_mask_units, random_mask
 from .pos_embed import resize_pos_embed
 from .token_order import undo_windowing
 
@@ -62,37 +65,31 @@ def _patch_linear(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return y.view(batch, units, *out, conv.out_channels)
 
 
-class MaskedAutoencoderHiera(Hiera):
-    """MAE with a Hiera encoder, as in the official package.
+class MaskedAutoencoder:
+    """What every MAE of this package shares: multi-scale fusion of the encoder's stages, the light
+    decoder, pixel targets and the loss. Mixed into an encoder class (:class:`MaskedAutoencoderHiera`,
+    :class:`MaskedAutoencoderHieraDet`) that provides:
 
-    ``model(x, mask_ratio=0.6, mask=None)`` returns ``(loss, preds, labels, mask)``:
+    * ``forward_tokens(x, mask, return_intermediates=True)`` -> ``(_, per-stage maps of the kept
+      units, each [B, #kept, *unit_s, C_s])``, units in ascending raster order over the mask grid;
+    * ``get_random_mask(x, ratio)``, ``_prepare(x, mask)`` (input and mask checks) and
+      ``final_grid(input_size)`` (the prediction tokens' grid);
+    * ``q_stride``, ``q_pool``, ``patch_stride``, ``in_chans``, ``stage_ends`` and ``blocks``.
+
+    ``model(x, mask_ratio, mask=None)`` returns ``(loss, preds, labels, mask)``:
 
     * ``preds``, ``labels``: ``[#masked prediction tokens over the batch, pixels per token]`` for the
       masked tokens only; labels are per-token normalised pixels (images: channel-major ``C, y, x``;
       video: the first frame of each 2-frame tubelet, pixel-major ``y, x, C``, as upstream trained);
     * ``mask``: ``[B, #mask units]`` bool, True = visible.
 
-    Pass ``mask_ratio=0.9`` for video. An explicit ``mask`` (True = keep) overrides ``mask_ratio``.
+    An explicit ``mask`` (True = keep) overrides ``mask_ratio``.
     """
 
     _masks_are_predicted = True  # a mask ratio must mask at least one unit (check_mask_ratio)
 
-    @records_config(extends=Hiera)
-    def __init__(
-        self,
-        decoder_embed_dim: int = 512,
-        decoder_depth: int = 8,
-        decoder_num_heads: int = 16,
-        **kwargs,
-    ):
-        """Hiera's arguments (``num_classes`` is unused, as there is no head, and kept so that
-        classifier configs load), then the decoder's. The signature that ``inspect`` and
-        huggingface_hub see lists them all (see :func:`hiera.config.records_config`), and the
-        decorator calls this with every one of them, defaults filled in."""
-        super().__init__(**kwargs)
-        norm_layer = _norm_layer(kwargs["norm_layer"])
-        mlp_ratio = kwargs["mlp_ratio"]
-        ndim = len(self.q_stride)
+    @staticmethod
+    def _check_decoder_args(decoder_embed_dim, decoder_depth, decoder_num_heads) -> None:
         for name, value, least in (("decoder_embed_dim", decoder_embed_dim, 1), ("decoder_depth", decoder_depth, 0),
                                    ("decoder_num_heads", decoder_num_heads, 1)):
             if not _is_int(value) or value < least:
@@ -101,19 +98,26 @@ class MaskedAutoencoderHiera(Hiera):
             raise ValueError(
                 f"decoder_embed_dim={decoder_embed_dim} must be divisible by decoder_num_heads={decoder_num_heads}"
             )
-        self.check_maskable()  # (q_pool < #stages, so this also covers q_stride**q_pool)
-        pool = [s**self.q_pool for s in self.q_stride]
 
-        # The encoder's final norm and head are replaced by the fusion + decoder below.
-        del self.norm, self.head
+    def _build_decoder(self, unit: Sequence[int], grid: Sequence[int], decoder_embed_dim: int, decoder_depth: int,
+                       decoder_num_heads: int, norm_layer, mlp_ratio: float) -> None:
+        """Add the fusion heads and the decoder (in the official registration order, so state dicts
+        list their keys as the official MAE's do).
+
+        Args:
+            unit: a mask unit in first-stage tokens; each q-pooling divides it by ``q_stride``.
+            grid: the first stage's token grid at the model's input size.
+        """
+        ndim = len(self.q_stride)
+        pool = [s**self.q_pool for s in self.q_stride]
         encoder_dim_out = self.blocks[-1].dim_out
         self.encoder_norm = norm_layer(encoder_dim_out)
-        self.mask_unit_spatial_shape_final = [m // p for m, p in zip(self.mask_unit_size, pool)]
-        self.tokens_spatial_shape_final = [t // p for t, p in zip(self.tokens_spatial_shape, pool)]
+        self.mask_unit_spatial_shape_final = [m // p for m, p in zip(unit, pool)]
+        self.tokens_spatial_shape_final = [t // p for t, p in zip(grid, pool)]
 
         # Multi-scale fusion: each pooled stage's map is reduced to the final resolution by a strided
         # conv within its mask unit and summed with the last stage (which needs no transform).
-        cur_mu_size = list(self.mask_unit_size)
+        cur_mu_size = list(unit)
         self.multi_scale_fusion_heads = nn.ModuleList()
         for i in self.stage_ends[: self.q_pool]:
             kernel = [c // f for c, f in zip(cur_mu_size, self.mask_unit_spatial_shape_final)]
@@ -145,13 +149,6 @@ class MaskedAutoencoderHiera(Hiera):
         self.pred_stride = self.patch_stride[-1] * (self.q_stride[-1] ** self.q_pool)
         self.decoder_pred = nn.Linear(decoder_embed_dim, (self.pred_stride ** min(2, ndim)) * self.in_chans)
         self.initialize_weights()
-
-    def _finalize_config(self):
-        super()._finalize_config()
-        # The official MAE forwards a functools.partial as norm_layer, which no config.json can hold
-        # and which its own from_pretrained cannot take back as a string: leave the default out.
-        if self.config.get("norm_layer") == "LayerNorm":
-            del self.config["norm_layer"]
 
     def initialize_weights(self):
         nn.init.trunc_normal_(self.mask_token, std=0.02)
@@ -204,13 +201,6 @@ class MaskedAutoencoderHiera(Hiera):
             y = apply_fusion_head(head, feat)
             x = y if x is None else x + y
         return self.encoder_norm(x), mask
-
-    def final_grid(self, input_size: Optional[Sequence[int]] = None) -> List[int]:
-        """Grid of prediction tokens for an input of ``input_size`` (default: the model's)."""
-        if input_size is None or tuple(input_size) == tuple(self.input_size):
-            return list(self.tokens_spatial_shape_final)
-        grid = self.geometry(input_size).grid
-        return [g // s**self.q_pool for g, s in zip(grid, self.q_stride)]
 
     def forward_decoder(
         self, x: torch.Tensor, mask: torch.Tensor, input_size: Optional[Sequence[int]] = None
@@ -269,7 +259,209 @@ class MaskedAutoencoderHiera(Hiera):
         return (*self.forward_loss(x, pred, ~pred_mask), mask)
 
 
+class MaskedAutoencoderHiera(MaskedAutoencoder, Hiera):
+    """MAE with a Hiera encoder, as in the official package (see :class:`MaskedAutoencoder` for
+    what calling it returns). Pass ``mask_ratio=0.9`` for video."""
+
+    @records_config(extends=Hiera)
+    def __init__(
+        self,
+        decoder_embed_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_num_heads: int = 16,
+        **kwargs,
+    ):
+        """Hiera's arguments (``num_classes`` is unused, as there is no head, and kept so that
+        classifier configs load), then the decoder's. The signature that ``inspect`` and
+        huggingface_hub see lists them all (see :func:`hiera.config.records_config`), and the
+        decorator calls this with every one of them, defaults filled in."""
+        super().__init__(**kwargs)
+        self._check_decoder_args(decoder_embed_dim, decoder_depth, decoder_num_heads)
+        self.check_maskable()  # (q_pool < #stages, so this also covers q_stride**q_pool)
+        # The encoder's final norm and head are replaced by the fusion + decoder.
+        del self.norm, self.head
+        self._build_decoder(self.mask_unit_size, self.tokens_spatial_shape, decoder_embed_dim, decoder_depth,
+                            decoder_num_heads, _norm_layer(kwargs["norm_layer"]), kwargs["mlp_ratio"])
+
+    def _finalize_config(self):
+        super()._finalize_config()
+        # The official MAE forwards a functools.partial as norm_layer, which no config.json can hold
+        # and which its own from_pretrained cannot take back as a string: leave the default out.
+        if self.config.get("norm_layer") == "LayerNorm":
+            del self.config["norm_layer"]
+
+    def final_grid(self, input_size: Optional[Sequence[int]] = None) -> List[int]:
+        """Grid of prediction tokens for an input of ``input_size`` (default: the model's)."""
+        if input_size is None or tuple(input_size) == tuple(self.input_size):
+            return list(self.tokens_spatial_shape_final)
+        grid = self.geometry(input_size).grid
+        return [g // s**self.q_pool for g, s in zip(grid, self.q_stride)]
+
+
 def _normalise(label: torch.Tensor) -> torch.Tensor:
     mean = label.mean(dim=-1, keepdim=True)
     var = label.var(dim=-1, keepdim=True)
     return (label - mean) / (var + 1.0e-6) ** 0.5
+
+
+class MaskedAutoencoderHieraDet(MaskedAutoencoder, HieraDet):
+    """MAE pretraining for SAM 2's HieraDet trunk (see :class:`MaskedAutoencoder` for what calling it
+    returns). Neither SAM 2 nor timm ships one; this follows the Hiera paper's MAE.
+
+    * **Mask units** are first-stage windows: ``window_spec[0]`` tokens square (32 x 32 pixels for
+      SAM 2's trunks). HieraDet has no unroll, so instead of reordering tokens the encoder runs on
+      a list of the kept units, each a small map ``[B, K, uh, uw, C]``; masked units are never
+      computed.
+    * **Windows**: a window that tiles a unit (SAM 2's first two stages, whose windows are exactly
+      one unit) attends within each kept unit, as the trunk does; a window spanning several units
+      attends across the kept units inside it; a global block across all kept units. A window must
+      lie inside one unit or cover whole units (checked at construction).
+    * **Position embedding** as SAM 2 and the "Window Attention is Bugged" paper: the background
+      embedding interpolated to the token grid plus the window embedding tiled once per window,
+      which is once per mask unit here, so a kept unit carries its window embedding with it.
+    * **Exactness**: where SAM 2 pads a map its windows do not tile, the padded tokens take part as
+      keys; the MAE has no padding and leaves them out. At sizes where every window tiles (the
+      zoo's MAE sizes: 224 for T, S, B+; 256 for L) the encoder with every unit visible computes
+      exactly the trunk's forward (tested), so the pretrained trunk hands over unchanged.
+    * Predictions are at the last stage's resolution (``pred_stride`` = 32 pixels with SAM 2's
+      three poolings), with per-token normalised pixel targets.
+
+    Arguments: HieraDet's (``num_classes`` unused: the decoder replaces any head), then the
+    decoder's. The trunk's state-dict keys are HieraDet's (SAM 2's), so the encoder loads into
+    :class:`HieraDet` and converts to a SAM 2 checkpoint as any trunk does.
+    """
+
+    @records_config(extends=HieraDet)
+    def __init__(
+        self,
+        decoder_embed_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_num_heads: int = 16,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self._check_decoder_args(decoder_embed_dim, decoder_depth, decoder_num_heads)
+        side = self.window_spec[0]
+        self.mask_unit_size = (side, side)
+        self._unit_groups = self._plan_windows()
+        for name in ("head", "norm"):  # the decoder replaces any classification head
+            if name in self._modules:
+                delattr(self, name)
+        grid = [s // p for s, p in zip(self.input_size, self.patch_stride)]
+        self._build_decoder(self.mask_unit_size, grid, decoder_embed_dim, decoder_depth, decoder_num_heads,
+                            _HieraDetNorm, kwargs["mlp_ratio"])
+
+    def _plan_windows(self) -> List[int]:
+        """Per block, how many mask units a window spans per side when it spans several (0: the
+        window tiles a unit, or the block is global); a ValueError when a window neither tiles a
+        unit nor covers whole units, or the last unit is not whole."""
+        unit = list(self.mask_unit_size)
+        pool = [s**self.q_pool for s in self.q_stride]
+        if any(u % p for u, p in zip(unit, pool)):
+            raise ValueError(
+                f"the MAE's mask unit is a first-stage window ({tuple(unit)} tokens, window_spec[0]); it must be a "
+                f"multiple of q_stride**q_pool = {tuple(pool)} so that every stage keeps whole units"
+            )
+        groups = []
+        for i, blk in enumerate(self.blocks):
+            window = blk.window_size
+            if window and all(u % window == 0 for u in unit):
+                groups.append(0)
+            elif window and all(window % u == 0 for u in unit) and len(set(window // u for u in unit)) == 1:
+                groups.append(window // unit[0])
+            elif window:
+                raise ValueError(
+                    f"block {i} attends within {window}-token windows where a mask unit is {tuple(unit)} tokens: "
+                    f"for MAE pretraining a window must lie inside one unit or cover whole units (window_spec="
+                    f"{tuple(self.window_spec)}; the unit is window_spec[0] tokens, halved at each query pooling)"
+                )
+            else:
+                groups.append(0)
+            if blk.q_stride is not None:
+                unit = [u // s for u, s in zip(unit, blk.q_stride)]
+        return groups
+
+    # ------------------------------------------------------------------ masking
+    def mask_grid(self, size: Optional[Sequence[int]] = None) -> Tuple[int, int]:
+        """Mask units per side for an input of ``size`` (default: the model's)."""
+        size = self.input_size if size is None else size
+        return tuple(s // (p * m) for s, p, m in zip(size, self.patch_stride, self.mask_unit_size))
+
+    @property
+    def num_mask_units(self) -> int:
+        return math.prod(self.mask_grid())
+
+    def check_mask_ratio(self, mask_ratio: float, num_units: Optional[int] = None) -> int:
+        """The number of mask units a random mask at ``mask_ratio`` keeps, or the error that says
+        why the ratio cannot work (see :func:`hiera.model.kept_mask_units`)."""
+        units = self.num_mask_units if num_units is None else int(num_units)
+        return kept_mask_units(mask_ratio, units, mask_one=self._masks_are_predicted)
+
+    def get_random_mask(self, x: torch.Tensor, mask_ratio: float) -> torch.Tensor:
+        """Random mask over mask units, ``[B, #units]`` bool, True = keep."""
+        units = math.prod(self.mask_grid(x.shape[2:]))
+        return random_mask(x.shape[0], units, self.check_mask_ratio(mask_ratio, units), x.device)
+
+    def _check_input(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> None:
+        super()._check_input(x)
+        if mask is not None:
+            check_mask(mask, x.shape[0], self.mask_grid(x.shape[2:]))
+
+    def _prepare(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> None:
+        self._check_input(x, mask)
+
+    def final_grid(self, input_size: Optional[Sequence[int]] = None) -> List[int]:
+        """Grid of prediction tokens for an input of ``input_size`` (default: the model's)."""
+        size = self.input_size if input_size is None else input_size
+        return [s // (p * q**self.q_pool) for s, p, q in zip(size, self.patch_stride, self.q_stride)]
+
+    # ------------------------------------------------------------------ encoder
+    def _embed_units(self, x: torch.Tensor, mask: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        """The kept units' tokens with their position embedding: ``[B, K, uh, uw, C]``."""
+        batch, num_kept = kept.shape
+        units = self.mask_grid(x.shape[2:])
+        uh, uw = self.mask_unit_size
+        grid = (units[0] * uh, units[1] * uw)
+        tokens = self.patch_embed.forward_units(x, mask, kept, units, self.mask_unit_size)  # [B, K, C, uh * uw]
+        if tokens is None:  # a stem whose padding is too small for unit tiles: embed all, then keep
+            full = self.patch_embed(x, mask=mask.view(batch, 1, *units)).view(batch, *grid, -1)
+            tokens = _split_units(full, units, self.mask_unit_size)
+            tokens = torch.gather(tokens, 1, kept.view(batch, num_kept, 1, 1, 1).expand(-1, -1, *tokens.shape[2:]))
+        else:
+            tokens = tokens.transpose(2, 3).reshape(batch, num_kept, uh, uw, -1)
+        pos = _split_units(self.get_pos_embed(grid), units, self.mask_unit_size)[0]  # [#units, uh, uw, C]
+        return tokens + pos[kept]
+
+    def forward_tokens(
+        self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, return_intermediates: bool = False
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Run the trunk on the kept mask units (all of them without ``mask``): ``[B, C, H, W]`` ->
+        (last stage ``[B, K, uh, uw, C_last]``, per-stage maps ``[B, K, uh_s, uw_s, C_s]`` with
+        ``return_intermediates``), units in ascending raster order over the mask grid."""
+        batch = x.shape[0]
+        units = self.mask_grid(x.shape[2:])
+        if mask is None:
+            mask = torch.ones(batch, math.prod(units), dtype=torch.bool, device=x.device)
+        kept = mask.nonzero()[:, 1].view(batch, -1)  # ascending unit indices per row
+        x = self._embed_units(x, mask, kept)
+        rows, cols = kept // units[1], kept % units[1]
+        intermediates = []
+        for i, blk in enumerate(self.blocks):
+            group = self._unit_groups[i]
+            windows = None
+            if group and (group < units[0] or group < units[1]):  # windows that do not cover the whole map
+                windows = (rows // group) * -(-units[1] // group) + cols // group
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(blk.forward_units, x, windows, use_reentrant=False)
+            else:
+                x = blk.forward_units(x, windows)
+            if return_intermediates and i in self.stage_ends:
+                intermediates.append(x)
+        return x, intermediates
+
+
+def _split_units(x: torch.Tensor, units: Sequence[int], unit: Sequence[int]) -> torch.Tensor:
+    """``[B, H, W, C]`` map -> ``[B, #units, uh, uw, C]``, units in raster order."""
+    batch, channels = x.shape[0], x.shape[-1]
+    (nh, nw), (uh, uw) = units, unit
+    return x.reshape(batch, nh, uh, nw, uw, channels).transpose(2, 3).reshape(batch, nh * nw, uh, uw, channels)

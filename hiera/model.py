@@ -101,6 +101,44 @@ def check_input_tensor(x: torch.Tensor, weight: torch.Tensor) -> None:
         )
 
 
+def check_mask(mask: torch.Tensor, batch: int, mask_grid: Sequence[int]) -> None:
+    """A mask over a ``mask_grid`` of units for a batch of ``batch``: ``[B, #units]`` bool (True =
+    keep), the same number kept in every row, at least one; else the error that says what is wrong."""
+    units = math.prod(mask_grid)
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a bool tensor [B, {units}], got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor (True = keep), got dtype {mask.dtype}")
+    if tuple(mask.shape) != (batch, units):
+        raise ValueError(
+            f"mask must have shape [B, #mask units] = [{batch}, {units}] "
+            f"(mask unit grid {tuple(mask_grid)}), got {tuple(mask.shape)}"
+        )
+    if batch == 0:  # (an unmasked forward takes an empty batch; a masked one has no row to count)
+        raise ValueError(
+            "a masked forward needs at least one sample: the number of kept mask units is read "
+            "from the mask's rows, and an empty batch has none"
+        )
+    kept = mask.sum(dim=1)
+    if not torch.all(kept == kept[0]):
+        raise ValueError(
+            f"every row of mask must keep the same number of mask units, got {kept.tolist()}"
+        )
+    if int(kept[0]) == 0:
+        raise ValueError("mask keeps no mask unit: at least one must be True per row")
+
+
+def random_mask(batch: int, units: int, keep: int, device=None) -> torch.Tensor:
+    """A random mask ``[batch, units]`` bool, True = keep, ``keep`` units kept in every row (those
+    with the smallest uniform noise)."""
+    noise = torch.rand(batch, units, device=device)
+    ids_shuffle = torch.argsort(noise, dim=1)  # ascending: the smallest noise is kept
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    mask = torch.zeros([batch, units], device=device)
+    mask[:, :keep] = 1
+    return torch.gather(mask, dim=1, index=ids_restore).bool()
+
+
 def _index_tables_follow_the_weights(model: nn.Module, incompatible_keys) -> None:
     """``load_state_dict`` post-hook: a model built on the meta device and loaded with
     ``assign=True`` has real weights but still meta token-order tables (they are not in the state
@@ -385,15 +423,8 @@ class Hiera(RepacksOnModeChange, HubMixin):
         """Random mask over mask units, ``[B, #units]`` bool, True = keep (the opposite of MAE's
         convention). ``int(#units * (1 - mask_ratio))`` units are kept in every row (see
         :meth:`check_mask_ratio` for the ratios that work)."""
-        batch = x.shape[0]
         num_windows = math.prod(self.geometry(x.shape[2:], x.device).mask_grid)
-        len_keep = self.check_mask_ratio(mask_ratio, num_windows)
-        noise = torch.rand(batch, num_windows, device=x.device)
-        ids_shuffle = torch.argsort(noise, dim=1)  # ascending: the smallest noise is kept
-        ids_restore = torch.argsort(ids_shuffle, dim=1)
-        mask = torch.zeros([batch, num_windows], device=x.device)
-        mask[:, :len_keep] = 1
-        return torch.gather(mask, dim=1, index=ids_restore).bool()
+        return random_mask(x.shape[0], num_windows, self.check_mask_ratio(mask_ratio, num_windows), x.device)
 
     def get_pos_embed(self, grid: Optional[Sequence[int]] = None) -> torch.Tensor:
         """Absolute position embedding ``[1, N, C]`` in raster order, resized to the token ``grid``
@@ -490,28 +521,7 @@ class Hiera(RepacksOnModeChange, HubMixin):
             )
 
     def _check_mask(self, mask: torch.Tensor, batch: int, mask_grid: Sequence[int]) -> None:
-        units = math.prod(mask_grid)
-        if not isinstance(mask, torch.Tensor):
-            raise TypeError(f"mask must be a bool tensor [B, {units}], got {type(mask).__name__}")
-        if mask.dtype != torch.bool:
-            raise TypeError(f"mask must be a bool tensor (True = keep), got dtype {mask.dtype}")
-        if tuple(mask.shape) != (batch, units):
-            raise ValueError(
-                f"mask must have shape [B, #mask units] = [{batch}, {units}] "
-                f"(mask unit grid {tuple(mask_grid)}), got {tuple(mask.shape)}"
-            )
-        if batch == 0:  # (an unmasked forward takes an empty batch; a masked one has no row to count)
-            raise ValueError(
-                "a masked forward needs at least one sample: the number of kept mask units is read "
-                "from the mask's rows, and an empty batch has none"
-            )
-        kept = mask.sum(dim=1)
-        if not torch.all(kept == kept[0]):
-            raise ValueError(
-                f"every row of mask must keep the same number of mask units, got {kept.tolist()}"
-            )
-        if int(kept[0]) == 0:
-            raise ValueError("mask keeps no mask unit: at least one must be True per row")
+        check_mask(mask, batch, mask_grid)
 
     # ------------------------------------------------------------------ forward
     def _keep_units(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

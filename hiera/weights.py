@@ -64,7 +64,8 @@ class LoadReport:
         if self.resized:
             parts.append(f"resized to the model's input size: {self.resized}")
         if self.missing:
-            parts.append(f"{len(self.missing)} weights not in the checkpoint, left initialised: {self.missing}")
+            listed = self.missing if len(self.missing) <= 8 else _summarise(self.missing)  # (a whole decoder: by module)
+            parts.append(f"{len(self.missing)} weights not in the checkpoint, left initialised: {listed}")
         if self.unexpected:
             parts.append(f"{len(self.unexpected)} checkpoint weights unused: {_summarise(self.unexpected)}")
         return "; ".join(parts)
@@ -82,6 +83,12 @@ def checkpoint_kind(state_dict: Mapping[str, torch.Tensor]) -> str:
     if _HEAD_KEYS[0] in state_dict:
         return "classifier"
     return "encoder"
+
+
+def encoder_only(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    """An MAE checkpoint's encoder (trunk) weights: ``state_dict`` without the decoder, fusion heads,
+    mask token and encoder norm, which only MAE pretraining uses."""
+    return {k: v for k, v in state_dict.items() if not k.startswith(_MAE_PREFIXES)}
 
 
 def head_classes(state_dict: Mapping[str, torch.Tensor]) -> Optional[int]:

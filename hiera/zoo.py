@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import json
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from .backbone import HieraFeatures
 from .formats.read import read_any, to_official
 from .hieradet import HieraDet
 from .hub import hub_download
-from .mae import MaskedAutoencoderHiera
+from .mae import MaskedAutoencoder, MaskedAutoencoderHiera, MaskedAutoencoderHieraDet
 from .model import Hiera
 from .weights import (
     _HEAD_KEYS,
@@ -177,6 +178,11 @@ def _specs() -> Dict[str, ModelSpec]:
             tag,
             crop_pct=1.0,
         )
+        # Their MAEs, for pretraining your own (neither SAM 2 nor timm released one): at the
+        # smallest size where every window tiles the map (224; 256 for L's 16-token windows), so
+        # the MAE's trunk computes exactly the trunk's forward (see MaskedAutoencoderHieraDet).
+        side = 256 if size == "large" else 224
+        specs["mae_" + name] = ModelSpec("mae_" + name, MaskedAutoencoderHieraDet, {**trunk, "input_size": (side, side)})
     return specs
 
 
@@ -387,11 +393,14 @@ def head_problem(model: nn.Module) -> Optional[str]:
 
     inner = getattr(model, "model", model)  # HieraFeatures wraps the Hiera
     uses = _HEADLESS_USES
+    if isinstance(inner, MaskedAutoencoder):
+        return f"{type(inner).__name__} is an MAE (encoder + decoder) without a classification head; {uses}"
     if isinstance(inner, HieraDet) and not hasattr(inner, "head"):
         return ("a SAM 2 trunk (HieraDet) without a classification head; use it as a backbone (`hiera "
-                "features`, `features_only=True`); to classify, a head must first be trained on it")
-    if isinstance(inner, MaskedAutoencoderHiera) or not hasattr(inner, "head"):
-        return f"{type(inner).__name__} is an MAE / feature model without a classification head; {uses}"
+                "features`, `features_only=True`); to classify, train a head on it first (`hiera finetune "
+                "--model sam2_hiera_<size> --init <these weights>`)")
+    if not hasattr(inner, "head"):
+        return f"{type(inner).__name__} is a feature model without a classification head; {uses}"
     report = getattr(inner, "load_report", None)
     if report is None:
         return "no weights were loaded, so the classification head is random"
@@ -413,16 +422,38 @@ def head_problem(model: nn.Module) -> Optional[str]:
             "_ft_in1k or _ft_k400)")
 
 
+def model_class(config: dict, cls_name: Optional[str] = None, mae: Optional[bool] = None) -> type:
+    """The class a checkpoint's config builds: the family named by ``cls_name`` (a class name our
+    checkpoints record), else :class:`HieraDet`'s for a config with SAM 2's trunk settings
+    (arguments no plain Hiera takes: ``window_spec``, ``global_att_blocks``, ...), else
+    :class:`Hiera`'s; the MAE of that family when ``mae`` (``None``: when the class name or the
+    config's ``decoder_*`` arguments say it is one)."""
+    known = {c.__name__: c for c in (Hiera, HieraDet, MaskedAutoencoderHiera, MaskedAutoencoderHieraDet)}
+    named = known.get(cls_name)
+    if named is not None:
+        sam2 = issubclass(named, HieraDet)
+        mae = issubclass(named, MaskedAutoencoder) if mae is None else mae
+    else:
+        det, plain = sorted(_HIERADET_ONLY & set(config)), sorted(_HIERA_ONLY & set(config))
+        if det and plain:
+            raise ValueError(f"the config mixes SAM 2 trunk (HieraDet) arguments {det} with plain Hiera arguments "
+                             f"{plain}; a model is one or the other: drop one kind")
+        sam2 = bool(det)
+        mae = any(k.startswith("decoder_") for k in config) if mae is None else mae
+    if sam2:
+        return MaskedAutoencoderHieraDet if mae else HieraDet
+    return MaskedAutoencoderHiera if mae else Hiera
+
+
 def trunk_class(config: dict, cls_name: Optional[str] = None) -> type:
-    """The class a config without an MAE decoder builds: the one a checkpoint names, else
-    :class:`HieraDet` for a config with SAM 2's trunk settings (arguments no plain Hiera takes:
-    ``window_spec``, ``global_att_blocks``, ...), else :class:`Hiera`."""
-    if cls_name == "HieraDet" or any(k in _HIERADET_ONLY for k in config):
-        return HieraDet
-    return Hiera
+    """The class a config builds without an MAE decoder (see :func:`model_class`)."""
+    return model_class(config, cls_name, mae=False)
 
 
+# Constructor arguments only one of the two trunks takes: a config with SAM 2's (window_spec,
+# global_att_blocks, ...) builds a HieraDet, one with the plain Hiera's (mask_unit_size, ...) a Hiera.
 _HIERADET_ONLY = frozenset(inspect.signature(HieraDet).parameters) - frozenset(inspect.signature(Hiera).parameters)
+_HIERA_ONLY = frozenset(inspect.signature(Hiera).parameters) - frozenset(inspect.signature(HieraDet).parameters)
 
 
 def _load_model(model, weights, mae, **kwargs) -> nn.Module:
@@ -438,21 +469,23 @@ def _load_model(model, weights, mae, **kwargs) -> nn.Module:
             if location.startswith("hf-hub:"):  # fetched here so that an offline run fails in seconds
                 checkpoint = str(hub_download(location[len("hf-hub:"):], "model.safetensors"))
             return create_model(name, pretrained=True, checkpoint=checkpoint, **kwargs)
-        if "/" in model:
-            cls = MaskedAutoencoderHiera if mae else Hiera
-            return cls.from_pretrained(model, **kwargs)
+        if "/" in model:  # a Hub repo written by save_pretrained: its config.json says which family
+            where = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
+            config = json.loads(hub_download(model, "config.json", **where).read_text(encoding="utf-8"))
+            return model_class(config, mae=bool(mae)).from_pretrained(model, **kwargs)
         raise CheckpointError(f"unknown model {model!r}: not in the zoo (`hiera zoo`) and not a Hub repo id (org/name)")
 
     state, config, cls_name = read_any(weights)
-    if mae and (cls_name == "HieraDet" or (model or "").startswith("sam2_")):
-        raise CheckpointError(f"{weights} holds a SAM 2 trunk (HieraDet), which has no MAE model (decoder) "
-                              "here; it works as a backbone (`hiera features`) or, with a head, as a classifier")
     if model is not None:
         name = model.split(".", 1)[0]
+        if config and config.get("input_size") and "input_size" not in kwargs:
+            # The name gives the architecture; the size is the one the weights were trained at (a
+            # SAM 2 trunk fine-tuned at 224 is not evaluated at the zoo's 1024).
+            kwargs["input_size"] = tuple(config["input_size"])
         built = create_model(zoo_name_for(name, mae=True) if mae else name, **kwargs)
     elif config is not None:
-        cls = trunk_class(config, cls_name) if not mae else MaskedAutoencoderHiera
-        if cls is not MaskedAutoencoderHiera:
+        cls = model_class(config, cls_name, mae=bool(mae))
+        if not issubclass(cls, MaskedAutoencoder):
             config = {k: v for k, v in config.items() if not k.startswith("decoder_")}
         built = cls(config=config, **with_head_classes(state, kwargs))
     else:

@@ -130,7 +130,10 @@ def test_plan_groups_and_skips():
     with pytest.raises(CompareError, match="no zoo model"):
         plan.plan(["inference"], "hiera_gigantic_224", variants)
     with pytest.raises(CompareError, match="no MAE zoo model"):
-        plan.plan(["train"], "sam2_hiera_tiny", variants, tasks=["mae"])  # a trunk with no MAE form
+        plan.plan(["train"], "hiera_gigantic_224", variants, tasks=["mae"])
+    for task in ("classify", "mae"):  # SAM 2's trunk (and its MAE): no official or timm Hiera to time against
+        with pytest.raises(CompareError, match=r"is a (MaskedAutoencoder)?HieraDet \(SAM 2's trunk\)"):
+            plan.plan(["train"], "sam2_hiera_tiny", variants, tasks=[task])
     with pytest.raises(CompareError, match=">= 1"):
         plan.plan(["inference"], "hiera_small_224", variants, batches=[0])
     with pytest.raises(CompareError, match="unknown section"):

@@ -7,24 +7,17 @@ import math
 import numpy as np
 import pytest
 import torch
+from mae_checks import pretrain_briefly, synthetic_tensors
 
 import hiera
-from hiera.data.images import IMAGENET_MEAN, IMAGENET_STD
-from hiera.data.synthetic import CLASSES, generate
+from hiera.data.synthetic import CLASSES
 from hiera.mae import MaskedAutoencoderHiera
 from hiera.model import Hiera
 from hiera.train.probe import encoder_features, heldout_mae_loss, linear_probe, per_class_subset
-from hiera.train.recipes import lr_schedule
 
 SMALL = dict(input_size=(64, 64), embed_dim=48, num_heads=2, stages=(1, 2, 3), q_pool=2, mask_unit_size=(4, 4),
              mask_unit_attn=(True, False, False))
 DECODER = dict(decoder_embed_dim=96, decoder_depth=2, decoder_num_heads=4)
-
-
-def _tensors(split, per_class, seed):
-    x, y = generate(split, per_class, size=64, seed=seed)
-    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 - mean) / std, torch.as_tensor(y)
 
 
 @pytest.fixture(scope="module")
@@ -32,23 +25,12 @@ def pretrained():
     """A short MAE pretraining on an unlabelled pool (other images than the labelled ones):
     (untrained copy, pretrained model, labelled train, held-out val)."""
     torch.manual_seed(0)
-    pool, _ = _tensors("train", 250, seed=1)  # 2000 images, none of them in the probe's sets
+    pool, _ = synthetic_tensors("train", 250, seed=1)  # 2000 images, none of them in the probe's sets
     net = MaskedAutoencoderHiera(**SMALL, **DECODER)
     untrained = MaskedAutoencoderHiera(**SMALL, **DECODER)
     untrained.load_state_dict(net.state_dict())
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.05)
-    gen = torch.Generator().manual_seed(0)
-    steps = 600
-    for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_schedule(step, steps, steps // 10, 1e-3)
-        x = pool[torch.randint(0, len(pool), (64,), generator=gen)]
-        x = torch.where((torch.rand(64, generator=gen) < 0.5).view(-1, 1, 1, 1), x.flip(-1), x)
-        loss = net(x, mask_ratio=0.6)[0]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return untrained.eval(), net.eval(), _tensors("train", 200, seed=0), _tensors("val", 50, seed=0)
+    pretrain_briefly(net, pool, steps=600, flip=True)
+    return untrained.eval(), net.eval(), synthetic_tensors("train", 200, seed=0), synthetic_tensors("val", 50, seed=0)
 
 
 def test_pretraining_reconstructs_held_out_images_far_better_than_the_mean(pretrained):
@@ -101,21 +83,12 @@ def test_abswin_mae_learns_and_hands_its_encoder_to_the_abswin_classifier():
     tiled once per mask unit) under MAE: a short pretraining reconstructs held-out images far better
     than the mean, and the zoo's abswin MAE hands every encoder weight to the abswin classifier."""
     torch.manual_seed(0)
-    pool, _ = _tensors("train", 250, seed=1)
-    x_val, _ = _tensors("val", 50, seed=0)
+    pool, _ = synthetic_tensors("train", 250, seed=1)
+    x_val, _ = synthetic_tensors("val", 50, seed=0)
     net = MaskedAutoencoderHiera(**ABSWIN, **DECODER)
     assert net.pos_embed_win.shape[-2:] == SMALL["mask_unit_size"]
     before = heldout_mae_loss(net, x_val)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.05)
-    gen = torch.Generator().manual_seed(0)
-    steps = 150
-    for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_schedule(step, steps, steps // 10, 1e-3)
-        loss = net(pool[torch.randint(0, len(pool), (64,), generator=gen)], mask_ratio=0.6)[0]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    pretrain_briefly(net, pool, steps=150)
     after = heldout_mae_loss(net.eval(), x_val)
     assert before["loss"] > after["baseline"] and after["loss"] < 0.7 * after["baseline"], (before, after)
 
@@ -176,7 +149,7 @@ def test_fit_head_sets_the_head_the_probe_found():
 
     torch.manual_seed(0)
     model = Hiera(**SMALL, num_classes=len(CLASSES)).train()
-    x, y = _tensors("train", 12, seed=0)
+    x, y = synthetic_tensors("train", 12, seed=0)
     before = model.head.projection.weight.clone()
     acc = fit_head(model, x, y)
     assert model.training  # mode restored

@@ -316,3 +316,43 @@ def test_sam2_checkpoint_roundtrip_through_build_sam2(sam2_python, tmp_path):
     assert back.keys() == trunk.keys()
     assert all(torch.equal(back[k], trunk[k]) for k in trunk)
     assert sam2_to_ours(ckpt["model"]).keys() == trunk.keys()
+
+
+def test_mae_pretrained_trunk_loads_into_sam2_through_build_sam2(sam2_python, tmp_path):
+    """The handover SAM 2 users ask for: a HieraDet MAE (T's trunk) after a few pretraining steps ->
+    ``hiera convert --to sam2`` -> SAM 2's own build_sam2 loads it (strict), and SAM 2's trunk
+    computes what our MAE's encoder computes with every unit visible (at 224 every window tiles)."""
+    from hiera.mae import MaskedAutoencoderHieraDet
+    from hiera.token_order import undo_windowing
+    from hiera.tools.convert import convert_checkpoint
+
+    torch.manual_seed(SEED)
+    mae = MaskedAutoencoderHieraDet(**SAM2_TRUNK_KWARGS["T"], input_size=(224, 224), decoder_embed_dim=64,
+                                    decoder_depth=1, decoder_num_heads=2)
+    opt = torch.optim.AdamW(mae.parameters(), lr=1e-3)
+    for _ in range(2):  # weights that pretraining moved, not an initialiser's
+        loss = mae(torch.randn(2, 3, 224, 224), mask_ratio=0.6)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    mae.eval()
+    mae_file, sam2_file, ckpt_file = tmp_path / "mae.pt", tmp_path / "trunk_sam2.pt", tmp_path / "sam2_full.pt"
+    try:
+        torch.save({"model": mae.state_dict(), "config": mae.config, "class": type(mae).__name__}, mae_file)
+        convert_checkpoint(mae_file, sam2_file, "sam2")
+        built = sam2_env.run_sam2_reference(
+            sam2_python, {"mode": "build_sam2", "config": "T", "seed": SEED, "input_sizes": [[224, 224]], "batch": 2,
+                          "state_dict": str(sam2_file), "checkpoint": str(ckpt_file), "return_state_dict": False},
+            tmp_path / "built.pt")["cases"][0]
+    finally:
+        for f in (mae_file, sam2_file, ckpt_file):
+            f.unlink(missing_ok=True)
+
+    trunk = {k: v for k, v in mae.state_dict().items() if k in built["digests"]}
+    assert _digests(trunk) == built["digests"], "SAM 2's trunk did not end up with the MAE's trunk weights"
+    x = built["inputs"][0]
+    with torch.no_grad():
+        _, maps = mae.forward_tokens(x, None, return_intermediates=True)
+    for i, (m, r) in enumerate(zip(maps, built["outputs"][0])):
+        ours = undo_windowing(m, r.shape[2:], m.shape[2:4]).permute(0, 3, 1, 2)
+        assert_close(ours, r, f"T stage {i + 1}: our MAE encoder vs SAM 2's trunk loaded from its checkpoint")

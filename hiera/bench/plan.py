@@ -167,6 +167,9 @@ def resolve_model(name: str, task: str, overrides: Optional[dict] = None) -> Tup
     if full not in MODELS:
         known = ", ".join(n for n in sorted(MODELS) if n.startswith(MAE_PREFIX) == (task == "mae"))
         raise CompareError(f"no {'MAE ' if task == 'mae' else ''}zoo model {full!r}; choose one of: {known}")
+    if MODELS[full].cls not in (Hiera, MaskedAutoencoderHiera):  # (the workers build Hiera / its MAE)
+        raise CompareError(f"{full} is a {MODELS[full].cls.__name__} (SAM 2's trunk): the comparison times the plain "
+                           "Hiera, which the official package, timm and transformers implement; choose a hiera_* model")
     arch = _jsonable({**MODELS[full].kwargs, **(overrides or {})})
     size = tuple(int(s) for s in arch.get("input_size", (224, 224)))
     return full, arch, size

@@ -92,6 +92,13 @@ def _cmd_mae_viz(args: argparse.Namespace) -> int:
         return fail("mae-viz", f"could not load the model: {e}", 1)
     if not is_mae(model):
         return fail("mae-viz", f"{type(model).__name__} is not an MAE model (it has no decoder)", 1)
+    report = getattr(model, "load_report", None)
+    if report is not None and report.checkpoint_kind != "mae":
+        # Reconstructions by a decoder that was never trained would look like the model's work.
+        held = {"classifier": "a classifier's weights", "encoder": "a trunk's weights"}.get(report.checkpoint_kind)
+        return fail("mae-viz", f"{args.weights or args.model} holds no MAE decoder ({held}): its reconstructions "
+                    "would come from a random decoder; pass an MAE checkpoint "
+                    "(a `hiera pretrain` run, or a zoo name ending in .mae_in1k / .mae_k400)", 1)
     video = len(model.input_size) == 3
     kind = "video" if video else "image"
     given = [opt for opt, value in (("--frames", args.frames), ("--frame-stride", args.frame_stride)) if value is not None]

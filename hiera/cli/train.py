@@ -126,6 +126,7 @@ def add_parser(subparsers) -> None:
   hiera finetune --data train/ --val val/ --model hiera_small_224 --init runs/mae/last.pt --epochs 50 --out runs/ft
   hiera finetune --data train/ --val val/ --init mae_hiera_base_224.mae_in1k --epochs 100 --out runs/ft
   hiera finetune --data train/ --val val/ --init runs/mae/last.pt --linear-probe --out runs/probe
+  hiera finetune --data train/ --val val/ --model sam2_hiera_small --init sam2_hiera_small.sam2_1 --out runs/sam2
   hiera finetune --data clips/train/ --val clips/val/ --model hiera_base_16x224 --init runs/vmae/last.pt \\
       --batch-size 32 --precision bf16 --grad-checkpointing --out runs/vft
   hiera finetune --data train.csv --model hiera_base_16x224 --init mae_hiera_base_16x224.mae_k400 --out runs/vft""")

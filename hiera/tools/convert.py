@@ -17,10 +17,16 @@ from safetensors.torch import save_file
 from .. import formats
 from ..formats.read import read_any
 from ..hieradet import HieraDet
-from ..mae import MaskedAutoencoderHiera
-from ..model import Hiera
-from ..weights import CheckpointError, checkpoint_kind, head_classes, save_atomic, write_atomic, zoo_name_for
-from ..zoo import MODELS, match_zoo, trunk_class
+from ..weights import (
+    CheckpointError,
+    checkpoint_kind,
+    encoder_only,
+    head_classes,
+    save_atomic,
+    write_atomic,
+    zoo_name_for,
+)
+from ..zoo import MODELS, match_zoo, model_class
 
 TARGETS = ("official", "safetensors", "timm", "hf", "sam2")
 
@@ -46,7 +52,7 @@ def fit_problem(state, config: dict, cls: Optional[type] = None) -> Optional[str
     """Why ``state`` does not fit the model ``config`` builds (None when it does): the first tensor
     whose shape differs, with both shapes, or weights one of the two lacks. A classifier head of
     another size, or no head or final norm at all (an encoder checkpoint), fits. ``cls``: the
-    model class (default: the MAE for an MAE checkpoint, else :class:`hiera.Hiera`)."""
+    model class (default: :func:`hiera.zoo.model_class` of the config, the MAE for an MAE checkpoint)."""
     mae = checkpoint_kind(state) == "mae"
     kwargs = dict(config)
     if not mae:
@@ -55,7 +61,7 @@ def fit_problem(state, config: dict, cls: Optional[type] = None) -> Optional[str
         kwargs["num_classes"] = head_classes(state)
     try:
         with torch.device("meta"):  # shapes only: no memory, no initialisation
-            own = (cls or (MaskedAutoencoderHiera if mae else Hiera))(**kwargs).state_dict()
+            own = (cls or model_class(kwargs, mae=mae))(**kwargs).state_dict()
     except (TypeError, ValueError) as e:
         return f"its config cannot build a model ({e})"
     wrong = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and v.shape != own[k].shape]
@@ -84,9 +90,10 @@ def convert_checkpoint(src, dst, to: str, model: Optional[str] = None) -> Path:
       a ``.safetensors`` file with the config in its metadata, or a ``.pth`` holding
       ``{"state_dict": ..., "config": ...}`` (the layout of timm's own training checkpoints);
     * ``hf``: a directory for transformers' ``Hiera*.from_pretrained`` (config.json + weights);
-    * ``sam2``: for a SAM 2 trunk (:class:`hiera.HieraDet`), a ``.pt`` holding ``{"model": ...}`` with
-      the trunk under ``image_encoder.trunk.``, as SAM 2's checkpoints hold it (the other modules of
-      SAM 2 are not in it: load it into a SAM 2 model with ``strict=False``).
+    * ``sam2``: for a SAM 2 trunk (:class:`hiera.HieraDet`, or the encoder of a
+      :class:`hiera.MaskedAutoencoderHieraDet`), a ``.pt`` holding ``{"model": ...}`` with the trunk
+      under ``image_encoder.trunk.``, as SAM 2's checkpoints hold it (the other modules of SAM 2
+      are not in it: load it into a SAM 2 model with ``strict=False``).
 
     The architecture is ``model`` (a zoo name), else the config the input carries, else the zoo
     model with these weight shapes. The weights must fit it (every shape, no tensor the model
@@ -107,7 +114,7 @@ def convert_checkpoint(src, dst, to: str, model: Optional[str] = None) -> Path:
             raise CheckpointError(f"{src} does not fit --model {model}: {problem}; pass the model the weights "
                                   "were made for (`hiera zoo`), or leave --model out when the input carries its config")
     elif config is not None:
-        cls = trunk_class(config, cls_name)
+        cls = model_class(config, cls_name, mae=checkpoint_kind(state) == "mae")
         problem = fit_problem(state, config, cls)
         if problem:
             raise CheckpointError(f"{src} does not fit the config it carries: {problem}")
@@ -116,7 +123,7 @@ def convert_checkpoint(src, dst, to: str, model: Optional[str] = None) -> Path:
         config, cls = (dict(MODELS[name].kwargs), MODELS[name].cls) if name else (None, None)
         if config is not None and fit_problem(state, config, cls):
             config = None  # e.g. another input size: no zoo config describes these weights
-    det = cls is HieraDet or cls_name == "HieraDet"
+    det = (cls is not None and issubclass(cls, HieraDet)) or cls_name in ("HieraDet", "MaskedAutoencoderHieraDet")
     if det and to == "hf":
         raise CheckpointError(f"{src} is a SAM 2 trunk (HieraDet), which transformers has no model for; convert "
                               "it --to official, safetensors, timm or sam2")
@@ -127,8 +134,8 @@ def convert_checkpoint(src, dst, to: str, model: Optional[str] = None) -> Path:
         config["num_classes"] = head_classes(state)
     dst = Path(dst)
 
-    if to == "sam2":
-        save_atomic({"model": formats.ours_to_sam2(state)}, dst)
+    if to == "sam2":  # (an MAE gives its trunk: SAM 2 has no place for the decoder)
+        save_atomic({"model": formats.ours_to_sam2(encoder_only(state))}, dst)
     elif to == "official" and dst.suffix in (".pth", ".pt"):
         save_atomic({"model_state": state}, dst)
     elif to in ("official", "hf"):

@@ -24,7 +24,9 @@ from typing import NamedTuple, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
+from ..hieradet import HieraDet
 from ..model import Hiera
+from .predict import classifier_logits
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
 TORCHSCRIPT_DEFAULT_OPSET = 17
@@ -33,15 +35,15 @@ EXTERNAL_DATA_BYTES = 1536 * 2**20
 
 
 class LogitsModule(nn.Module):
-    """Wraps a :class:`hiera.Hiera` so that ``forward(x)`` returns logits ``[B, num_classes]``
-    (never softmax probabilities, whatever the mode)."""
+    """Wraps a :class:`hiera.Hiera` or :class:`hiera.HieraDet` classifier so that ``forward(x)``
+    returns logits ``[B, num_classes]`` (never softmax probabilities, whatever the mode)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x, return_logits=True)
+        return classifier_logits(self.model, x)
 
 
 class OnnxExport(NamedTuple):
@@ -62,8 +64,11 @@ def _check_classifier(model: nn.Module) -> None:
             "this is an MAE model (encoder + decoder, no classification head): ONNX export writes "
             "classifier logits; load the classifier (load_model(..., mae=False))"
         )
-    if not isinstance(model, Hiera):
-        raise TypeError(f"export_onnx needs a hiera.Hiera classifier, got {type(model).__name__}")
+    if not isinstance(model, (Hiera, HieraDet)):
+        raise TypeError(f"export_onnx needs a hiera.Hiera or hiera.HieraDet classifier, got {type(model).__name__}")
+    if isinstance(model, HieraDet) and not model.has_head:
+        raise TypeError("this HieraDet is SAM 2's trunk without a classification head: ONNX export writes "
+                        "classifier logits; fine-tune a head first (`hiera finetune --model sam2_hiera_<size>`)")
 
 
 @contextlib.contextmanager
@@ -144,8 +149,8 @@ def export_onnx(
     """Export a classifier's logits to ONNX.
 
     Args:
-        model: a :class:`hiera.Hiera` classifier (image or video); exported in eval mode (its mode
-            is restored afterwards).
+        model: a :class:`hiera.Hiera` classifier (image or video) or a :class:`hiera.HieraDet` with a
+            head; exported in eval mode (its mode is restored afterwards).
         path: the ``.onnx`` file to write (parent folders are created).
         input_size: spatial size ``(H, W)`` / ``(T, H, W)``; default the model's. Another size must
             tile (``model.size_multiple``); the graph is then built for that size.
@@ -173,8 +178,10 @@ def export_onnx(
     if len(size) != len(model.input_size):
         raise ValueError(f"input_size needs {len(model.input_size)} dims like the model's {tuple(model.input_size)}, got {size}")
     other_size = size != tuple(model.input_size)
-    if other_size:
-        model.geometry(size)  # raises a clear error when the size does not tile
+    if other_size:  # a clear error when the size does not tile
+        multiple = tuple(model.size_multiple)
+        if any(s % m or s <= 0 for s, m in zip(size, multiple)):
+            raise ValueError(f"input_size {size} does not tile: every side must be a positive multiple of {multiple}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     stale = Path(str(path) + ".data")  # the weights of an earlier export to the same path
@@ -273,7 +280,7 @@ def verify_onnx(path: Union[str, Path], model: nn.Module, x: torch.Tensor, missi
     if len(static) != x.ndim or any(isinstance(d, int) and d != s for d, s in zip(static, x.shape)):
         raise ValueError(f"{path} takes input of shape {static}, got {tuple(x.shape)}")
     with _eval_mode(model, dynamic_size=True if tuple(x.shape[2:]) != tuple(model.input_size) else None), torch.no_grad():
-        ref = model(x, return_logits=True).float().cpu().numpy()
+        ref = classifier_logits(model, x).float().cpu().numpy()
     out = session.run(None, {want.name: x.detach().float().cpu().numpy()})[0]
     if out.shape != ref.shape:
         raise ValueError(f"onnxruntime returned shape {out.shape}, the model {ref.shape}")

@@ -51,14 +51,24 @@ def _output_stems(files: MediaList) -> Dict[Path, Path]:
 
 def check_size(model: nn.Module, size: Sequence[int]) -> tuple:
     """The full input size for ``size`` (``(H, W)``, or ``(T, H, W)`` / ``(H, W)`` for video), after
-    checking that it tiles into the model's mask units; raises ValueError saying which sizes do."""
+    checking that it tiles into the model's mask units (a HieraDet: its ``size_multiple``); raises
+    ValueError saying which sizes do."""
     hiera = unwrap_model(model)
     size = tuple(int(s) for s in size)
     if len(hiera.input_size) == 3 and len(size) == 2:
         size = (hiera.input_size[0],) + size
     if len(size) != len(hiera.input_size):
         raise ValueError(f"size {size} has {len(size)} dims but the model takes {len(hiera.input_size)}-D inputs")
-    hiera.geometry(size)  # raises ValueError naming the multiple every dim must have
+    if hasattr(hiera, "geometry"):
+        hiera.geometry(size)  # raises ValueError naming the multiple every dim must have
+        return size
+    # A HieraDet has no mask units: each side must be a multiple of its size_multiple (the patch
+    # stride times its window position embedding and query pooling).
+    multiple = tuple(hiera.size_multiple)
+    if any(s < 1 or s % m for s, m in zip(size, multiple)):
+        nearest = tuple(m * max(1, round(s / m)) for s, m in zip(size, multiple))
+        raise ValueError(f"size {size} does not tile: both sides must be positive multiples of {multiple}, "
+                         f"e.g. {nearest}")
     return size
 
 

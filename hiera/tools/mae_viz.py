@@ -8,7 +8,7 @@ dataset normalisation (ImageNet / Kinetics mean and std) is undone to get ``[0, 
 
 Token layouts (as :meth:`MaskedAutoencoderHiera.get_pixel_label_2d` / ``_3d`` build the targets):
 
-* images: one token per ``s x s`` pixel patch (``s = model.pred_stride``, 16 for the zoo models),
+* images: one token per ``s x s`` pixel patch (``s = model.pred_stride``, 16 for the Hiera zoo MAEs, 32 for the HieraDet ones),
   its pixels channel-major ``(C, y, x)``;
 * video: one token per ``s x s`` patch of the *first frame of each temporal patch* (frames 0, 2, 4,
   ... for 2-frame tubelets: the loss only covers those), pixel-major ``(y, x, C)``.
@@ -158,7 +158,8 @@ def mae_reconstruction(
     """Mask, encode, decode, and turn the predictions back into pictures.
 
     Args:
-        model: a :class:`hiera.MaskedAutoencoderHiera` (image or video).
+        model: a :class:`hiera.MaskedAutoencoderHiera` (image or video) or
+            :class:`hiera.MaskedAutoencoderHieraDet`.
         x: normalised input, ``[B, C, H, W]`` (ImageNet mean/std) or ``[B, C, T, H, W]`` (Kinetics
             mean 0.45 / std 0.225), at the model's input size (or any tiling size with
             ``model.dynamic_size = True``).
@@ -174,7 +175,7 @@ def mae_reconstruction(
     """
     if not is_mae(model):
         raise TypeError(
-            f"mae_reconstruction needs a hiera.MaskedAutoencoderHiera (encoder + decoder), got "
+            f"mae_reconstruction needs an MAE (hiera.MaskedAutoencoderHiera or MaskedAutoencoderHieraDet: encoder + decoder), got "
             f"{type(model).__name__}; load one with load_model(..., mae=True)"
         )
     if not isinstance(x, torch.Tensor):

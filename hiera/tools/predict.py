@@ -15,6 +15,7 @@ result's ``.skipped``; it never stops the run.
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 from pathlib import Path
@@ -30,7 +31,7 @@ from ..data.labels import stored_class_names
 from ..data.media import MediaError, MediaList, Skipped, find_media, load_image
 from ..data.transforms import ResizeTooLarge, eval_transform
 from ..devices import resolve_device
-from ..mae import MaskedAutoencoderHiera
+from ..mae import MaskedAutoencoder
 
 # ------------------------------------------------------------------------------------------ shared
 # Helpers the feature extractor (hiera.tools.features) shares with predict.
@@ -44,6 +45,32 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 def is_video_model(model: nn.Module) -> bool:
     return len(unwrap_model(model).input_size) == 3
+
+
+def classifier_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The logits ``[B, K]`` of a classifier of this package for ``x``, in any mode.
+
+    A :class:`hiera.Hiera` returns probabilities in eval mode unless asked for logits
+    (``return_logits=True``, the official package's convention); a :class:`hiera.HieraDet` returns
+    logits from ``forward(x)`` and takes no such argument. Which one ``model`` is, is read from
+    the signature of the ``forward`` inside it, and ``model`` itself is called, so that the
+    hooks of a wrapper (DDP's gradient synchronisation, torch.compile) run."""
+    return model(x, return_logits=True) if _takes_return_logits(model) else model(x)
+
+
+def _takes_return_logits(model: nn.Module) -> bool:
+    inner = model
+    for _ in range(4):  # torch.compile (_orig_mod) and DDP / EMA (module) wrappers, in either order
+        inner = getattr(inner, "_orig_mod", inner)
+        nxt = getattr(inner, "module", None)
+        if not isinstance(nxt, nn.Module):
+            break
+        inner = nxt
+    try:  # a module's forward, or a plain function standing in for a model
+        params = inspect.signature(getattr(inner, "forward", inner)).parameters
+    except (TypeError, ValueError):  # no signature to read: ask as for the plain Hiera
+        return True
+    return "return_logits" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 class _LoadDataset(torch.utils.data.Dataset):
@@ -124,7 +151,8 @@ def predict(
     """Top-k classes of every image or video in ``inputs``.
 
     Args:
-        model: a :class:`hiera.Hiera` classifier (image ``[B, 3, H, W]`` or video ``[B, 3, T, H, W]``).
+        model: a :class:`hiera.Hiera` classifier (image ``[B, 3, H, W]`` or video ``[B, 3, T, H, W]``),
+            or a :class:`hiera.HieraDet` with a head (images).
         inputs: files and folders (searched recursively for images, or videos for a video model).
         topk: classes per input (at most the number of classes).
         batch_size: model inputs per forward pass (views count: a 15-view video is 15 inputs).
@@ -146,8 +174,9 @@ def predict(
     """
 
 
-    if isinstance(model, MaskedAutoencoderHiera) or not hasattr(unwrap_model(model), "head"):
-        raise TypeError("predict needs a classifier (hiera.Hiera with a head), not an MAE or backbone model")
+    if isinstance(model, MaskedAutoencoder) or not hasattr(unwrap_model(model), "head"):
+        raise TypeError("predict needs a classifier (hiera.Hiera, or hiera.HieraDet with a head), not an MAE or "
+                        "backbone model")
     model = unwrap_model(model)
     if views not in ("single", "multi"):
         raise ValueError(f"views must be 'single' or 'multi', got {views!r}")
@@ -200,7 +229,7 @@ def _probabilities(model: nn.Module, x: torch.Tensor, batch_size: int, device: t
     evaluation builds on) sums the heads' softmax outputs over views (``TEST.ENSEMBLE_METHOD "sum"``)."""
     b, v = x.shape[:2]
     flat = x.flatten(0, 1)
-    chunks = [model(flat[i:i + batch_size].to(device), return_logits=True).float().softmax(dim=-1).cpu()
+    chunks = [classifier_logits(model, flat[i:i + batch_size].to(device)).float().softmax(dim=-1).cpu()
               for i in range(0, len(flat), max(1, batch_size))]
     return torch.cat(chunks).view(b, v, -1).mean(dim=1)
 

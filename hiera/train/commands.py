@@ -25,10 +25,10 @@ from ..data.labels import model_class_names
 from ..data.transforms import ImageEvalTransform
 from ..devices import resolve_device
 from ..formats.read import read_any
-from ..mae import MaskedAutoencoderHiera
-from ..model import Hiera, mask_ratio_value
+from ..hieradet import HieraDet
+from ..model import mask_ratio_value
 from ..weights import load_weights, zoo_name_for
-from ..zoo import MODELS, create_model, load_model, read_weights, resolve_checkpoint
+from ..zoo import MODELS, create_model, load_model, model_class, read_weights, resolve_checkpoint
 from .engine import (
     ClassifyTask,
     MAETask,
@@ -48,13 +48,23 @@ from .recipes import adamw, build_optimizer, lr_schedule
 
 
 # ---------------------------------------------------------------------------------- models
+def _custom_class(config: dict, mae: bool) -> type:
+    """The class a custom ``--config`` builds (see :func:`hiera.zoo.model_class`: a HieraDet for SAM 2's
+    trunk arguments, else a Hiera; a config mixing the two is refused)."""
+    try:
+        return model_class(config, mae=mae)
+    except ValueError as e:
+        raise ValueError(f"--config: {e}") from None
+
+
 def _build(name: str, mae: bool, overrides: dict):
     """A zoo model (``hiera_tiny_224``; ``mae_`` added or removed to fit) with ``overrides``, or a
-    custom one when ``name`` is ``custom`` (``overrides`` then is the whole config)."""
+    custom one when ``name`` is ``custom`` (``overrides`` then is the whole config: a HieraDet for
+    SAM 2's trunk arguments, else a Hiera)."""
 
     try:
         if name == "custom":
-            return (MaskedAutoencoderHiera if mae else Hiera)(**overrides)
+            return _custom_class(overrides, mae)(**overrides)
         return create_model(zoo_name_for(name.split(".", 1)[0], mae), **overrides)
     except TypeError as e:  # an unknown or mistyped --config key
         raise ValueError(f"--config does not fit the model: {e}") from None
@@ -70,7 +80,35 @@ def _init_weights(model, init: Optional[str], strict=None):
         state = read_weights(resolve_checkpoint(MODELS[name], ckpt or None))
     else:
         state = read_any(init)[0]
+    _check_family(state, model, init)
     return load_weights(model, state, strict=strict, source=init)
+
+
+def _trunk_family(state) -> Optional[str]:
+    """Which trunk a state dict (our layout) holds, by its blocks' MLP keys: SAM 2's HieraDet names
+    them ``mlp.layers.0`` / ``mlp.layers.1``, the plain Hiera ``mlp.fc1`` / ``mlp.fc2`` (an MAE
+    decoder's blocks, ``decoder_blocks.*``, are not looked at). None when it has no blocks."""
+    for key in state:
+        if key.startswith("blocks."):
+            if ".mlp.layers." in key:
+                return "HieraDet"
+            if ".mlp.fc1." in key or ".mlp.fc2." in key:
+                return "Hiera"
+    return None
+
+
+def _check_family(state, model, init: str) -> None:
+    """The two trunks share no block weights: loading one into the other would keep nothing but
+    fail (or load) deep inside on the position embeddings, so say what to use instead."""
+    held, built = _trunk_family(state), "HieraDet" if isinstance(_unwrap(model), HieraDet) else "Hiera"
+    if held is None or held == built:
+        return
+    if held == "HieraDet":
+        raise ValueError(f"--init {init} holds SAM 2's trunk (HieraDet), which does not load into the plain Hiera "
+                         "this run builds; use --model sam2_hiera_tiny / small / base_plus / large (the size of "
+                         "the checkpoint), or --model custom with its HieraDet config")
+    raise ValueError(f"--init {init} holds a plain Hiera, which does not load into the HieraDet (SAM 2 trunk) this "
+                     "run builds; use a Hiera --model such as hiera_base_224, or --init HieraDet weights")
 
 
 def _model_config(config: Optional[dict], model: str, defaults: dict) -> dict:
@@ -308,8 +346,9 @@ def finetune(
         classes = train_set.classes
         if not classes:
             raise ValueError(f"{data} has no class sub-folders: fine-tuning needs labelled {modality.noun}")
+        size, size_note = modality.recipe_input_size(model, recipe, config)
         overrides = _model_config(dict(config or {}, num_classes=len(classes)), model,
-                                  modality.finetune_defaults(recipe, linear_probe))
+                                  {**modality.finetune_defaults(recipe, linear_probe), **size})
         torch.manual_seed(seed)
         net = _build(model, mae=False, overrides=overrides)
         report = _init_weights(net, init, strict=False)
@@ -333,13 +372,14 @@ def finetune(
         if probe_head and not resume:  # before the trainer: its EMA copy must start from the fitted head
             head_note = _probe_head(net, data, tuple(net.input_size), recipe.eval_crop_pct, seed,
                                     run.get("device", "auto"))
+        notes = "\n".join(n for n in (size_note, head_note) if n) or None
 
         def make_optimizer(m):
             return build_optimizer(m, recipe, lr_batch) if not linear_probe else adamw(
                 [p for p in m.parameters() if p.requires_grad], lr=peak, betas=recipe.betas, weight_decay=0.0)
 
         trainer = Trainer(net, task, train_set, val_set, make_optimizer, lr_at, cfg)
-        last = _fit(trainer, report, resume, note=head_note)
+        last = _fit(trainer, report, resume, note=notes)
         result = trainer.last_eval
         facts = {"training": f"{data} ({len(train_set)} {modality.noun}, {len(classes)} classes)"}
         if val:

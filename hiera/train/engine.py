@@ -46,6 +46,7 @@ from tqdm import tqdm
 from ..data.images import StepSampler, collate
 from ..devices import resolve_device
 from ..tools.mae_viz import CLI_FONT_SIZE, caption_text, mae_reconstruction, render_grid
+from ..tools.predict import classifier_logits
 from ..weights import CheckpointError, save_atomic, write_atomic
 
 try:
@@ -861,7 +862,7 @@ class ClassifyTask:
                 x = folded.view_as(x)
             else:
                 x, y = self.mixup(x, y)
-        return self.criterion(net(x, return_logits=True).float(), y)
+        return self.criterion(classifier_logits(net, x).float(), y)
 
     def evaluate(self, trainer: Trainer, model) -> dict:
         stats = evaluate_classifier(model, trainer.val_batches(64), self.num_classes, trainer.device, trainer.world,
@@ -880,7 +881,7 @@ def evaluate_classifier(model, batches, num_classes: int, device, world: int = 1
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for batch in batches:
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(batch["image"], return_logits=True).float()
+            logits = classifier_logits(model, batch["image"]).float()
         y = batch["label"]
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
         k = min(5, num_classes)

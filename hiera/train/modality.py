@@ -35,16 +35,19 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import inspect
 import math
 import numbers
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple, Optional
+from typing import ClassVar, NamedTuple, Optional, Tuple
 
 import torch.nn as nn
 
 from ..data.images import ImageFiles, finetune_transform, open_images, pretrain_transform
 from ..data.transforms import ImageEvalTransform, VideoEvalTransform, eval_transform
 from ..data.video import ClipSampling, VideoTrainTransform, ViewAverage, is_video_source, open_videos
+from ..weights import zoo_name_for
+from ..zoo import MODELS
 from .recipes import (
     FinetuneRecipe,
     PretrainRecipe,
@@ -107,6 +110,11 @@ class Modality(abc.ABC):
         """Model config the fine-tuning recipe sets for a zoo model unless ``--config`` does."""
         return {"drop_path_rate": 0.0 if linear_probe else recipe.drop_path_rate}
 
+    def recipe_input_size(self, model: str, recipe, config: Optional[dict]) -> Tuple[dict, Optional[str]]:
+        """``({"input_size": ...}, note)`` when the recipe, not the zoo, sets the input size ``model``
+        is trained at (the note says so, for the run's log); ``({}, None)`` otherwise."""
+        return {}, None
+
     @abc.abstractmethod
     def pretrain_data(self, train_set, val, net, model: str, recipe, mask_ratio: float, seed: int):
         """Set ``train_set``'s augmentation and MAE masks; return the validation data (or None)."""
@@ -150,6 +158,30 @@ class Images(Modality):
 
     def finetune_recipe(self, model, epochs, batch_size):
         return finetune_recipe(_recipe_name(model)).scaled(epochs=epochs, batch_size=batch_size)
+
+    def recipe_input_size(self, model, recipe, config):
+        """The classification recipe's size (224 x 224) for a zoo backbone built without a head at
+        another size: SAM 2's trunks (``sam2_hiera_*``) are built at 1024 x 1024, the resolution they
+        segment at, not a size to classify at: the recipe's numbers are for 224, and a 1024 x 1024
+        image has 21 times the tokens of a 224 x 224 one. A zoo classifier keeps the size it was built
+        and released at (the 224 models, ``hiera_*_abswin_256`` at 256), a custom model and an
+        ``input_size`` in ``config`` are taken as given."""
+        if model == "custom" or "input_size" in (config or {}):
+            return {}, None
+        name = zoo_name_for(model.split(".", 1)[0], mae=False)
+        spec = MODELS.get(name)
+        if spec is None:
+            return {}, None
+        built = {n: p.default for n, p in inspect.signature(spec.cls).parameters.items()
+                 if p.default is not inspect.Parameter.empty}
+        built.update(spec.kwargs)
+        size, want = tuple(built.get("input_size", ())), (recipe.input_size, recipe.input_size)
+        if built.get("num_classes") or len(size) != 2 or size == want:
+            return {}, None
+        return {"input_size": want}, (
+            f"{name} is built at {size[0]}x{size[1]} as a backbone for dense prediction (no classification head); "
+            f"fine-tuning at {want[0]}x{want[1]} (the classification recipe's size); pass "
+            f"--config '{{\"input_size\": [H, W]}}' for another")
 
     def open(self, data, seed, labelled=None):
         return open_images(data, labelled=labelled, seed=seed)

@@ -121,7 +121,7 @@ def fit_head(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int 
     """
     head = getattr(getattr(model, "head", None), "projection", None)
     if not isinstance(head, torch.nn.Linear) or head.out_features == 0:
-        raise ValueError("fit_head needs a Hiera classifier with a linear head of at least one class "
+        raise ValueError("fit_head needs a Hiera or HieraDet classifier with a linear head of at least one class "
                          "(model.head.projection)")
     was_training = model.training
     model.eval()
@@ -129,8 +129,9 @@ def fit_head(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int 
         device = head.weight.device
         feats = []
         for i in range(0, len(images), batch_size):
-            tokens, _ = model.forward_tokens(images[i:i + batch_size].to(device))
-            feats.append(model.norm(tokens.mean(dim=1)).float().cpu())
+            # What the head sees: the pooled, normalised last-stage features (Hiera and HieraDet alike).
+            tokens = model.forward_features(images[i:i + batch_size].to(device))
+            feats.append(model.forward_head(tokens, pre_logits=True).float().cpu())
         feats = torch.cat(feats)
         w, b = fit_linear(feats, labels, head.out_features)
         head.weight.copy_(w.to(head.weight))

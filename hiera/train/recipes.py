@@ -390,8 +390,8 @@ def video_finetune_recipe(name_or_size: Union[str, nn.Module]) -> VideoFinetuneR
 
 def model_size(name_or_size: Union[str, nn.Module]) -> str:
     """The size (``"tiny"`` ... ``"huge"``) of a zoo model name (``"hiera_base_224"``,
-    ``"mae_hiera_base_plus_224"``, ``"hiera_small_abswin_256"``), a bare size, or a model built by
-    the zoo (it carries ``zoo_name``). Video model names are refused: their recipes are
+    ``"mae_hiera_base_plus_224"``, ``"hiera_small_abswin_256"``, SAM 2's ``"sam2_hiera_base_plus"``),
+    a bare size, or a model built by the zoo (it carries ``zoo_name``). Video model names are refused: their recipes are
     :func:`video_pretrain_recipe` / :func:`video_finetune_recipe`."""
     if isinstance(name_or_size, nn.Module):
         zoo_name = getattr(name_or_size, "zoo_name", None)
@@ -407,7 +407,14 @@ def model_size(name_or_size: Union[str, nn.Module]) -> str:
             "video_pretrain_recipe / video_finetune_recipe (Kinetics-400)"
         )
     stem = zoo_name_for(name, mae=False)
-    stem = stem[len("hiera_"):] if stem.startswith("hiera_") else stem
+    # SAM 2's trunks (sam2_hiera_tiny, small, base_plus, large; mae_sam2_hiera_* as MAEs) have the
+    # plain Hiera's width, heads and blocks per stage for each size (hiera.zoo.SIZES against
+    # hiera.zoo.SAM2_TRUNKS: T 96/1/(1,2,7,2), S 96/1/(1,2,11,2), B+ 112/2/(2,3,16,3), L 144/2/(2,6,36,4)),
+    # so the size's recipe (layer decay over the same depth, drop path, lr) applies to them as well.
+    for prefix in ("sam2_hiera_", "hiera_"):
+        if stem.startswith(prefix):
+            stem = stem[len(prefix):]
+            break
     for size in SIZES:  # "base_plus" before "base"
         if stem == size or stem.startswith(size + "_"):
             return size
