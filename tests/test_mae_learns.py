@@ -13,7 +13,7 @@ import hiera
 from hiera.data.synthetic import CLASSES
 from hiera.mae import MaskedAutoencoderHiera
 from hiera.model import Hiera
-from hiera.train.probe import encoder_features, heldout_mae_loss, linear_probe, per_class_subset
+from hiera.train.probe import encoder_features, heldout_mae_loss, linear_probe, per_class_subset, shared_component
 
 SMALL = dict(input_size=(64, 64), embed_dim=48, num_heads=2, stages=(1, 2, 3), q_pool=2, mask_unit_size=(4, 4),
              mask_unit_attn=(True, False, False))
@@ -183,3 +183,17 @@ def test_our_own_abswin_checkpoints_load_back(tmp_path, mae):
     loaded = hiera.load_model(weights=path, mae=mae)
     assert type(loaded) is type(model) and not loaded.load_report.missing and not loaded.load_report.unexpected
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+def test_shared_component_measures_what_every_image_has_in_common():
+    """The share of the pooled last-stage features that is one vector for every image: moderate for
+    a random encoder, near 1 once a large constant is added to every token of the last stage."""
+    torch.manual_seed(0)
+    net = MaskedAutoencoderHiera(**SMALL, **DECODER).eval()
+    x, _ = synthetic_tensors("val", 4, seed=0)
+    before = shared_component(net, x)
+    assert 0.05 < before < 0.9, before
+    with torch.no_grad():
+        net.blocks[-1].mlp.fc2.bias.add_(torch.full_like(net.blocks[-1].mlp.fc2.bias, 50.0))
+    after = shared_component(net, x)
+    assert after > 0.99 and after > before, (before, after)

@@ -114,6 +114,8 @@ def test_quickstart_writes_its_report(tmp_path):
     for pair in report["comparison"].values():
         assert set(pair) == {"MAE", "no pretraining"} and all(0 <= v <= 100 for v in pair.values())
     assert report["pretrain_images_seen"] == 256  # one step of 256
+    assert set(report["shared_component"]) == {"mae", "random"}
+    assert all(0 <= v <= 1 for v in report["shared_component"].values())
     assert report["reconstruction"]["mae"]["baseline"] == pytest.approx(1.0, abs=0.05)
     assert "| linear probe, all labels |" in md and "What the numbers mean" in md and "chance" in md.lower()
 

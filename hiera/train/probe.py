@@ -22,7 +22,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["encoder_features", "fit_linear", "linear_probe", "fit_head", "heldout_mae_loss", "per_class_subset"]
+__all__ = ["encoder_features", "shared_component", "fit_linear", "linear_probe", "fit_head", "heldout_mae_loss",
+           "per_class_subset"]
 
 
 @torch.no_grad()
@@ -54,6 +55,20 @@ def encoder_features(model, images: torch.Tensor, batch_size: int = 256, stages:
         return torch.cat(out)
     finally:
         model.train(was_training)
+
+
+def shared_component(model, images: torch.Tensor) -> float:
+    """How much of the pooled last-stage features (what a classifier head reads) is one vector
+    shared by every image: ``|mean_i f_i| / mean_i |f_i|`` over ``images``, from 0 (no common
+    part) to 1 (every image gives the same features).
+
+    A head reads these features through a LayerNorm, which normalises each sample over its
+    channels but cannot remove a component that all samples share; when it dominates, a fresh
+    head starts from nearly identical inputs for every image (a linear probe, which standardises
+    each feature over the samples, sees past it).
+    """
+    features = encoder_features(model, images, stages="last")
+    return float(features.mean(0).norm() / features.norm(dim=1).mean().clamp_min(1e-12))
 
 
 def fit_linear(features: torch.Tensor, labels: torch.Tensor, num_classes: Optional[int] = None,
