@@ -570,7 +570,9 @@ def test_ctrl_c_in_evaluate(data, tmp_path, monkeypatch, capsys):
 
 def test_sigint_to_a_real_run(data, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "hiera.cli", *cli_args(data, out, epochs=20)], env=ENV,
+    # A run far too long to finish before the signal, however busy the machine (with 20 epochs a
+    # loaded CI machine once let it complete between two polls).
+    proc = subprocess.Popen([sys.executable, "-m", "hiera.cli", *cli_args(data, out, epochs=2000)], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not ((out / "last.pt").exists() and len(train_losses(out)) >= 3):

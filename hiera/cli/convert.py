@@ -26,6 +26,7 @@ def add_parser(subparsers) -> None:
   hiera convert mine_timm.safetensors --to hf --out mine-hf/            # ...so it converts on without --model
   hiera convert runs/ft/last.pt --to safetensors --out model.safetensors
   hiera convert sam2.1_hiera_small.pt --to timm --out sam2_small_timm.safetensors   # a SAM 2 trunk
+  hiera convert runs/mae_sam2/last.pt --to sam2 --out trunk.pt    # a HieraDet MAE's trunk, for SAM 2's build_sam2
 
 The config travels with the weights wherever the layout has room: safetensors metadata, config.json
 of a folder, or the "config" entry of a timm .pth (timm reads its "state_dict"). Only the official

@@ -102,6 +102,8 @@ def add_parser(subparsers) -> None:
   hiera pretrain --data photos/ --model hiera_base_224 --init mae_hiera_base_224.mae_in1k --epochs 100 --out runs/more
   torchrun --nproc_per_node 8 $(which hiera) pretrain --data photos/ --batch-size 4096 --precision bf16 --out runs/mae
   hiera pretrain --data photos/ --out runs/mae --resume          # after an interruption
+  hiera pretrain --data photos/ --model sam2_hiera_small --init sam2_hiera_small.sam2_1 --out runs/mae_sam2
+      # SAM 2's trunk (HieraDet) from SAM 2.1's weights; then: hiera convert runs/mae_sam2/last.pt --to sam2 --out trunk.pt
   hiera pretrain --data clips/ --model hiera_base_16x224 --epochs 100 --batch-size 64 --precision bf16 --out runs/vmae
   hiera pretrain --data k400_train.csv --model hiera_base_16x224 --repeat-aug 4 --workers 12 --out runs/vmae""")
     p.add_argument("--data", required=True,
