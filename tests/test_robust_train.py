@@ -576,11 +576,16 @@ def test_sigint_to_a_real_run(data, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "hiera.cli", *cli_args(data, out, epochs=2000)], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not ((out / "last.pt").exists() and len(train_losses(out)) >= 3):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not ((out / "last.pt").exists() and len(train_losses(out)) >= 3):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:  # a run that ignored the signal must not go on after the test
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("hiera pretrain: error: interrupted") and "Traceback" not in err
