@@ -445,12 +445,12 @@ class MaskedAutoencoderHieraDet(MaskedAutoencoder, HieraDet):
         kept = mask.nonzero()[:, 1].view(batch, -1)  # ascending unit indices per row
         x = self._embed_units(x, mask, kept)
         rows, cols = kept // units[1], kept % units[1]
+        # Window ids of the kept units, once per window size (None: no window, or one over the whole map).
+        windows_of = {group: (rows // group) * -(-units[1] // group) + cols // group
+                      for group in set(self._unit_groups) if group and (group < units[0] or group < units[1])}
         intermediates = []
         for i, blk in enumerate(self.blocks):
-            group = self._unit_groups[i]
-            windows = None
-            if group and (group < units[0] or group < units[1]):  # windows that do not cover the whole map
-                windows = (rows // group) * -(-units[1] // group) + cols // group
+            windows = windows_of.get(self._unit_groups[i])
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(blk.forward_units, x, windows, use_reentrant=False)
             else:

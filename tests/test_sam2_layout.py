@@ -5,8 +5,7 @@ The first half runs on synthetic state dicts, always.  The second half runs SAM2
 tests/reference/sam2_env.py (under <reference dir>/sam2, i.e. .cache/reference/sam2), through
 tests/reference/sam2_reference.py.  Those tests are SKIPPED, with the reason, when that env
 cannot be built (e.g. no package index and no wheelhouse); set HIERA_REQUIRE_SAM2=1 to make that
-a failure instead.  The comparisons with our ``HieraDet`` skip while hiera/hieradet.py does not
-exist.
+a failure instead.
 
 What HieraDet must provide for them: ``HieraDet(**kwargs)`` with SAM2's trunk keyword arguments
 (those of :data:`SAM2_TRUNK_KWARGS`, as in SAM2's configs; the others at SAM2's defaults:
@@ -19,7 +18,6 @@ key names and shapes (and no other entries), ``model.forward_intermediates(x)`` 
 from __future__ import annotations
 
 import ast
-import importlib
 import os
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from conftest import _load_module_from, reference_dir
 
 from hiera.formats import sam2_layout
 from hiera.formats.sam2_layout import SAM2_TRUNK_PREFIX, is_sam2_checkpoint, ours_to_sam2, sam2_to_ours
+from hiera.hieradet import HieraDet
 from hiera.weights import CheckpointError
 
 _REFERENCE_SRC = Path(__file__).resolve().parent / "reference"
@@ -203,17 +202,6 @@ def sam2_python() -> Path:
     pytest.skip(message)
 
 
-def _hieradet_class():
-    """Our HieraDet, or None while hiera/hieradet.py does not exist."""
-    try:
-        module = importlib.import_module("hiera.hieradet")
-    except ModuleNotFoundError as exc:
-        if exc.name == "hiera.hieradet":
-            return None
-        raise
-    return module.HieraDet
-
-
 def _stage_outputs(model, x) -> list:
     """Our counterpart of SAM2's ``trunk(x)``: the four stage maps, NCHW, stride 4 first."""
     out = model.forward_intermediates(x)
@@ -237,19 +225,16 @@ def _check_same_keys(ours: dict, ref_shapes: dict, what: str) -> None:
 def test_hieradet_matches_sam2(config, sam2_python, tmp_path):
     """Same weights -> same stage outputs as SAM2's trunk (two input sizes), and our state dict,
     written with ours_to_sam2, loads into SAM2's trunk with strict=True and gives the same outputs."""
-    HieraDet = _hieradet_class()
     ours_file = tmp_path / "ours_sam2_layout.pt"
     cases = [{"mode": "random", "config": config, "return_state_dict": False}]
-    model = None
     try:
-        if HieraDet is not None:
-            model = HieraDet(**SAM2_TRUNK_KWARGS[config])
-            sam2_reference.randomize_(model, SEED)  # the rule SAM2's side uses: same names -> same weights
-            model.eval()  # after changing the weights (a model may repack them on a mode change)
-            torch.save({"model": ours_to_sam2(model.state_dict())}, ours_file)
-            # Same seed and first size: the same input as the first one of the random case.
-            cases.append({"mode": "load", "config": config, "state_dict": str(ours_file), "return_state_dict": False,
-                          "input_sizes": INPUT_SIZES[:1]})
+        model = HieraDet(**SAM2_TRUNK_KWARGS[config])
+        sam2_reference.randomize_(model, SEED)  # the rule SAM2's side uses: same names -> same weights
+        model.eval()  # after changing the weights (a model may repack them on a mode change)
+        torch.save({"model": ours_to_sam2(model.state_dict())}, ours_file)
+        # Same seed and first size: the same input as the first one of the random case.
+        cases.append({"mode": "load", "config": config, "state_dict": str(ours_file), "return_state_dict": False,
+                      "input_sizes": INPUT_SIZES[:1]})
         result = sam2_env.run_sam2_reference(
             sam2_python, {"seed": SEED, "input_sizes": INPUT_SIZES, "batch": BATCH, "cases": cases},
             tmp_path / "sam2_out.pt")
@@ -261,9 +246,6 @@ def test_hieradet_matches_sam2(config, sam2_python, tmp_path):
     assert ref["kwargs"] == SAM2_TRUNK_KWARGS[config]
     converted = ours_to_sam2(dict.fromkeys(ref["shapes"], torch.zeros(())))
     assert sam2_to_ours({"model": converted}).keys() == ref["shapes"].keys()
-    if HieraDet is None:
-        pytest.skip("HieraDet not built yet (no hiera/hieradet.py); SAM2's side was checked")
-
     ours_state = model.state_dict()
     _check_same_keys(ours_state, ref["shapes"], f"HieraDet({config})")
     assert _digests(ours_state) == ref["digests"], "the seeded weights differ from SAM2's (parameter order?)"

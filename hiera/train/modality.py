@@ -92,19 +92,16 @@ class Modality(abc.ABC):
     @abc.abstractmethod
     def pretrain_recipe(self, model: str, epochs, batch_size) -> PretrainRecipe:
         """The paper's MAE pretraining recipe for ``model`` (a custom model: base's), scaled."""
-        raise NotImplementedError
 
     @abc.abstractmethod
     def finetune_recipe(self, model: str, epochs, batch_size) -> FinetuneRecipe:
         """The paper's fine-tuning recipe for ``model`` (a custom model: base's), scaled."""
-        raise NotImplementedError
 
     @abc.abstractmethod
     def open(self, data, seed: int, labelled: Optional[bool] = None) -> ImageFiles:
         """The training data, opened (listed, not read) before the model is built, so that a
         folder without anything to train on fails at once; :meth:`pretrain_data` /
         :meth:`finetune_data` set its transforms once the model says its input size."""
-        raise NotImplementedError
 
     def finetune_defaults(self, recipe: FinetuneRecipe, linear_probe: bool) -> dict:
         """Model config the fine-tuning recipe sets for a zoo model unless ``--config`` does."""
@@ -118,12 +115,10 @@ class Modality(abc.ABC):
     @abc.abstractmethod
     def pretrain_data(self, train_set, val, net, model: str, recipe, mask_ratio: float, seed: int):
         """Set ``train_set``'s augmentation and MAE masks; return the validation data (or None)."""
-        raise NotImplementedError
 
     @abc.abstractmethod
     def finetune_data(self, train_set, val, net, model: str, recipe, seed: int):
         """Set ``train_set``'s augmentation; return the validation data (or None)."""
-        raise NotImplementedError
 
     def finetune_lr_batch(self, recipe: FinetuneRecipe, batch_size: int) -> int:
         """The batch the fine-tuning learning rate follows."""
@@ -140,7 +135,6 @@ class Modality(abc.ABC):
     @abc.abstractmethod
     def evaluation(self, net, data, views: str, batch_size: int) -> Evaluation:
         """How to evaluate ``net`` on the labelled ``data`` (``batch_size`` counts model inputs)."""
-        raise NotImplementedError
 
 
 def _recipe_name(model: str) -> str:
