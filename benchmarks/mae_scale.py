@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hiera.data.images import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from hiera.data.synthetic import CLASSES, generate  # noqa: E402
 from hiera.mae import MaskedAutoencoderHiera  # noqa: E402
-from hiera.model import Hiera  # noqa: E402
+from hiera.model import POS_EMBED_INITS, Hiera  # noqa: E402
 from hiera.train.probe import encoder_features, heldout_mae_loss, linear_probe, per_class_subset  # noqa: E402
 from hiera.train.recipes import lr_schedule, param_groups  # noqa: E402
 
@@ -127,7 +127,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--mask-ratio", type=float, default=0.6)
-    p.add_argument("--ft-steps", type=int, default=300)
+    p.add_argument("--pos-embed-init", choices=POS_EMBED_INITS, default="trunc_normal",
+                   help="how the position embeddings start (Hiera's pos_embed_init)")
+    p.add_argument("--ft-steps", type=int, default=300, help="fine-tuning steps (0: no fine-tuning, probes only)")
     p.add_argument("--ft-lr", type=float, default=1e-3)
     p.add_argument("--out", default="benchmarks/results/mae_scale")
     args = p.parse_args(argv)
@@ -135,7 +137,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     bf16 = device.type == "cuda"
     checkpoints = sorted({int(s) for s in args.steps.split(",")})
-    config = MODELS[args.model]
+    config = dict(MODELS[args.model], pos_embed_init=args.pos_embed_init)
     size = config["input_size"][0]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,10 +156,19 @@ def main(argv=None) -> int:
     net = MaskedAutoencoderHiera(**config, **DECODER[args.model]).to(device)
     chance = 100.0 / len(CLASSES)
     rows = []
-    scratch = {"few": finetune(config, None, x[few], y[few], xv, yv, args.ft_steps, 64, args.ft_lr, device, bf16),
-               "full": finetune(config, None, x, y, xv, yv, args.ft_steps * 2, 128, args.ft_lr, device, bf16)}
-    print(f"scratch: {args.few}/class {scratch['few']:.1f}%, all labels {scratch['full']:.1f}% (chance {chance:.1f}%)",
-          flush=True)
+    tune = args.ft_steps > 0
+
+    def fine_tuned(state, per_class_only):
+        if not tune:
+            return None
+        if per_class_only:
+            return finetune(config, state, x[few], y[few], xv, yv, args.ft_steps, 64, args.ft_lr, device, bf16)
+        return finetune(config, state, x, y, xv, yv, args.ft_steps * 2, 128, args.ft_lr, device, bf16)
+
+    scratch = {"few": fine_tuned(None, True), "full": fine_tuned(None, False)}
+    if tune:
+        print(f"scratch: {args.few}/class {scratch['few']:.1f}%, all labels {scratch['full']:.1f}% "
+              f"(chance {chance:.1f}%)", flush=True)
 
     def measure(step, train_loss=None):
         t = time.time()
@@ -166,13 +177,13 @@ def main(argv=None) -> int:
         ftr, fva = encoder_features(net, x), encoder_features(net, xv)
         row = {"step": step, "seconds": round(time.time() - t0, 1), "train_loss": train_loss, "heldout": held,
                "probe": linear_probe(ftr, y, fva, yv), "probe_few": linear_probe(ftr[few], y[few], fva, yv),
-               "ft_few": finetune(config, state, x[few], y[few], xv, yv, args.ft_steps, 64, args.ft_lr, device, bf16),
-               "ft_full": finetune(config, state, x, y, xv, yv, args.ft_steps * 2, 128, args.ft_lr, device, bf16)}
+               "ft_few": fine_tuned(state, True), "ft_full": fine_tuned(state, False)}
         rows.append(row)
+        tuned = (f"; fine-tuned {args.few}/class {row['ft_few']:.1f}% (scratch {scratch['few']:.1f}), all "
+                 f"{row['ft_full']:.1f}% (scratch {scratch['full']:.1f})" if tune else "")
         print(f"step {step:6d}: held-out MAE loss {held['loss']:.3f} (predict-the-mean {held['baseline']:.3f}); "
-              f"probe {row['probe']:.1f}% ({args.few}/class {row['probe_few']:.1f}%); fine-tuned {args.few}/class "
-              f"{row['ft_few']:.1f}% (scratch {scratch['few']:.1f}), all {row['ft_full']:.1f}% "
-              f"(scratch {scratch['full']:.1f}); {time.time() - t:.0f} s to measure", flush=True)
+              f"probe {row['probe']:.1f}% ({args.few}/class {row['probe_few']:.1f}%){tuned}; "
+              f"{time.time() - t:.0f} s to measure", flush=True)
         net.train()
         (out / "mae_scale.json").write_text(json.dumps(
             {"args": vars(args), "device": str(device), "chance": chance, "scratch": scratch, "rows": rows}, indent=2))

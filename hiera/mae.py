@@ -15,7 +15,7 @@ from .hieradet import HieraDet
 from .hieradet import _LayerNorm as _HieraDetNorm
 from .layers import HieraBlock, conv_nd
 from .model import Hiera, _is_int, _norm_layer, check_mask, kept_mask_units, random_mask
-from .pos_embed import resize_pos_embed
+from .pos_embed import resize_pos_embed, sincos_pos_embed
 from .token_order import undo_windowing
 
 
@@ -153,6 +153,10 @@ class MaskedAutoencoder:
     def initialize_weights(self):
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         nn.init.trunc_normal_(self.decoder_pos_embed, std=0.02)
+        if getattr(self, "pos_embed_init", None) == "sincos":  # a Hiera trunk's option (HieraDet has none)
+            with torch.no_grad():
+                self.decoder_pos_embed.copy_(sincos_pos_embed(self.tokens_spatial_shape_final,
+                                                              self.decoder_pos_embed.shape[-1]))
         self.apply(self._mae_init_weights)
         # Initialise the patch embedding like a linear layer rather than a conv.
         w = self.patch_embed.proj.weight.data

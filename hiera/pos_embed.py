@@ -58,3 +58,27 @@ def adapt_pos_embed(state: Dict[str, torch.Tensor], grid: Sequence[int]) -> Dict
         old = (state["pos_embed_temporal"].shape[1],)
         state["pos_embed_temporal"] = resize_pos_embed(state["pos_embed_temporal"], old, grid[:1])
     return state
+
+
+def sincos_pos_embed(grid: Sequence[int], channels: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed sine-cosine position embedding of an N-D token grid, ``[1, prod(grid), channels]``
+    (raster order), float32.
+
+    The channels are split evenly between the grid's axes; each axis gets ``sin`` and ``cos`` of its
+    coordinate at geometrically spaced frequencies, as the 2-D embedding of MAE (He et al. 2022)
+    does. Channels left over by the split are zero.
+    """
+    grid = tuple(int(g) for g in grid)
+    per_axis = channels // (2 * len(grid))  # frequencies per axis
+    if per_axis == 0:
+        raise ValueError(f"{channels} channels cannot hold a sine-cosine embedding of a {len(grid)}-D grid "
+                         f"(at least {2 * len(grid)} are needed)")
+    omega = temperature ** -(torch.arange(per_axis, dtype=torch.float64) / per_axis)
+    coords = torch.meshgrid(*[torch.arange(g, dtype=torch.float64) for g in grid], indexing="ij")
+    parts = []
+    for c in coords:
+        angle = c.reshape(-1, 1) * omega  # [prod(grid), per_axis]
+        parts += [angle.sin(), angle.cos()]
+    out = torch.cat(parts, 1)
+    out = F.pad(out, (0, channels - out.shape[1]))
+    return out.unsqueeze(0).float()

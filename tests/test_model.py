@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import hiera
 from hiera import Hiera, MaskedAutoencoderHiera
 from hiera.layers import do_pool
+from hiera.pos_embed import sincos_pos_embed
 from hiera.token_order import Reroll, Unroll, undo_windowing, unroll_positions
 
 
@@ -258,3 +259,45 @@ def test_reset_classifier_gives_a_fresh_head_and_updates_config():
     assert all(torch.equal(model.state_dict()[k], v) for k, v in trunk.items())
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
     assert Hiera(config=model.config).head.projection.out_features == 3
+
+
+def test_sincos_pos_embed_encodes_each_axis_and_tells_every_position_apart():
+    grid = (3, 4, 5)
+    emb = sincos_pos_embed(grid, 62)[0]  # 62 = 3 axes x 2 x 10 frequencies + 2 zero channels
+    assert emb.shape == (60, 62) and emb.dtype == torch.float32
+    assert torch.equal(emb[:, 60:], torch.zeros(60, 2))
+    by_axis = emb[:, :60].reshape(*grid, 3, 20)  # [t, h, w, axis, sin+cos]
+    for axis in range(3):  # axis a's channels depend on the a-th coordinate alone
+        part = by_axis[..., axis, :].movedim(axis, 0)
+        assert torch.allclose(part, part[:, :1, :1].expand_as(part))
+    assert torch.allclose(by_axis[..., 0, :10] ** 2 + by_axis[..., 0, 10:] ** 2, torch.ones(*grid, 10))
+    distances = torch.cdist(emb, emb) + torch.eye(60) * 1e3
+    assert distances.min() > 0.1  # no two positions share an embedding
+    # A neighbour is more alike than any position 4 or more steps away.
+    row = sincos_pos_embed((16,), 32)[0]
+    similarity = row @ row[0]
+    assert similarity[1] > similarity[4:].max() and torch.all(similarity[1:4] < similarity[:3])
+    with pytest.raises(ValueError, match="at least 6"):
+        sincos_pos_embed(grid, 5)
+
+
+def test_sincos_pos_embed_init_starts_every_position_embedding_from_the_grid():
+    model = small_image(pos_embed_init="sincos")
+    torch.testing.assert_close(model.pos_embed, sincos_pos_embed(model.tokens_spatial_shape, model.pos_embed.shape[-1]))
+    assert model.config["pos_embed_init"] == "sincos"
+    assert "pos_embed_init" not in small_image().config  # the default stays out: config.json loads in the official package
+    again = Hiera(config=model.config)
+    torch.testing.assert_close(again.pos_embed, model.pos_embed)
+    mae = MaskedAutoencoderHiera(config=model.config)
+    torch.testing.assert_close(mae.decoder_pos_embed, sincos_pos_embed(mae.tokens_spatial_shape_final,
+                                                                       mae.decoder_pos_embed.shape[-1]))
+    video = Hiera(input_size=(4, 32, 32), embed_dim=16, num_heads=1, stages=(1, 1), q_pool=1, q_stride=(1, 2, 2),
+                  mask_unit_size=(1, 4, 4), patch_kernel=(3, 7, 7), patch_stride=(2, 4, 4), patch_padding=(1, 3, 3),
+                  sep_pos_embed=True, pos_embed_init="sincos")
+    torch.testing.assert_close(video.pos_embed_spatial, sincos_pos_embed((8, 8), 16))
+    torch.testing.assert_close(video.pos_embed_temporal, sincos_pos_embed((2,), 16))
+    abswin = hiera.zoo.create_model("hiera_small_abswin_256", pos_embed_init="sincos")
+    want = sincos_pos_embed(abswin.pos_embed.shape[2:], abswin.pos_embed.shape[1])
+    torch.testing.assert_close(abswin.pos_embed.flatten(2).transpose(1, 2), want)
+    with pytest.raises(ValueError, match="pos_embed_init must be one of"):
+        small_image(pos_embed_init="sin-cos")

@@ -118,6 +118,22 @@ def test_quickstart_writes_its_report(tmp_path):
     assert all(0 <= v <= 1 for v in report["shared_component"].values())
     assert report["reconstruction"]["mae"]["baseline"] == pytest.approx(1.0, abs=0.05)
     assert "| linear probe, all labels |" in md and "What the numbers mean" in md and "chance" in md.lower()
+    assert set(report["reconstruction_by_class"]) == set(report["classes"])
+    assert all(v > 0 for v in report["reconstruction_by_class"].values())
+    # The MAE starts from sine-cosine position embeddings, the classifiers from scratch from Hiera's own init.
+    assert json.loads((out / "pretrain" / "model" / "config.json").read_text())["pos_embed_init"] == "sincos"
+    assert "pos_embed_init" not in json.loads((out / "scratch_few" / "model" / "config.json").read_text())
+
+
+def test_quickstart_words_the_reconstruction_per_class_from_what_it_measured():
+    from hiera.train.quickstart import _by_class
+
+    lagging = _by_class({"cross": 0.2, "disc": 0.3, "rings": 0.6, "vertical_stripes": 0.7})
+    assert lagging.startswith("its masked error per class, as a fraction of the mean's, is cross 0.20, disc 0.30, "
+                              "rings 0.60, vertical stripes 0.70.")
+    assert "(0.25 on average) far better than it continues the periodic patterns (0.65)" in lagging
+    even = _by_class({"cross": 0.3, "rings": 0.35})
+    assert "continues the periodic patterns (0.35 on average) about as well as it places single shapes (0.30)" in even
 
 
 def test_linear_probe_trains_the_head_only_and_ema_bf16_run(data, tmp_path):

@@ -21,13 +21,13 @@ def add_parser(subparsers) -> None:
         "quickstart", help="MAE-pretrain, probe, fine-tune and compare with no pretraining, offline in minutes",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  hiera quickstart --out quickstart/    # then open quickstart/report.md\n"
-               "  hiera quickstart --pretrain-epochs 150 --threads 2   # longer pretraining (about 55 minutes)")
+               "  hiera quickstart --pretrain-epochs 120   # longer pretraining, ~1 M images (it says its time first)")
     p.add_argument("--out", "-o", default="quickstart",
                    help="folder for the data, runs and report (running again replaces the runs in it)")
     p.add_argument("--pool", type=int, default=8000, help="unlabelled images to pretrain on (default 8000)")
     p.add_argument("--per-class", type=int, default=200, help="labelled training images per class (default 200)")
     p.add_argument("--few", type=int, default=10, help="labels per class of the few-label runs (default 10)")
-    p.add_argument("--pretrain-epochs", type=int, default=16, help="MAE epochs over the pool (default 16)")
+    p.add_argument("--pretrain-epochs", type=int, default=20, help="MAE epochs over the pool (default 20)")
     p.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs with all labels (default 10)")
     p.add_argument("--few-epochs", type=int, default=40, help="fine-tuning epochs with few labels (default 40)")
     p.add_argument("--workers", type=int, default=1, help="data-loading processes per run (default 1)")

@@ -53,7 +53,9 @@ class _SeededRandomness:
         self.saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
         random.seed(self.seed)
         np.random.seed(self.seed % 2**32)
-        torch.manual_seed(self.seed)
+        # The CPU generator only: the transforms draw from it, and ``torch.manual_seed`` would also
+        # queue seeds for every accelerator backend, which costs more than loading the image.
+        torch.default_generator.manual_seed(self.seed)
 
     def __exit__(self, *exc):
         random.setstate(self.saved[0])

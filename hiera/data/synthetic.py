@@ -28,7 +28,7 @@ from typing import Dict, Optional, Tuple, Union
 import numpy as np
 from PIL import Image
 
-__all__ = ["CLASSES", "SyntheticInfo", "render", "generate", "make_dataset", "MARKER"]
+__all__ = ["CLASSES", "PERIODIC", "SyntheticInfo", "render", "generate", "make_dataset", "MARKER"]
 
 # Sorted, so that torchvision's ImageFolder (which sorts class folders) gives index i to CLASSES[i].
 CLASSES: Tuple[str, ...] = (
@@ -42,6 +42,9 @@ CLASSES: Tuple[str, ...] = (
     "vertical_stripes",  # stripes at 90 degrees (+- jitter)
 )
 assert list(CLASSES) == sorted(CLASSES)
+# The classes whose pattern repeats across the image: continuing one into a hidden region needs its
+# exact period and phase, not only where a shape is.
+PERIODIC: Tuple[str, ...] = ("checkerboard", "diagonal_stripes", "horizontal_stripes", "rings", "vertical_stripes")
 
 MARKER = "synthetic.json"  # parameters of the generated dataset, written when complete
 _VERSION = 1  # bump when the generator changes, so that old datasets are regenerated

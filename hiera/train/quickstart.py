@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..data.images import open_images
-from ..data.synthetic import CLASSES, make_dataset
+from ..data.synthetic import CLASSES, PERIODIC, make_dataset
 from ..data.transforms import ImageEvalTransform
 from ..mae import MaskedAutoencoderHiera
 from ..tools.mae_viz import _font, _to_uint8, mae_reconstruction
@@ -31,12 +31,18 @@ from .probe import encoder_features, heldout_mae_loss, linear_probe, per_class_s
 # image has 16 mask units of 16x16 pixels and MAE keeps 6 of them at mask ratio 0.6.
 SMALL = dict(input_size=(64, 64), embed_dim=48, num_heads=2, stages=(1, 2, 3), q_pool=2, mask_unit_size=(4, 4),
              mask_unit_attn=(True, False, False))
-DECODER = dict(decoder_embed_dim=96, decoder_depth=2, decoder_num_heads=4)
+# The MAE's position embeddings start as sine-cosine of the token position (Hiera.pos_embed_init), as
+# MAE's own are: on this budget its encoder learns markedly more from them than from the official
+# small random init. The classifiers trained from scratch keep the official init: from sine-cosine
+# they learned far slower (benchmarks/records/2026-12-01-cpu-quickstart-pretraining.md). Each side
+# starts from the init that suits it; the networks are the same.
+MAE = dict(SMALL, pos_embed_init="sincos", decoder_embed_dim=96, decoder_depth=2, decoder_num_heads=4)
 # What the encoder learns grows with the number of images it has reconstructed (the scale curve
-# of benchmarks/mae_scale.py, in benchmarks/records/2026-11-30-h200-mae-scale.json). Batches of 256 at 1.5e-3 (the
-# recipe's 8e-4 per 4096 images would be 5e-5: far too little for a few hundred steps) learn
-# fastest per image on these shapes.
-PRETRAIN = dict(batch_size=256, lr=1.5e-3)
+# of benchmarks/mae_scale.py, in benchmarks/records/2026-11-30-h200-mae-scale.json). The recipe's
+# 8e-4 per 4096 images would be 3e-5 here, far too little for a few hundred steps; batches of 128 at
+# 1.5e-3 learned more per image than batches of 256 and cost no more per image on 2 cores
+# (benchmarks/records/2026-12-01-cpu-quickstart-pretraining.md).
+PRETRAIN = dict(batch_size=128, lr=1.5e-3)
 # ImageNet's regularisation (RandAugment's rotations and shears, erasing, mixup) is made for 300
 # epochs of 1.28M images; on a few epochs of small shapes it mostly hides the orientation that
 # tells the classes apart, so the quickstart fine-tunes with crops and flips only.
@@ -55,7 +61,9 @@ FINETUNE_LR = 2e-3
 # train a fresh head: each side gets the recipe that suits it.
 # Seconds per image on 2 cores (evaluations and checkpoints included), from a whole default run;
 # only for the estimate printed first.
-_SECONDS = dict(pretrain=2.7e-3, finetune=5.6e-3, fixed=30.0)
+# A longer pretraining the report and --help suggest (more of the scale curve, under an hour).
+LONGER_EPOCHS = 120
+_SECONDS = dict(pretrain=2.2e-3, finetune=4.6e-3, fixed=20.0)
 
 
 def _estimate(pool: int, epochs: int, train: int, few: int, ft_epochs: int, few_epochs: int) -> float:
@@ -64,7 +72,7 @@ def _estimate(pool: int, epochs: int, train: int, few: int, ft_epochs: int, few_
 
 
 def quickstart(out="quickstart", per_class: int = 200, val_per_class: int = 50, pool: int = 8000,
-               pretrain_epochs: int = 16, few: int = 10, finetune_epochs: int = 10, few_epochs: int = 40,
+               pretrain_epochs: int = 20, few: int = 10, finetune_epochs: int = 10, few_epochs: int = 40,
                batch_size: int = 64, workers: int = 1, seed: int = 0, progress: bool = True) -> dict:
     """Run the demonstration into ``out`` and return the report as a dict (also ``report.json``).
 
@@ -136,7 +144,7 @@ def _compare(out, data, few_dir, few, pretrain_epochs, finetune_epochs, few_epoc
              seed) -> dict:
 
     t = time.perf_counter()
-    pretrain(data.unlabelled_dir, out / "pretrain", val=data.val_dir, model="custom", config=dict(SMALL, **DECODER),
+    pretrain(data.unlabelled_dir, out / "pretrain", val=data.val_dir, model="custom", config=MAE,
              epochs=pretrain_epochs, **PRETRAIN, **run)
     times["pretrain"] = time.perf_counter() - t
 
@@ -145,7 +153,7 @@ def _compare(out, data, few_dir, few, pretrain_epochs, finetune_epochs, few_epoc
     t = time.perf_counter()
     mae = load_model(weights=out / "pretrain" / "model", mae=True).eval()
     torch.manual_seed(seed)
-    untrained = MaskedAutoencoderHiera(**SMALL, **DECODER).eval()
+    untrained = MaskedAutoencoderHiera(**MAE).eval()
     x_train, y_train = _load_split(data.train_dir, SMALL["input_size"])
     x_val, y_val = _load_split(data.val_dir, SMALL["input_size"])
     subset = per_class_subset(y_train, few, seed)
@@ -156,6 +164,9 @@ def _compare(out, data, few_dir, few, pretrain_epochs, finetune_epochs, few_epoc
         probe[name] = {"all": linear_probe(f_train, y_train, f_val, y_val),
                        "few": linear_probe(f_train[subset], y_train[subset], f_val, y_val)}
         recon[name] = heldout_mae_loss(net, x_val, seed=seed)
+    # What the MAE reconstructs well and what not: its masked error per class, against the mean's.
+    by_class = {name: heldout_mae_loss(mae, x_val[y_val == i], seed=seed)["ratio"]
+                for i, name in enumerate(data.classes)}
     pictures = _reconstruction_sheet(mae, untrained, x_val, y_val, out / "reconstructions.png", seed)
     times["probe"] = time.perf_counter() - t
 
@@ -202,6 +213,7 @@ def _compare(out, data, few_dir, few, pretrain_epochs, finetune_epochs, few_epoc
         "chance_acc1": round(chance, 2),
         "pretrain_images_seen": _images_seen(out / "pretrain"),
         "reconstruction": {k: {m: round(v, 4) for m, v in r.items()} for k, r in recon.items()},
+        "reconstruction_by_class": {k: round(v, 3) for k, v in by_class.items()},
         "linear_probe": {k: {m: round(v, 2) for m, v in r.items()} for k, r in probe.items()},
         "shared_component": {k: round(v, 3) for k, v in shared.items()},
         "finetune": {k: {m: r[m] for m in ("acc1", "acc5", "loss")} for k, r in results.items()},
@@ -213,7 +225,7 @@ def _compare(out, data, few_dir, few, pretrain_epochs, finetune_epochs, few_epoc
         "settings": {"pretrain_epochs": pretrain_epochs, "pretrain": PRETRAIN, "finetune_epochs": finetune_epochs,
                      "few_epochs": few_epochs, "batch_size": batch_size, "finetune_lr": FINETUNE_LR,
                      "layer_decay": {"MAE": None, "no pretraining": "recipe's"},
-                     "model": SMALL, "decoder": DECODER, "seed": seed},
+                     "classifier": SMALL, "mae": MAE, "seed": seed},
         "files": {"comparison": "comparison.png", "reconstructions": pictures, "finetune_curves": "finetune_curves.png",
                   "pretrain_curves": "pretrain/curves.png", "model": "mae_all/model"},
     }
@@ -277,13 +289,14 @@ def _markdown(r: dict) -> str:
         "# Hiera quickstart: what MAE pretraining buys", "",
         f"{len(r['classes'])} classes of synthetic shapes ({', '.join(r['classes'])}); colours carry no class "
         f"information. A small Hiera was MAE-pretrained on {r['pool_images']} unlabelled images "
-        f"({r['pretrain_images_seen']:,} reconstructed in all), then compared with the same network untrained. "
-        f"Classifiers train on {r['train_images']} labelled images ({few} per class for the few-label rows): from "
-        f"the MAE trunk the head is first fitted by a linear probe, then everything is fine-tuned (LP-FT) without "
-        f"layer-wise lr decay; from scratch the head starts fresh, with the recipe's layer decay (each side's best of "
-        f"the settings tried: `benchmarks/records/2026-12-01-cpu-quickstart-finetune-recipes.md`). Everything is "
-        f"measured on {r['val_images']} held-out "
-        f"images. Chance is {chance:.1f}%.", "",
+        f"({r['pretrain_images_seen']:,} reconstructed in all; its position embeddings start as sine-cosine of the "
+        f"position, as MAE's do), then compared with the same network untrained. Classifiers train on "
+        f"{r['train_images']} labelled images ({few} per class for the few-label rows): from the MAE trunk the head "
+        f"is first fitted by a linear probe, then everything is fine-tuned (LP-FT) without layer-wise lr decay; from "
+        f"scratch the network starts from Hiera's own initialisation with a fresh head and the recipe's layer decay "
+        f"(each side's best of the settings tried: `benchmarks/records/2026-12-01-cpu-quickstart-finetune-recipes.md`, "
+        f"`benchmarks/records/2026-12-01-cpu-quickstart-pretraining.md`). Everything is measured on "
+        f"{r['val_images']} held-out images. Chance is {chance:.1f}%.", "",
         "![comparison](comparison.png)", "",
         "| top-1 on held-out images | MAE-pretrained | no pretraining | |", "|---|---|---|---|",
     ]
@@ -315,6 +328,23 @@ def _markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _by_class(ratios: dict) -> str:
+    """The reconstruction per class, in words: single shapes against periodic patterns."""
+    shapes = {k: v for k, v in ratios.items() if k not in PERIODIC}
+    periodic = {k: v for k, v in ratios.items() if k in PERIODIC}
+    listed = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in sorted(ratios.items(), key=lambda kv: kv[1]))
+    text = f"its masked error per class, as a fraction of the mean's, is {listed}."
+    if not shapes or not periodic:
+        return text
+    a, b = sum(shapes.values()) / len(shapes), sum(periodic.values()) / len(periodic)
+    if a < b - 0.1:
+        return (text + f" It places the single shapes' edges in the hidden units ({a:.2f} on average) far better than it "
+                f"continues the periodic patterns ({b:.2f}), which come back close to their mean colour: continuing "
+                "stripes or rings into a hidden 16x16 unit needs their exact period and phase, which takes more "
+                "pretraining than this run had.")
+    return text + f" It continues the periodic patterns ({b:.2f} on average) about as well as it places single shapes ({a:.2f})."
+
+
 def _meaning(r: dict) -> list:
     """The paragraph under the numbers, written from what this run measured."""
     c, few, rec = r["comparison"], r["few_per_class"], r["reconstruction"]
@@ -324,11 +354,8 @@ def _meaning(r: dict) -> list:
     learned = rec["mae"]["loss"] < 0.8 * rec["mae"]["baseline"]
     out.append(
         f"**Reconstruction.** The pretrained MAE {'fills' if learned else 'does not fill'} the hidden patches better "
-        f"than their mean colour ({rec['mae']['loss']:.2f} against {rec['mae']['baseline']:.2f}): "
-        + ("it puts the shapes' parts where they belong in the hidden units (the cross's arms, the disc, the "
-           "triangle), while stripes, rings and checkerboards come back as their mean colour: continuing a "
-           "periodic pattern into a hidden 16x16 unit takes far more pretraining."
-           if learned else "the pretraining was too short to learn it."))
+        f"than their mean colour ({rec['mae']['loss']:.2f} against {rec['mae']['baseline']:.2f})"
+        + (": " + _by_class(r["reconstruction_by_class"]) if learned else ": the pretraining was too short to learn it."))
     verdict = _verdict(probe["MAE"], probe["no pretraining"])
     out.append("")
     out.append(
@@ -344,23 +371,28 @@ def _meaning(r: dict) -> list:
         ahead = [f"with {name} it is ahead ({pair['MAE']:.1f}% against {pair['no pretraining']:.1f}%)"
                  for name, pair in ((f"{few} labels per class", ft_few), ("all labels", ft_all))
                  if _verdict(pair["MAE"], pair["no pretraining"]) == "MAE ahead"]
-        few_probe = c[f"linear probe, {few}/class"]["MAE"]
+        few_probe = c[f"linear probe, {few}/class"]
+        settings = r["settings"]
+        longer = _estimate(r["pool_images"], LONGER_EPOCHS, r["train_images"], few * len(r["classes"]),
+                           settings["finetune_epochs"], settings["few_epochs"]) / 60
         out.append(
             f"**Fine-tuning.** Here MAE is behind with {' and with '.join(behind)}"
-            + (f"; {ahead[0]}" if ahead else "") + ". That is the budget, not a fault: "
-            f"this run reconstructed {r['pretrain_images_seen']:,} images, and a network this small starting from "
-            "scratch learns these shapes quickly from labels. It shows in what the classifier's head reads: after "
-            f"this pretraining the last stage's pooled features are nearly one vector shared by every image (its "
-            f"length is {share['mae']:.0%} of theirs; {share['random']:.0%} for the untrained encoder). The "
-            "LayerNorm before the head normalises each image, not each feature, so it cannot remove that shared "
-            "part, and the differences between images the head must learn from are small; with few labels that "
-            f"is too little (the linear probe of the same features with {few} per class: {few_probe:.1f}%). "
-            "The same comparison at scale "
-            "(`benchmarks/mae_scale.py`, H200, 2026-11-30, this model and data, a fresh head) measured fine-tuning from MAE behind "
-            "after 0.4 M reconstructed images (48% against 65% with 10 labels per class), ahead after 1.3 M (80% "
-            "against 65%) and far ahead after 3 M (94% against 65%; all labels 99.8% against 96.8%), while its linear "
-            "probe rose from 65% (untrained) to 88%, 96% and 99%. Pretrain longer "
-            "(`hiera quickstart --pretrain-epochs 150`, about 55 minutes) to see it here.")
+            + (f"; {ahead[0]}" if ahead else "") + ". "
+            f"The frozen MAE features with {few} labels per class give {few_probe['MAE']:.1f}% against "
+            f"{few_probe['no pretraining']:.1f}% (the probe above), but fine-tuning does not keep that lead: the "
+            "classifier's head reads the last stage, whose pooled features after this pretraining are nearly one "
+            f"vector shared by every image (its length is {share['mae']:.0%} of theirs; {share['random']:.0%} for "
+            "the untrained encoder). The LayerNorm before the head normalises each image, not each feature, so it "
+            f"cannot remove that shared part, and {few} images per class are too few to train it away, while a "
+            "network this small trained from scratch learns these shapes quickly from labels. That is the budget, "
+            f"not a fault: this run reconstructed {r['pretrain_images_seen']:,} images. The same comparison at "
+            "scale (`benchmarks/mae_scale.py`, H200, 2026-11-30, this model with its official init, this data, a fresh "
+            "head) measured "
+            "fine-tuning from MAE behind after 0.4 M reconstructed images (48% against 65% with 10 labels per "
+            "class), ahead after 1.3 M (80% against 65%) and far ahead after 3 M (94% against 65%; all labels 99.8% "
+            "against 96.8%), while its linear probe rose from 65% (untrained) to 88%, 96% and 99%. Pretrain longer "
+            f"(`hiera quickstart --pretrain-epochs {LONGER_EPOCHS}`, {LONGER_EPOCHS * r['pool_images'] / 1e6:.1f} M "
+            f"images, about {longer:.0f} minutes on 2 cores) to see more of it here.")
     else:
         out.append(
             f"**Fine-tuning.** Starting from the MAE encoder, fine-tuning reaches {ft_few['MAE']:.1f}% with {few} labels "
