@@ -12,7 +12,8 @@ Sections (``--sections``, default all):
     ceiling    the device's dense bf16 matrix rate (8192^3 products, random data) and copy
                bandwidth, measured now: the MFU figures below are against this rate
     inference  batch --batch (256), eval, inference_mode: bf16 autocast and a model cast to bf16
-    compiled   the same through torch.compile (default mode)
+    compiled   the same through torch.compile (default mode); A/B rows of ours without the Triton
+               kernels' custom operators (hiera.gpu.compiled_ops) and without the window kernel's
     train      training steps at --train-batch (128): classification (cross entropy) and MAE
                (mask ratio 0.6), bf16 autocast, fused AdamW, for every implementation alike
     latency    batch 1: eager, and torch.compile(mode="reduce-overhead") (CUDA graphs)
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import sys
@@ -102,7 +102,6 @@ def measure_ceiling(device: torch.device, quick: bool) -> dict:
     timer.sync()
     t = statistics.median(timer.time(lambda: dst.copy_(src), 5) for _ in range(3))
     gbps = 2 * size / t / 1e9
-    del a, b, src, dst
     return {"bf16_tflops": tflops, "copy_gbps": gbps, "gemm_n": n}
 
 
@@ -192,18 +191,24 @@ def train_case(label, group, model, x, dtype, mae=False, compile_mode=None):
 
 def with_settings(case: Case, suffix: str, **settings) -> Case:
     """The same case run with attributes of hiera.gpu set (``enabled=False``: the stock layers;
-    ``window_kernel_max_keys=0``, ``gelu_epilogue=False``): A/B rows measured in the same run."""
+    ``window_kernel_max_keys=0``, ``gelu_epilogue=False``, ``compiled_ops=False``): A/B rows
+    measured in the same run. (A compiled case compiles once per setting: torch.compile guards on
+    these module attributes.)"""
     inner = case.step
+    # enabled: set_enabled's own variable (None, the HIERA_FAST default, is restored as None)
+    attr = {k: "_setting" if k == "enabled" else k for k in settings}
+    for k in settings:
+        getattr(gpu, attr[k])  # a setting that hiera.gpu no longer has fails here, not in a run
 
     def step():
-        saved = {k: getattr(gpu, "_enabled" if k == "enabled" else k) for k in settings}
+        saved = {k: getattr(gpu, attr[k]) for k in settings}
         for k, v in settings.items():
-            setattr(gpu, "_enabled" if k == "enabled" else k, v)
+            setattr(gpu, attr[k], v)
         try:
             return inner()
         finally:
             for k, v in saved.items():
-                setattr(gpu, "_enabled" if k == "enabled" else k, v)
+                setattr(gpu, attr[k], v)
 
     case.step = step
     case.label += f" ({suffix})"
@@ -507,6 +512,13 @@ class Run:
         cases = [inference_case("ours Hiera-B autocast compiled", "compiled", self.build("ours", "hiera_base_224"), x, bf16, compile_mode="default"),
                  inference_case("timm vit_b16 autocast compiled", "compiled", self.build("timm", "vit_b16"), x, bf16, compile_mode="default"),
                  inference_case("ours Hiera-S autocast compiled", "compiled", self.build("ours", "hiera_small_224"), x, bf16, compile_mode="default")]
+        # A/B: the graph without the Triton kernels' custom operators (inductor's norms, cuDNN on
+        # the short windows, as in the 2026-11-30 runs), and with the fused norm's but not the
+        # window kernel's
+        for name, short in (("hiera_base_224", "Hiera-B"), ("hiera_small_224", "Hiera-S")):
+            for suffix, settings in COMPILED_AB_SETTINGS[: None if short == "Hiera-B" else 1]:
+                cases.append(with_settings(inference_case(f"ours {short} autocast compiled", "compiled", self.build("ours", name), x,
+                                                          bf16, compile_mode="default"), suffix, **settings))
         if self.official:
             cases.append(inference_case("official Hiera-B autocast compiled", "compiled",
                                         self.build("official", "hiera_base_224"), x, bf16, compile_mode="default"))
@@ -584,6 +596,9 @@ class Run:
 AB_SETTINGS = [("fast paths off", {"enabled": False}), ("window kernel off", {"window_kernel_max_keys": 0}),
                ("window kernel for 16 keys only", {"window_kernel_max_keys": 16}), ("gelu epilogue off", {"gelu_epilogue": False})]
 
+# A/B rows of ours compiled: the kernels' custom operators off, or the window kernel's alone.
+COMPILED_AB_SETTINGS = [("custom ops off", {"compiled_ops": False}), ("window kernel off", {"window_kernel_max_keys": 0})]
+
 ASKS = [  # (what, numerator row, denominator row, target)
     ("Hiera-B / ViT-B eager (autocast)", "ours Hiera-B autocast", "timm vit_b16 autocast", 1.2),
     ("Hiera-B / ViT-B eager (bf16 weights)", "ours Hiera-B bf16 weights", "timm vit_b16 bf16 weights", 1.2),
@@ -592,6 +607,9 @@ ASKS = [  # (what, numerator row, denominator row, target)
     ("Hiera-B / ViT-B compiled", "ours Hiera-B autocast compiled", "timm vit_b16 autocast compiled", 1.5),
     ("ours / official Hiera-B eager", "ours Hiera-B autocast", "official Hiera-B autocast", None),
     ("ours / official Hiera-B compiled", "ours Hiera-B autocast compiled", "official Hiera-B autocast compiled", None),
+    ("Hiera-B compiled, custom ops on / off", "ours Hiera-B autocast compiled", "ours Hiera-B autocast compiled (custom ops off)", None),
+    ("Hiera-S compiled, custom ops on / off", "ours Hiera-S autocast compiled", "ours Hiera-S autocast compiled (custom ops off)", None),
+    ("Hiera-B compiled / eager (autocast)", "ours Hiera-B autocast compiled", "ours Hiera-B autocast", None),
     ("MAE Hiera-S ours / official", "ours Hiera-S MAE", "official Hiera-S MAE", 2.0),
     ("MAE Hiera-B ours / official", "ours Hiera-B MAE", "official Hiera-B MAE", 2.0),
     ("classify Hiera-B / ViT-B step", "ours Hiera-B classify", "timm vit_b16 classify", 1.2),

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Every GPU check of this project in one call, about 7 minutes on one H100 / H200:
+# Every GPU check of this project in one call, at most 8 minutes (timeouts 300 + 160 s) on one H100 / H200:
 #   1. the Hiera-vs-ViT benchmark (benchmarks/gpu_vs_vit.py: ceiling, eager and compiled inference
-#      with A/B rows of the CUDA fast paths, kernel profiles, training steps, video, batch-1 latency,
-#      kernels on Hiera's shapes), interleaved in one process;
+#      with A/B rows of the CUDA fast paths, kernel profiles, training steps; video, batch-1 latency
+#      and kernels on Hiera's shapes on request), interleaved in one process;
 #   2. the CUDA tests (tests/test_cuda.py: the fast paths against the stock layers, the kernels
 #      against PyTorch, CPU against GPU, compiled against eager).
 #
@@ -12,7 +12,9 @@
 # where `pip download --no-deps hiera-transformer==0.1.4 -d .whl` puts it): it is unpacked and
 # renamed hiera_official, so it imports beside ours. Results go to $OUT (default
 # benchmarks/results): gpu-vs-vit.md / .json, test_cuda.log, gpu-info.txt.
-# $GPU_BENCH_ARGS passes options to the benchmark (e.g. "--sections inference profile").
+# $GPU_BENCH_ARGS passes options to the benchmark; by default the sections of the targets still open
+# (compiled inference, training) with the eager ones they are read against. Every section:
+#   GPU_BENCH_ARGS="--sections ceiling inference compiled profile train video latency micro" (about 9 minutes)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results}"
@@ -29,7 +31,7 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv | tee "$OUT/gpu-info.txt"
 status=0
 # shellcheck disable=SC2086
-timeout "${BENCH_TIMEOUT:-360}" "$PY" benchmarks/gpu_vs_vit.py "${OFFICIAL[@]}" --json "$OUT/gpu-vs-vit.json" \
-    ${GPU_BENCH_ARGS:-} 2>&1 | grep -v -e "Warning" -e "warnings.warn" -e "_warn_once" | tee "$OUT/gpu-vs-vit.md" || status=1
-timeout "${TEST_TIMEOUT:-150}" "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT/test_cuda.log" | tail -n 25 || status=1
+timeout "${BENCH_TIMEOUT:-300}" "$PY" benchmarks/gpu_vs_vit.py "${OFFICIAL[@]}" --json "$OUT/gpu-vs-vit.json" \
+    ${GPU_BENCH_ARGS:---sections ceiling inference compiled profile train} 2>&1 | grep -v -e "Warning" -e "warnings.warn" -e "_warn_once" | tee "$OUT/gpu-vs-vit.md" || status=1
+timeout "${TEST_TIMEOUT:-160}" "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT/test_cuda.log" | tail -n 25 || status=1
 exit $status

@@ -1,4 +1,4 @@
-"""CUDA fast paths: what makes eager GPU inference fast, and the Triton kernels behind it.
+"""CUDA fast paths: what makes GPU inference fast, and the Triton kernels behind it.
 
 Eager GPU inference in reduced precision spends most of its time moving activations, not
 multiplying them: in Hiera's first stages (3136 tokens of 96 channels per image) a pass over the
@@ -7,24 +7,31 @@ tokens costs more than the products. The layers (:mod:`hiera.layers`) therefore 
 * **heads-last attention** (inference, eager or compiled): q, k and v from three products, read
   as ``[B, L, windows * heads, head_dim]``, which is attention's own layout, so no permute copy
   is made before or after attention;
-* **a fused residual add + LayerNorm** (:func:`add_layer_norm`, eager inference): one Triton pass
-  that reads the residual and the branch output once and writes the new residual and the
-  normalised tokens, the latter in the dtype the next product computes in (under autocast the
+* **a fused residual add + LayerNorm** (:func:`add_layer_norm`, inference, eager or compiled): one
+  Triton pass that reads the residual and the branch output once and writes the new residual and
+  the normalised tokens, the latter in the dtype the next product computes in (under autocast the
   stock operators make three float32 passes of it);
-* **a window attention kernel** (:func:`window_attention`, eager inference, bf16 / fp16): short
-  windows, several to a tile, where the fused attention kernels would fill little of theirs;
+* **a window attention kernel** (:func:`window_attention`, inference, eager or compiled, bf16 /
+  fp16): short windows, several to a tile, where the fused attention kernels would fill little of
+  theirs;
 * **GELU in the product's epilogue** (:func:`linear_gelu`, eager inference, bf16 / fp16);
 * **a channels-last stem** (inference, eager or compiled).
 
 Training keeps the stock layers (the heads-last layout measured slower with gradients: see
-``benchmarks/README.md``, "On a GPU (H200)"). The Triton kernels need an Ampere or newer GPU and
-never run under a tracer, a dispatch mode (``FlopCounterMode``) or a functorch transform;
-elsewhere the stock operators run. :func:`set_enabled` turns every path here off or on for the
-process; its default is the ``HIERA_FAST`` environment variable (``0``: off), read when first
+``benchmarks/README.md``, "On a GPU (H200)"). The Triton kernels need an Ampere or newer GPU. In
+eager mode they are launched directly (:func:`fused_path`); under ``torch.compile`` they are
+custom operators (``hiera::add_layer_norm``, ``hiera::layer_norm``, ``hiera::window_attention``,
+:func:`op_path`) that the compiled graph calls, since inductor's own graph put cuDNN attention on
+the 16-token windows (5.9 ms of attention per batch of 256 on an H200, against 3.0 eager). They
+never run under an exporter (``torch.export``, ONNX, ``torch.jit``: those graphs hold standard
+operators only), a dispatch mode (``FlopCounterMode``) or a functorch transform, nor with
+gradients; there the stock operators run. :func:`set_enabled` turns every path here off or on for
+the process; its default is the ``HIERA_FAST`` environment variable (``0``: off), read when first
 needed rather than at import (see :mod:`hiera.fast`, whose CPU paths have their own switch with
-the same default). The kernels are compiled on first use and ``import hiera`` never imports
-Triton. Under ``TRITON_INTERPRET=1`` they run on CPU tensors too, which is how the test suite
-checks them without a GPU.
+the same default); ``compiled_ops = False`` keeps the compiled graph on the stock operators alone.
+The kernels are compiled, and the operators registered, on first use: ``import hiera`` never
+imports Triton. Under ``TRITON_INTERPRET=1`` they run on CPU tensors too, which is how the test
+suite checks them without a GPU.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import os
 from typing import Optional, Tuple
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 import torch.nn as nn
 
 from .fast import (
@@ -48,6 +56,7 @@ from .fast import (
 )
 
 _setting: Optional[bool] = None  # set_enabled's; None: the HIERA_FAST default
+_is_batched = getattr(torch._C._functorch, "is_batchedtensor", lambda x: False)
 
 
 def set_enabled(enabled: Optional[bool]) -> bool:
@@ -96,11 +105,10 @@ def heads_last(x: torch.Tensor) -> bool:
 @functools.lru_cache(maxsize=None)
 def triton_available() -> bool:
     try:  # (imported here, not at the top: `import hiera` must not import Triton)
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
+        import triton.language
     except Exception:  # not installed, or a broken install: the stock path runs
         return False
-    return True
+    return triton.language is not None
 
 
 def interpreting() -> bool:
@@ -116,9 +124,9 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def fused_path(x: torch.Tensor) -> bool:
-    """Whether the fused kernels may run on ``x``: eager inference (no gradients, no tracer, no
-    dispatch mode or functorch transform) on a CUDA tensor, or a CPU one under Triton's
-    interpreter, with Triton importable."""
+    """Whether the fused kernels may run on ``x`` eagerly: eager inference (no gradients, no
+    tracer, no dispatch mode or functorch transform) on a CUDA tensor, or a CPU one under Triton's
+    interpreter, with Triton importable. (Under ``torch.compile``, :func:`op_path` decides.)"""
     if torch.is_grad_enabled() or type(x) is not torch.Tensor:
         return False
     if not _device_ok(x) or not enabled():
@@ -126,6 +134,93 @@ def fused_path(x: torch.Tensor) -> bool:
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or _tracing():
         return False
     return _dispatch_stack_len() == 0 and not _transform_active() and triton_available() and _kernels_run_on(x)
+
+
+# Whether torch.compile'd inference calls the Triton kernels as custom operators (see op_path).
+# False: the compiled graph keeps the stock operators there (inductor's norms, scaled_dot_product_attention).
+compiled_ops = True
+
+_OP_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def op_path(x: torch.Tensor) -> bool:
+    """Whether the graph being compiled may call the kernels as custom operators (``hiera::*``) on
+    ``x``: inference (no gradients) traced by ``torch.compile``, not by an exporter, outside
+    functorch transforms (the operators have no vmap or forward-AD rule), on a CUDA tensor (or a
+    CPU one under Triton's interpreter), with ``compiled_ops`` and the paths on. (``torch.compile``
+    does not trace under a dispatch mode such as ``FlopCounterMode``: those calls run eagerly,
+    where :func:`fused_path` declines.)"""
+    if torch.is_grad_enabled() or not torch.compiler.is_compiling() or not compiled_ops or not enabled():
+        return False
+    if _exporting() or x.dtype not in _OP_DTYPES or _transform_traced(x):
+        return False
+    return _ops_ready(x.device.type, x.device.index)
+
+
+def _transform_traced(x: torch.Tensor) -> bool:
+    """Whether torch.compile traces ``x`` inside a functorch transform: a vmap's batched tensor, or
+    a forward-AD level (jvp, jacfwd); grad and jacrev turn gradients on, which :func:`op_path`
+    checks first. (Not :func:`hiera.fast._transform_active`: traced, the interpreter stack it
+    peeks at never compares equal to None.)"""
+    return _is_batched(x) or getattr(_forward_ad, "_current_level", -1) >= 0
+
+
+def _ops_ready(device_type: str, index: Optional[int]) -> bool:
+    """Whether the kernels' custom operators can run on this device, registering them on the first
+    call (which imports Triton). Constant for a device, so torch.compile calls it while tracing and
+    takes the result as a constant rather than tracing it (the registration is no graph op)."""
+    if device_type == "cuda":
+        usable = triton_available() and _ampere_or_newer(index if index is not None else torch.cuda.current_device())
+    else:
+        usable = device_type == "cpu" and interpreting() and triton_available()
+    # (torch.library.triton_op is torch 2.6's; an older torch compiles the stock operators)
+    return usable and hasattr(torch.library, "custom_op" if interpreting() else "triton_op") and _register_ops()
+
+
+# What torch.compiler.assume_constant_result sets, set here because that function imports
+# torch._dynamo, which would add a second to `import hiera`.
+_ops_ready._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
+@functools.lru_cache(maxsize=None)
+def _register_ops() -> bool:
+    """Register ``hiera::window_attention``, ``hiera::add_layer_norm`` and ``hiera::layer_norm``
+    (once per process). With ``torch.library.triton_op`` the compiled graph holds the kernels
+    themselves, which inductor launches from its own code, keeping their inputs' strides; under
+    Triton's interpreter they are opaque custom operators instead (``wrap_triton`` cannot trace an
+    interpreted kernel), which the compiled graph calls as they are."""
+    from torch.library import custom_op, triton_op, wrap_triton
+
+    def register(name, schema, fn):
+        def launch(*args):
+            return fn(*args, wrap=_direct)
+
+        def fake(*args):
+            return fn(*args, wrap=None)
+
+        def traceable(*args):  # the fake kernel too: under a fake mode, wrapped kernels launch nothing
+            return fn(*args, wrap=wrap_triton)
+
+        if interpreting():
+            custom_op(f"hiera::{name}", launch, mutates_args=(), schema=schema).register_fake(fake)
+        else:
+            triton_op(f"hiera::{name}", traceable, mutates_args=(), schema=schema)
+
+    register("window_attention", "(Tensor q, Tensor k, Tensor v) -> Tensor", _window_attention)
+    register("add_layer_norm", "(Tensor x, Tensor y, Tensor weight, Tensor bias, float eps, ScalarType out_dtype)"
+             " -> (Tensor, Tensor)", _add_layer_norm)
+    register("layer_norm", "(Tensor x, Tensor weight, Tensor bias, float eps, ScalarType out_dtype) -> Tensor",
+             _layer_norm)
+    return True
+
+
+def _layer_norm(x, weight, bias, eps: float, out_dtype: torch.dtype, wrap) -> torch.Tensor:
+    return _add_layer_norm(x, None, weight, bias, eps, out_dtype, wrap)[1]
+
+
+def _direct(kernel):
+    """The kernel itself: eager launches (``wrap_triton`` wraps it for a graph instead)."""
+    return kernel
 
 
 def channels_last_stem(x: torch.Tensor) -> bool:
@@ -240,10 +335,24 @@ def add_layer_norm(
         ``(s, normed)``: ``s`` in the promoted dtype of ``x`` and ``y`` (``x`` itself when ``y`` is
         None), ``normed`` ``[..., C]`` in ``out_dtype``. The sum is rounded to its dtype before it is
         normalised, as the separate operators do; statistics are accumulated in float32.
+
+    Under ``torch.compile`` the graph gets the custom operator (``hiera::add_layer_norm``, or
+    ``hiera::layer_norm`` without ``y``) in place of the launch.
     """
-    channels = x.shape[-1]
     if y is not None and y.shape != x.shape:
         raise ValueError(f"add_layer_norm: shapes differ, {tuple(x.shape)} and {tuple(y.shape)}")
+    eps = float(norm.eps)
+    if torch.compiler.is_compiling() and _ops_ready(x.device.type, x.device.index):
+        if y is None:  # (an operator's output may not be its input: x is returned here)
+            return x, torch.ops.hiera.layer_norm(x, norm.weight, norm.bias, eps, out_dtype)
+        return torch.ops.hiera.add_layer_norm(x, y, norm.weight, norm.bias, eps, out_dtype)
+    return _add_layer_norm(x, y, norm.weight, norm.bias, eps, out_dtype, _direct)
+
+
+def _add_layer_norm(x, y, weight, bias, eps: float, out_dtype: torch.dtype, wrap):
+    """:func:`add_layer_norm`'s allocation and launch: ``wrap`` the kernel (:func:`_direct`, or
+    ``wrap_triton`` in a custom operator); ``wrap=None`` allocates only (a fake kernel)."""
+    channels = x.shape[-1]
     x = x.contiguous()
     s = x
     if y is not None:
@@ -255,12 +364,14 @@ def add_layer_norm(
         if y is not None:
             s = x + y
         return s, normed
+    if wrap is None:
+        return s, normed
     block_m, block_c, warps = _block_sizes(channels)
-    kernel = _kernels()[0]
+    kernel = wrap(_kernels()[0])
     grid = (-(-rows // block_m),)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         kernel[grid](
-            x, x if y is None else y, s, normed, norm.weight, norm.bias, rows, float(norm.eps),
+            x, x if y is None else y, s, normed, weight, bias, rows, eps,
             C=channels, HAS_Y=y is not None, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=warps,
         )
     return s, normed
@@ -319,17 +430,25 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     Why a kernel of our own: the fused attention kernels tile queries and keys in blocks of 64 or
     128 rows, so windows of 16 keys (Hiera's second stage) use an eighth of each tile and run far
     below the memory bandwidth. Here one tile holds several windows side by side, attends within
-    each (a block-diagonal mask) and reads every input once.
+    each (a block-diagonal mask) and reads every input once. Under ``torch.compile`` the graph gets
+    the custom operator ``hiera::window_attention`` in place of the launch.
     """
+    if torch.compiler.is_compiling() and _ops_ready(q.device.type, q.device.index):
+        return torch.ops.hiera.window_attention(q, k, v)
+    return _window_attention(q, k, v, _direct)
+
+
+def _window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, wrap) -> torch.Tensor:
+    """:func:`window_attention`'s allocation and launch (``wrap`` as in :func:`_add_layer_norm`)."""
     batch, lq, groups, dim = q.shape
     tiles = _window_tiles(lq, k.shape[1], groups)
     if tiles is None or k.shape[1] == 0:
         raise ValueError(f"window_attention: windows of {k.shape[1]} keys and {lq} queries do not fit one tile")
     gb, lq_p, lk_p = tiles
     out = torch.empty((batch, lq, groups, dim), device=q.device, dtype=q.dtype)
-    if out.numel() == 0:
+    if out.numel() == 0 or wrap is None:
         return out
-    kernel = _kernels()[1]
+    kernel = wrap(_kernels()[1])
     block_d = max(16, _pow2(dim))
     blocks = -(-groups // gb)
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():

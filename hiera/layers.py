@@ -253,7 +253,8 @@ class MaskUnitAttention(RepacksOnModeChange):
         )
         if self.q_stride > 1:  # position l = (first pooling offset, rest): pool the outer part
             q = max_over(q.view(batch, self.q_stride, length // self.q_stride, heads, self.head_dim), dim=1)
-        if gpu.fused_path(x) and gpu.window_attention_fits(q, k):  # short windows, eager inference
+        # short windows, in inference: the kernel (eager), or its custom operator (compiled)
+        if (gpu.fused_path(x) or gpu.op_path(x)) and gpu.window_attention_fits(q, k):
             out = gpu.window_attention(q, k, v)
         else:
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
@@ -309,7 +310,7 @@ class HieraBlock(RepacksOnModeChange):
             self.ls1 = self.ls2 = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if gpu.fused_path(x) and self._fusable():
+        if (gpu.fused_path(x) or gpu.op_path(x)) and self._fusable():  # GPU inference, eager or compiled
             return self._forward_fused(x)
         x_norm = self.norm1(x)
         x = self._residual(x, x_norm)
@@ -333,9 +334,10 @@ class HieraBlock(RepacksOnModeChange):
         )
 
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
-        """``forward`` in eager GPU inference: each norm is one kernel that also does the residual
-        add before it and writes its output in the linear layers' compute dtype (see hiera.gpu).
-        (Inference only, so drop path is the identity.)"""
+        """``forward`` in GPU inference (eager, or compiled through the kernel's custom operator):
+        each norm is one kernel that also does the residual add before it and writes its output in
+        the linear layers' compute dtype (see hiera.gpu). (Inference only, so drop path is the
+        identity.)"""
         dtype = gpu.compute_dtype(x)
         _, x_norm = gpu.add_layer_norm(x, None, self.norm1, dtype)
         x = self._residual(x, x_norm)

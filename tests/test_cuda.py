@@ -305,3 +305,96 @@ def test_training_takes_the_stock_layers():
         fastgpu.set_enabled(previous)
     assert rel_err(twin_loss, loss) < 1e-12
     _assert_same_grads(_grads(twin), _grads(model), 1e-9)
+
+
+# ------------------------------------------------------------- the kernels in a compiled graph
+def _hiera_op_counts(graphs):
+    """A torch.compile backend: counts the ``hiera::*`` calls of dynamo's graph, then compiles it
+    with inductor (``eager=True``: runs it as it is)."""
+    from torch._inductor.compile_fx import compile_fx
+
+    def backend(gm, inputs, eager=False):
+        counts = {}
+        for n in gm.graph.nodes:
+            if n.op == "call_function" and str(n.target).startswith("hiera."):
+                name = str(n.target).split(".")[1]
+                counts[name] = counts.get(name, 0) + 1
+        compiled = gm.forward if eager else compile_fx(gm, inputs)
+        graphs.append(counts)  # (once compiled: a trace that dynamo starts over is not counted)
+        return compiled
+
+    return backend
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_compiled_inference_calls_the_kernels(dynamic):
+    """torch.compile (inductor, fullgraph) in bf16 CUDA inference takes the Triton kernels through
+    their custom operators: dynamo's graph calls hiera::* where eager inference launches the
+    kernels, inductor's code launches the kernels themselves (torch.library.triton_op), and the
+    outputs are as close to float32 as the stock bf16 path's. ``dynamic``: a symbolic batch (the
+    kernels' grids follow it), then another batch size through the same graph."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    model = hiera.hiera_tiny_224().eval().cuda()
+    with torch.no_grad():
+        for p in model.parameters():  # a trained-like scale, not the tiny initial head
+            p.add_(torch.randn_like(p) * 0.02)
+    sizes = (4, 2) if dynamic else (4,)
+    inputs = [torch.randn(b, 3, 224, 224, device="cuda") for b in sizes]
+
+    def run(m, x, autocast=True):
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            return m(x, return_logits=True).float()
+
+    previous = fastgpu.set_enabled(False)
+    try:
+        ref32 = [run(model, x, autocast=False) for x in inputs]
+        ref16 = [run(model, x) for x in inputs]
+        fastgpu.set_enabled(True)
+        graphs = []
+        compiled = torch.compile(model, backend=_hiera_op_counts(graphs), fullgraph=True, dynamic=dynamic)
+        with torch._inductor.config.patch(fx_graph_cache=False):  # (a cache hit would write no code)
+            first, codes = run_and_get_code(run, compiled, inputs[0])  # (resets dynamo first)
+        outs = [first] + [run(compiled, x) for x in inputs[1:]]
+    finally:
+        fastgpu.set_enabled(previous)
+        torch._dynamo.reset()
+    windowed = sum(b.attn.use_mask_unit_attn and b.attn.window_size <= 16 for b in model.blocks)
+    blocks = len(model.blocks)
+    assert graphs == [{"layer_norm": blocks, "add_layer_norm": blocks, "window_attention": windowed}], graphs
+    assert any("window_attention_kernel" in c for c in codes) and any("add_layer_norm_kernel" in c for c in codes)
+    for out, b, r in zip(outs, ref16, ref32):
+        assert rel_err(out, r) <= 1.25 * rel_err(b, r) + 2e-3, (rel_err(out, r), rel_err(b, r))
+        assert rel_err(out, r) < BF16_REL
+
+
+def test_compiled_graph_without_custom_ops_when_switched_off():
+    """``compiled_ops = False``, ``set_enabled(False)`` and gradients each keep hiera::* out of
+    the compiled graph (the graphs run as traced here: only their contents are checked)."""
+    model = hiera.hiera_tiny_224().eval().cuda()
+    x = torch.randn(2, 3, 224, 224, device="cuda")
+
+    def graph_of(grad=False):
+        graphs = []
+        torch._dynamo.reset()
+        backend = _hiera_op_counts(graphs)
+        compiled = torch.compile(model, backend=lambda gm, inputs: backend(gm, inputs, eager=True), fullgraph=True)
+        with torch.set_grad_enabled(grad), torch.autocast("cuda", dtype=torch.bfloat16):
+            compiled(x)
+        return graphs[0]
+
+    previous = fastgpu.set_enabled(True)
+    try:
+        assert graph_of()["window_attention"] > 0
+        assert graph_of(grad=True) == {}
+        fastgpu.compiled_ops = False
+        try:
+            assert graph_of() == {}
+        finally:
+            fastgpu.compiled_ops = True
+        fastgpu.set_enabled(False)
+        assert graph_of() == {}
+    finally:
+        fastgpu.set_enabled(previous)
+        torch._dynamo.reset()
