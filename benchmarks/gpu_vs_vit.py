@@ -16,9 +16,11 @@ Sections (``--sections``, default all):
                kernels' custom operators (hiera.gpu.compiled_ops) and without the window kernel's
     train      training steps at --train-batch (128): classification (cross entropy) and MAE
                (mask ratio 0.6), bf16 autocast, fused AdamW, for every implementation alike
+    train_compiled  the same steps with the model through torch.compile (default mode)
     latency    batch 1: eager, and torch.compile(mode="reduce-overhead") (CUDA graphs)
     video      Hiera-B 16x224 clips at --video-batch (32), eager, bf16 autocast
-    profile    kernel-by-kernel tables (eager and compiled) of Hiera-B and ViT-B: where the time goes
+    profile    kernel-by-kernel tables (eager and compiled) of Hiera-B and ViT-B: where the time goes;
+               also their eager classification training steps
     micro      attention kernels on Hiera-B's window shapes, GELU after a product
 
     python benchmarks/gpu_vs_vit.py --official /path/to/folder/holding/hiera_official --json out.json
@@ -50,6 +52,8 @@ from hiera import gpu  # noqa: E402
 
 PROFILED = ("ours Hiera-B autocast", "ours Hiera-B autocast compiled", "timm vit_b16 autocast",
             "timm vit_b16 autocast compiled")
+# Training steps profiled too (eager): where a classification step of each spends its time.
+TRAIN_PROFILED = ("ours Hiera-B classify", "timm vit_b16 classify")
 VIT = {"vit_b16": "vit_base_patch16_224", "vit_s16": "vit_small_patch16_224"}
 
 
@@ -358,17 +362,18 @@ CATEGORIES = [  # first match wins; kernel names of cuBLAS, cuDNN, flash, induct
 def profile_case(label: str, step, timer: Timer, steps: int = 3, top: int = 18) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
+    cuda = timer.device.type == "cuda"  # (elsewhere, as a check of the script: the operators' own CPU time)
     step()
     timer.sync()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         for _ in range(steps):
             step()
         timer.sync()
     kernels = {}
     for evt in prof.events():
-        if getattr(evt, "device_type", None) is None or "CUDA" not in str(evt.device_type):
+        if cuda and (getattr(evt, "device_type", None) is None or "CUDA" not in str(evt.device_type)):
             continue
-        us = evt.time_range.elapsed_us()
+        us = evt.time_range.elapsed_us() if cuda else evt.self_cpu_time_total
         kernels[evt.name] = kernels.get(evt.name, 0.0) + us
     total = sum(kernels.values()) or 1.0
     cats = {}
@@ -420,7 +425,7 @@ def main(argv=None) -> int:
     return 1 if failed else 0
 
 
-SECTIONS = ("ceiling", "inference", "compiled", "profile", "train", "video", "latency", "micro")
+SECTIONS = ("ceiling", "inference", "compiled", "profile", "train", "train_compiled", "video", "latency", "micro")
 
 
 class Run:
@@ -525,7 +530,7 @@ class Run:
         self.section(f"Inference, batch {self.args.batch}, torch.compile", "compiled", cases)
 
     def profile(self):
-        if self.device.type != "cuda":
+        if self.device.type != "cuda" and not self.args.quick:  # (--quick: the section runs, as a check)
             return
         x = self.img(self.args.batch)
         log("\n## Where the time goes (kernels; eager, then compiled)")
@@ -542,6 +547,18 @@ class Run:
                     case.step()
             self.record["profiles"].append(profile_case(label, case.step, self.timer))
             case.step = None
+        xt = self.img(self.args.train_batch)
+        for label in TRAIN_PROFILED:
+            if not self.want(label):
+                continue
+            impl, what = label.split()[:2]
+            name = {"Hiera-B": "hiera_base_224", "vit_b16": "vit_b16"}[what]
+            case = train_case(label, "profile", self.build(impl, name), xt, torch.bfloat16)
+            for _ in range(self.args.warmup):
+                case.step()
+            self.record["profiles"].append(profile_case(f"{label} (training step, batch {self.args.train_batch})",
+                                                        case.step, self.timer))
+            case.step = None
 
     def train(self):
         x, bf16 = self.img(self.args.train_batch), torch.bfloat16
@@ -556,6 +573,17 @@ class Run:
             cases.append(with_settings(train_case(f"ours {short} {task}", "train", self.build("ours", name), x, bf16,
                                                   mae=task == "MAE"), "fast paths off", enabled=False))
         self.section(f"Training steps, batch {self.args.train_batch}, bf16 autocast, fused AdamW", "train", cases)
+
+    def train_compiled(self):
+        x, bf16 = self.img(self.args.train_batch), torch.bfloat16
+        cases = [train_case("timm vit_b16 classify compiled", "train_compiled", self.build("timm", "vit_b16"), x, bf16,
+                            compile_mode="default")]
+        for impl in self.impls:
+            for task, short, name in (("classify", "Hiera-B", "hiera_base_224"), ("MAE", "Hiera-S", "mae_hiera_small_224")):
+                cases.append(train_case(f"{impl} {short} {task} compiled", "train_compiled", self.build(impl, name), x, bf16,
+                                        mae=task == "MAE", compile_mode="default"))
+        self.section(f"Training steps, batch {self.args.train_batch}, bf16 autocast, fused AdamW, torch.compile",
+                     "train_compiled", cases)
 
     def video(self):
         frames = 4 if self.args.quick else 16
@@ -613,6 +641,8 @@ ASKS = [  # (what, numerator row, denominator row, target)
     ("MAE Hiera-S ours / official", "ours Hiera-S MAE", "official Hiera-S MAE", 2.0),
     ("MAE Hiera-B ours / official", "ours Hiera-B MAE", "official Hiera-B MAE", 2.0),
     ("classify Hiera-B / ViT-B step", "ours Hiera-B classify", "timm vit_b16 classify", 1.2),
+    ("classify Hiera-B / ViT-B step, compiled", "ours Hiera-B classify compiled", "timm vit_b16 classify compiled", 1.2),
+    ("MAE Hiera-S ours / official, compiled", "ours Hiera-S MAE compiled", "official Hiera-S MAE compiled", 2.0),
     ("classify Hiera-B ours / official", "ours Hiera-B classify", "official Hiera-B classify", None),
     ("b1 graphs: Hiera-S speed / ViT-B speed", "ours Hiera-S b1 graphs", "timm vit_b16 b1 graphs", 1.0),
     ("video Hiera-B ours / official", "ours Hiera-B 16x224 video", "official Hiera-B 16x224 video", 3.0),

@@ -15,6 +15,8 @@
 # $GPU_BENCH_ARGS passes options to the benchmark; by default the sections of the targets still open
 # (compiled inference, training) with the eager ones they are read against. Every section:
 #   GPU_BENCH_ARGS="--sections ceiling inference compiled profile train video latency micro" (about 9 minutes)
+# Compiled training steps (a second call, if the lease has time left; compiling them takes minutes):
+#   python benchmarks/gpu_vs_vit.py --sections ceiling train train_compiled --json "$OUT/train.json"
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results}"
