@@ -198,7 +198,7 @@ class Hiera(RepacksOnModeChange, HubMixin):
         global_pos_size: Tuple[int, ...] = (14, 14),
         init_values: Optional[float] = None,
         use_expand_proj: bool = True,
-        pos_embed_init: str = "trunc_normal",  # or "sincos"; this package's, for training from scratch
+        pos_embed_init: str = "trunc_normal",  # or "sincos" (ours; how training from scratch starts, not in config)
     ):
         super().__init__()
         norm_layer = _norm_layer(norm_layer)
@@ -404,11 +404,13 @@ class Hiera(RepacksOnModeChange, HubMixin):
     # config.json stays loadable by it.
     _EXTENSION_DEFAULTS = {
         "abs_win_pos_embed": False, "global_pos_size": (14, 14), "init_values": None, "use_expand_proj": True,
-        "pos_embed_init": "trunc_normal",
     }
 
     def _finalize_config(self):
         """Adjust ``self.config`` after construction (see also MaskedAutoencoderHiera)."""
+        # How the weights started is no part of the architecture: the weights say the rest, and a
+        # config.json without it loads in the official package too.
+        self.config.pop("pos_embed_init", None)
         for key, default in self._EXTENSION_DEFAULTS.items():
             value = self.config.get(key, default)
             if value == default or (isinstance(value, list) and tuple(value) == default):

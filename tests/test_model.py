@@ -284,11 +284,10 @@ def test_sincos_pos_embed_encodes_each_axis_and_tells_every_position_apart():
 def test_sincos_pos_embed_init_starts_every_position_embedding_from_the_grid():
     model = small_image(pos_embed_init="sincos")
     torch.testing.assert_close(model.pos_embed, sincos_pos_embed(model.tokens_spatial_shape, model.pos_embed.shape[-1]))
-    assert model.config["pos_embed_init"] == "sincos"
-    assert "pos_embed_init" not in small_image().config  # the default stays out: config.json loads in the official package
-    again = Hiera(config=model.config)
-    torch.testing.assert_close(again.pos_embed, model.pos_embed)
-    mae = MaskedAutoencoderHiera(config=model.config)
+    # An init, not an architecture: config.json stays loadable by the official package.
+    assert "pos_embed_init" not in model.config
+    assert Hiera(config=model.config).pos_embed.std() < 0.05  # the official init: small random values
+    mae = MaskedAutoencoderHiera(config=model.config, pos_embed_init="sincos")
     torch.testing.assert_close(mae.decoder_pos_embed, sincos_pos_embed(mae.tokens_spatial_shape_final,
                                                                        mae.decoder_pos_embed.shape[-1]))
     video = Hiera(input_size=(4, 32, 32), embed_dim=16, num_heads=1, stages=(1, 1), q_pool=1, q_stride=(1, 2, 2),
