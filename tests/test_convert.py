@@ -74,3 +74,37 @@ def test_convert_zoo_checkpoint_without_config_matches_the_zoo(tmp_path):
 def test_convert_errors_are_one_line(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "missing.pth"), "--to", "timm", "--out", str(tmp_path / "x")]) == 1
     assert "weights file not found" in capsys.readouterr().err
+
+
+def test_mae_converts_to_timm_as_its_encoder_and_says_so(tmp_path, capsys):
+    torch.manual_seed(0)
+    cfg = dict(input_size=(64, 64), embed_dim=16, num_heads=1, stages=(1, 1, 2, 1))
+    mae = hiera.MaskedAutoencoderHiera(**cfg, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=1).eval()
+    mae.save_pretrained(tmp_path / "mae")
+    assert main(["convert", str(tmp_path / "mae"), "--to", "timm", "--out", str(tmp_path / "t.safetensors")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "note:" in err and "timm's Hiera has no MAE decoder: wrote its encoder only" in err
+    weights = load_file(str(tmp_path / "t.safetensors"))
+    assert not [k for k in weights if k.startswith(("decoder", "mask_token", "multi_scale_fusion"))]
+
+    import timm.models.hiera as timm_hiera
+
+    timm_net = timm_hiera.Hiera(**formats.official_config_to_timm(dict(cfg, num_classes=1000))).eval()
+    report = timm_net.load_state_dict(weights, strict=False)
+    # Only the classifier's final norm and head are new: every encoder weight found its place.
+    assert not report.unexpected_keys and set(report.missing_keys) == {"head.fc.weight", "head.fc.bias",
+                                                                       "head.norm.weight", "head.norm.bias"}
+    x = torch.randn(2, 3, 64, 64)
+    trunk = hiera.Hiera(**cfg).eval()
+    trunk.load_state_dict(mae.state_dict(), strict=False)
+    with torch.no_grad():
+        ours = trunk(x, return_intermediates=True)[1][-1]  # [B, H, W, C] of the last stage
+        theirs = timm_net.forward_intermediates(x, intermediates_only=True, output_fmt="NHWC")[-1]
+    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+    # The converted file carries the encoder's config (no decoder arguments), so it loads back by itself.
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "t.safetensors"), "pt") as f:
+        assert "decoder_depth" not in json.loads(f.metadata()["config"])
+    back = load_model(weights=tmp_path / "t.safetensors").eval()
+    torch.testing.assert_close(back(x, return_intermediates=True)[1][-1], ours)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 
 from ..tools.convert import TARGETS, convert_checkpoint
 from ..weights import CheckpointError
@@ -45,8 +47,12 @@ folder it came from.""",
 @exit_on_interrupt("convert")
 def _run(args) -> int:
     try:
-        out = convert_checkpoint(args.input, args.out, args.to, model=args.model)
+        with warnings.catch_warnings(record=True) as notes:
+            warnings.simplefilter("always", UserWarning)
+            out = convert_checkpoint(args.input, args.out, args.to, model=args.model)
     except (CheckpointError, ValueError, OSError) as e:
         return fail("convert", e)
+    for note in notes:  # what the conversion left out or changed, one line each
+        print(f"note: {note.message}", file=sys.stderr)
     print(f"wrote {out} ({args.to} layout)")
     return 0

@@ -7,7 +7,9 @@ the checkpoint's own config, ``--model``, or the zoo model whose weight shapes i
 
 from __future__ import annotations
 
+import inspect
 import json
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -17,6 +19,8 @@ from safetensors.torch import save_file
 from .. import formats
 from ..formats.read import read_any
 from ..hieradet import HieraDet
+from ..mae import MaskedAutoencoderHiera
+from ..model import Hiera
 from ..weights import (
     CheckpointError,
     checkpoint_kind,
@@ -27,6 +31,9 @@ from ..weights import (
     zoo_name_for,
 )
 from ..zoo import MODELS, match_zoo, model_class
+
+# Constructor arguments of the MAE that the plain Hiera does not take (its decoder's).
+_MAE_ONLY = frozenset(inspect.signature(MaskedAutoencoderHiera).parameters) - frozenset(inspect.signature(Hiera).parameters)
 
 TARGETS = ("official", "safetensors", "timm", "hf", "sam2")
 
@@ -88,7 +95,8 @@ def convert_checkpoint(src, dst, to: str, model: Optional[str] = None) -> Path:
     * ``safetensors``: one ``.safetensors`` file, official keys, the config in its metadata;
     * ``timm``: timm's keys, for ``timm.create_model(..., pretrained_cfg_overlay=dict(file=dst))``:
       a ``.safetensors`` file with the config in its metadata, or a ``.pth`` holding
-      ``{"state_dict": ..., "config": ...}`` (the layout of timm's own training checkpoints);
+      ``{"state_dict": ..., "config": ...}`` (the layout of timm's own training checkpoints); of an
+      MAE checkpoint, the encoder (timm has no MAE decoder; a UserWarning says so);
     * ``hf``: a directory for transformers' ``Hiera*.from_pretrained`` (config.json + weights);
     * ``sam2``: for a SAM 2 trunk (:class:`hiera.HieraDet`, or the encoder of a
       :class:`hiera.MaskedAutoencoderHieraDet`), a ``.pt`` holding ``{"model": ...}`` with the trunk
@@ -130,6 +138,13 @@ def convert_checkpoint(src, dst, to: str, model: Optional[str] = None) -> Path:
     if to == "sam2" and not det:
         raise CheckpointError(f"only SAM 2 trunks (HieraDet) have a SAM 2 layout; {src} is a plain Hiera: "
                               "convert it --to official, safetensors, timm or hf")
+    if to == "timm" and checkpoint_kind(state) == "mae":
+        # timm's Hiera has no MAE decoder: an MAE gives its encoder, as it does for SAM 2, and says so.
+        state = encoder_only(state)
+        if config is not None:
+            config = {k: v for k, v in config.items() if k not in _MAE_ONLY}
+        warnings.warn(f"{src} is an MAE checkpoint and timm's Hiera has no MAE decoder: wrote its encoder only",
+                      UserWarning, stacklevel=2)
     if config is not None and head_classes(state) is not None:
         config["num_classes"] = head_classes(state)
     dst = Path(dst)
