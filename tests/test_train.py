@@ -138,6 +138,8 @@ def test_quickstart_words_the_reconstruction_per_class_from_what_it_measured():
     assert "(0.25 on average) far better than it continues the periodic patterns (0.65)" in lagging
     even = _by_class({"cross": 0.3, "rings": 0.35})
     assert "continues the periodic patterns (0.35 on average) about as well as it places single shapes (0.30)" in even
+    reverse = _by_class({"cross": 0.6, "rings": 0.3})
+    assert "continues the periodic patterns (0.30 on average) better than it places single shapes (0.60)" in reverse
 
 
 def test_linear_probe_trains_the_head_only_and_ema_bf16_run(data, tmp_path):

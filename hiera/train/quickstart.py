@@ -342,6 +342,8 @@ def _by_class(ratios: dict) -> str:
                 f"continues the periodic patterns ({b:.2f}), which come back close to their mean colour: continuing "
                 "stripes or rings into a hidden 16x16 unit needs their exact period and phase, which takes more "
                 "pretraining than this run had.")
+    if b < a - 0.1:
+        return text + f" It continues the periodic patterns ({b:.2f} on average) better than it places single shapes ({a:.2f})."
     return text + f" It continues the periodic patterns ({b:.2f} on average) about as well as it places single shapes ({a:.2f})."
 
 
