@@ -99,7 +99,7 @@ def test_quickstart_writes_its_report(tmp_path):
     from hiera.train.quickstart import quickstart
 
     report = quickstart(tmp_path / "qs", per_class=8, val_per_class=4, pool=256, pretrain_epochs=1, few=2,
-                        finetune_epochs=1, few_epochs=1, batch_size=16, workers=0, progress=False)
+                        finetune_epochs=1, few_epochs=1, few_seeds=2, batch_size=16, workers=0, progress=False)
     out = tmp_path / "qs"
     md = (out / "report.md").read_text()
     # Every picture the report links exists.
@@ -120,6 +120,12 @@ def test_quickstart_writes_its_report(tmp_path):
     assert all(0 <= v <= 1 for v in report["shared_component"].values())
     assert report["reconstruction"]["mae"]["baseline"] == pytest.approx(1.0, abs=0.05)
     assert "| linear probe, all labels |" in md and "What the numbers mean" in md and "chance" in md.lower()
+    # The few-label row is the mean of one run per seed on each side, each run in its own folder.
+    runs = report["few_runs"]
+    assert runs["seeds"] == [0, 1] and len(runs["MAE"]) == len(runs["no pretraining"]) == 2
+    assert (out / "mae_few_seed1" / "model").is_dir() and (out / "scratch_few_seed1" / "model").is_dir()
+    assert report["comparison"]["fine-tuned, 2/class"]["MAE"] == pytest.approx(sum(runs["MAE"]) / 2)
+    assert "the mean of 2 runs on each side (training seeds 0, 1)" in md
     assert set(report["reconstruction_by_class"]) == set(report["classes"])
     assert all(v > 0 for v in report["reconstruction_by_class"].values())
     # The MAE starts from sine-cosine position embeddings (two short steps keep them close), the
@@ -127,6 +133,21 @@ def test_quickstart_writes_its_report(tmp_path):
     grid = sincos_pos_embed((16, 16), 48)
     assert torch.allclose(load_model(weights=out / "pretrain" / "model").pos_embed, grid, atol=0.05)
     assert load_model(weights=out / "scratch_few" / "model").pos_embed.std() < 0.1
+
+
+def test_quickstart_verdicts_weigh_the_spread_of_repeated_runs():
+    from hiera.train.quickstart import _row_verdict, _verdict
+
+    assert _verdict(50.0, 45.0) == "MAE ahead" and _verdict(45.0, 50.0) == "MAE behind" and _verdict(50, 49) == "even"
+    report = {"comparison": {"fine-tuned, 10/class": {"MAE": 43.0, "no pretraining": 47.3},
+                             "fine-tuned, all labels": {"MAE": 43.0, "no pretraining": 47.3}},
+              "few_runs": {"MAE": [40.0, 45.0, 44.0], "no pretraining": [58.2, 34.5, 49.2], "seeds": [0, 1, 2]}}
+    # 4.3 points apart, but one side's runs spread by 12: no verdict either way.
+    assert _row_verdict(report, "fine-tuned, 10/class") == "even within the runs' spread"
+    assert _row_verdict(report, "fine-tuned, all labels") == "MAE behind"  # one run: no spread to weigh
+    report["few_runs"] = {"MAE": [60.0, 61.0, 62.0], "no pretraining": [45.0, 46.0, 47.0], "seeds": [0, 1, 2]}
+    report["comparison"]["fine-tuned, 10/class"] = {"MAE": 61.0, "no pretraining": 46.0}
+    assert _row_verdict(report, "fine-tuned, 10/class") == "MAE ahead"
 
 
 def test_quickstart_words_the_reconstruction_per_class_from_what_it_measured():

@@ -30,6 +30,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--pretrain-epochs", type=int, default=20, help="MAE epochs over the pool (default 20)")
     p.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs with all labels (default 10)")
     p.add_argument("--few-epochs", type=int, default=40, help="fine-tuning epochs with few labels (default 40)")
+    p.add_argument("--few-seeds", type=int, default=3,
+                   help="few-label runs per side, each with its own training seed, reported as mean and spread (default 3)")
     p.add_argument("--workers", type=int, default=1, help="data-loading processes per run (default 1)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for PyTorch (default: its own choice; give 1 when another job holds a core)")
@@ -48,7 +50,7 @@ def _run(args) -> int:
         try:
             report = quickstart(args.out, per_class=args.per_class, pool=args.pool, few=args.few,
                                 pretrain_epochs=args.pretrain_epochs, finetune_epochs=args.finetune_epochs,
-                                few_epochs=args.few_epochs, workers=args.workers, seed=args.seed,
+                                few_epochs=args.few_epochs, few_seeds=args.few_seeds, workers=args.workers, seed=args.seed,
                                 progress=not args.no_progress)
         except KeyboardInterrupt:  # (a run's own message would offer --resume, which quickstart has not)
             raise RunInterrupted(f"interrupted; {args.out} holds what was done so far, and running "

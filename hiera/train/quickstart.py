@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -63,7 +64,7 @@ FINETUNE_LR = 2e-3
 # only for the estimate printed first.
 # A longer pretraining the report and --help suggest (more of the scale curve, under an hour).
 LONGER_EPOCHS = 120
-_SECONDS = dict(pretrain=2.2e-3, finetune=4.6e-3, fixed=20.0)
+_SECONDS = dict(pretrain=2.2e-3, finetune=4.9e-3, fixed=20.0)
 
 
 def _estimate(pool: int, epochs: int, train: int, few: int, ft_epochs: int, few_epochs: int) -> float:
@@ -73,17 +74,19 @@ def _estimate(pool: int, epochs: int, train: int, few: int, ft_epochs: int, few_
 
 def quickstart(out="quickstart", per_class: int = 200, val_per_class: int = 50, pool: int = 8000,
                pretrain_epochs: int = 20, few: int = 10, finetune_epochs: int = 10, few_epochs: int = 40,
-               batch_size: int = 64, workers: int = 1, seed: int = 0, progress: bool = True) -> dict:
+               few_seeds: int = 3, batch_size: int = 64, workers: int = 1, seed: int = 0, progress: bool = True) -> dict:
     """Run the demonstration into ``out`` and return the report as a dict (also ``report.json``).
 
     ``pool`` unlabelled images are MAE-pretrained on for ``pretrain_epochs``; ``per_class``
     labelled images per class train the classifiers (``few`` per class for the few-label runs);
-    ``val_per_class`` held-out images per class measure everything.
+    ``val_per_class`` held-out images per class measure everything. The few-label runs are
+    repeated with ``few_seeds`` training seeds on each side and reported as their mean and spread.
     """
 
     for name, value, low in (("--per-class", per_class, 1), ("val_per_class", val_per_class, 1), ("--pool", pool, 1),
                              ("--pretrain-epochs", pretrain_epochs, 1), ("--few", few, 1),
                              ("--finetune-epochs", finetune_epochs, 1), ("--few-epochs", few_epochs, 1),
+                             ("--few-seeds", few_seeds, 1),
                              ("batch_size", batch_size, 1), ("--workers", workers, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
@@ -98,7 +101,8 @@ def quickstart(out="quickstart", per_class: int = 200, val_per_class: int = 50, 
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
     train_images = len(CLASSES) * per_class
-    minutes = _estimate(pool, pretrain_epochs, train_images, len(CLASSES) * few, finetune_epochs, few_epochs) / 60
+    minutes = _estimate(pool, pretrain_epochs, train_images, len(CLASSES) * few * few_seeds, finetune_epochs,
+                        few_epochs) / 60
     print(f"quickstart: MAE-pretrain a small Hiera on {pool} unlabelled 64x64 images ({pretrain_epochs} epochs), "
           f"then compare it with the same network untrained: reconstructions, a linear probe, fine-tuning on "
           f"{few} and {per_class} labels per class; about {minutes:.0f} minutes on 2 CPU cores. Report: "
@@ -111,8 +115,8 @@ def quickstart(out="quickstart", per_class: int = 200, val_per_class: int = 50, 
     data = make_dataset(out / "data", per_class, val_per_class, size=64, seed=seed, unlabelled_extra=pool)
     few_dir = _few_label_folder(data.train_dir, out / "data" / f"train_{few}_per_class", few, seed)
     times["data"] = time.perf_counter() - start
-    return _compare(out, data, few_dir, few, pretrain_epochs, finetune_epochs, few_epochs, batch_size, run, times,
-                    start, seed)
+    return _compare(out, data, few_dir, few, pretrain_epochs, finetune_epochs, few_epochs, few_seeds, batch_size, run,
+                    times, start, seed)
 
 
 def _few_label_folder(train_dir: Path, dest: Path, per_class: int, seed: int) -> Path:
@@ -140,8 +144,8 @@ def _load_split(folder: Path, size) -> tuple:
     return torch.stack([s["image"] for s in samples]), torch.tensor([s["label"] for s in samples])
 
 
-def _compare(out, data, few_dir, few, pretrain_epochs, finetune_epochs, few_epochs, batch_size, run, times, start,
-             seed) -> dict:
+def _compare(out, data, few_dir, few, pretrain_epochs, finetune_epochs, few_epochs, few_seeds, batch_size, run, times,
+             start, seed) -> dict:
 
     t = time.perf_counter()
     pretrain(data.unlabelled_dir, out / "pretrain", val=data.val_dir, model="custom", config=MAE,
@@ -174,23 +178,32 @@ def _compare(out, data, few_dir, few, pretrain_epochs, finetune_epochs, few_epoc
     init = str(out / "pretrain" / "last.pt")
     # The few-label runs have an epoch of a few steps: validate every 5 epochs, not every epoch.
     few_steps = max(1, (len(data.classes) * few) // 16) * 5
-    runs = (("mae_few", few_dir, init, few_epochs, 16, few_steps), ("scratch_few", few_dir, None, few_epochs, 16, few_steps),
-            ("mae_all", data.train_dir, init, finetune_epochs, batch_size, 0),
-            ("scratch_all", data.train_dir, None, finetune_epochs, batch_size, 0))
-    for name, train_dir, start_from, epochs, batch, eval_every in runs:
+    # With a few images per class one run's top-1 swings with its training seed (10-20 points on 80
+    # images), so the few-label runs are repeated with other seeds and reported as mean and spread.
+    few_names = {side: [f"{side}_few" + (f"_seed{i}" if i else "") for i in range(few_seeds)] for side in ("mae", "scratch")}
+    runs = [(name, few_dir, start_from, few_epochs, 16, few_steps, seed + i)
+            for i in range(few_seeds) for side, start_from in (("mae", init), ("scratch", None))
+            for name in [few_names[side][i]]]
+    runs += [("mae_all", data.train_dir, init, finetune_epochs, batch_size, 0, seed),
+             ("scratch_all", data.train_dir, None, finetune_epochs, batch_size, 0, seed)]
+    for name, train_dir, start_from, epochs, batch, eval_every, run_seed in runs:
         t = time.perf_counter()
         finetune(train_dir, out / name, val=data.val_dir, model="custom", config=SMALL, init=start_from,
                  epochs=epochs, batch_size=batch, lr=FINETUNE_LR, mixup=False,
                  recipe_overrides=MAE_FINETUNE if start_from else LIGHT_FINETUNE,
-                 probe_head=start_from is not None, label=name.replace("_", " "), eval_every=eval_every, **run)
+                 probe_head=start_from is not None, label=name.replace("_", " "), eval_every=eval_every,
+                 **dict(run, seed=run_seed))
         times[name] = time.perf_counter() - t
         results[name] = evaluate(data.val_dir, weights=out / name / "model", device=run.get("device", "auto"))
+    few_runs = {"MAE": [results[n]["acc1"] for n in few_names["mae"]],
+                "no pretraining": [results[n]["acc1"] for n in few_names["scratch"]],
+                "seeds": [seed + i for i in range(few_seeds)]}
 
     chance = 100.0 / len(data.classes)
     comparison = {
         "linear probe, all labels": {"MAE": probe["mae"]["all"], "no pretraining": probe["random"]["all"]},
         f"linear probe, {few}/class": {"MAE": probe["mae"]["few"], "no pretraining": probe["random"]["few"]},
-        f"fine-tuned, {few}/class": {"MAE": results["mae_few"]["acc1"], "no pretraining": results["scratch_few"]["acc1"]},
+        f"fine-tuned, {few}/class": {k: statistics.mean(few_runs[k]) for k in ("MAE", "no pretraining")},
         "fine-tuned, all labels": {"MAE": results["mae_all"]["acc1"], "no pretraining": results["scratch_all"]["acc1"]},
     }
     plot_comparison(comparison, out / "comparison.png", chance=chance,
@@ -218,12 +231,13 @@ def _compare(out, data, few_dir, few, pretrain_epochs, finetune_epochs, few_epoc
         "shared_component": {k: round(v, 3) for k, v in shared.items()},
         "finetune": {k: {m: r[m] for m in ("acc1", "acc5", "loss")} for k, r in results.items()},
         "comparison": comparison,
+        "few_runs": few_runs,
         "most_confused": results["mae_all"]["confused"][:3],
         "predictions": [{"image": str(Path(p["path"]).relative_to(out)), "true": Path(p["path"]).parent.name,
                          "top3": [(n, round(s, 3)) for n, s in p["labels"]]} for p in predictions],
         "seconds": {k: round(v, 1) for k, v in times.items()} | {"total": round(time.perf_counter() - start, 1)},
         "settings": {"pretrain_epochs": pretrain_epochs, "pretrain": PRETRAIN, "finetune_epochs": finetune_epochs,
-                     "few_epochs": few_epochs, "batch_size": batch_size, "finetune_lr": FINETUNE_LR,
+                     "few_epochs": few_epochs, "few_seeds": few_seeds, "batch_size": batch_size, "finetune_lr": FINETUNE_LR,
                      "layer_decay": {"MAE": None, "no pretraining": "recipe's"},
                      "classifier": SMALL, "mae": MAE, "seed": seed},
         "files": {"comparison": "comparison.png", "reconstructions": pictures, "finetune_curves": "finetune_curves.png",
@@ -277,9 +291,27 @@ def _reconstruction_sheet(mae, untrained, x_val, y_val, path: Path, seed: int) -
     return path.name
 
 
-def _verdict(mae: float, other: float) -> str:
-    gap = mae - other
-    return "MAE ahead" if gap >= 2 else ("MAE behind" if gap <= -2 else "even")
+def _verdict(mae: float, other: float, spread: float = 0.0) -> str:
+    """Ahead / behind by at least 2 points and by more than ``spread`` (the runs' standard
+    deviation, for rows that are a mean of several runs); else even."""
+    gap, margin = mae - other, max(2.0, spread)
+    if abs(gap) < margin:
+        return "even" if margin == 2.0 else "even within the runs' spread"
+    return "MAE ahead" if gap > 0 else "MAE behind"
+
+
+def _spread(r: dict, row: str) -> float:
+    """The run-to-run spread of a comparison row: the larger standard deviation of its two sides
+    over the few-label runs' seeds (0 for the rows of one run)."""
+    runs = r.get("few_runs") or {}
+    if not row.startswith("fine-tuned, ") or row == "fine-tuned, all labels" or len(runs.get("MAE", [])) < 2:
+        return 0.0
+    return max(statistics.stdev(runs["MAE"]), statistics.stdev(runs["no pretraining"]))
+
+
+def _row_verdict(r: dict, row: str) -> str:
+    pair = r["comparison"][row]
+    return _verdict(pair["MAE"], pair["no pretraining"], _spread(r, row))
 
 
 def _markdown(r: dict) -> str:
@@ -301,7 +333,14 @@ def _markdown(r: dict) -> str:
         "| top-1 on held-out images | MAE-pretrained | no pretraining | |", "|---|---|---|---|",
     ]
     for name, pair in c.items():
-        lines.append(f"| {name} | {pair['MAE']:.1f}% | {pair['no pretraining']:.1f}% | {_verdict(pair['MAE'], pair['no pretraining'])} |")
+        lines.append(f"| {name} | {pair['MAE']:.1f}% | {pair['no pretraining']:.1f}% | {_row_verdict(r, name)} |")
+    runs = r.get("few_runs")
+    if runs and len(runs["MAE"]) > 1:
+        each = {k: ", ".join(f"{v:.1f}" for v in runs[k]) for k in ("MAE", "no pretraining")}
+        lines += ["", f"Fine-tuned with {few} labels per class: the mean of {len(runs['MAE'])} runs on each side "
+                      f"(training seeds {', '.join(map(str, runs['seeds']))}): MAE {each['MAE']}; no pretraining "
+                      f"{each['no pretraining']}. With {few * len(r['classes'])} training images one run's top-1 moves by "
+                      "many points with its seed: a single run would say little."]
     lines += [
         "", "## Reconstructions", "",
         f"Masked-patch error on held-out images (normalised pixels; predicting each patch's mean scores "
@@ -366,38 +405,36 @@ def _meaning(r: dict) -> list:
         + ("pretraining without a single label taught the encoder features that separate the classes."
            if verdict == "MAE ahead" else "at this budget the features are not yet better than random ones."))
     out.append("")
-    behind = [name for name, pair in ((f"{few} labels per class", ft_few), ("all labels", ft_all))
-              if _verdict(pair["MAE"], pair["no pretraining"]) == "MAE behind"]
-    if behind:
+    rows = ((f"{few} labels per class", f"fine-tuned, {few}/class", ft_few), ("all labels", "fine-tuned, all labels", ft_all))
+    said = []
+    for name, row, pair in rows:
+        verdict = _row_verdict(r, row)
+        word = {"MAE ahead": "ahead", "MAE behind": "behind"}.get(verdict, "level" + verdict[4:])
+        spread = _spread(r, row)
+        mean = f", the mean of {len(r['few_runs']['MAE'])} runs" if spread else ""
+        said.append((verdict, f"with {name} it is {word} ({pair['MAE']:.1f}% against {pair['no pretraining']:.1f}%{mean})"))
+    out.append("**Fine-tuning.** From the MAE trunk, " + "; ".join(text for _, text in said) + ".")
+    if any(v != "MAE ahead" for v, _ in said):
         share = r["shared_component"]
-        ahead = [f"with {name} it is ahead ({pair['MAE']:.1f}% against {pair['no pretraining']:.1f}%)"
-                 for name, pair in ((f"{few} labels per class", ft_few), ("all labels", ft_all))
-                 if _verdict(pair["MAE"], pair["no pretraining"]) == "MAE ahead"]
         few_probe = c[f"linear probe, {few}/class"]
         settings = r["settings"]
-        longer = _estimate(r["pool_images"], LONGER_EPOCHS, r["train_images"], few * len(r["classes"]),
-                           settings["finetune_epochs"], settings["few_epochs"]) / 60
-        out.append(
-            f"**Fine-tuning.** Here MAE is behind with {' and with '.join(behind)}"
-            + (f"; {ahead[0]}" if ahead else "") + ". "
-            f"The frozen MAE features with {few} labels per class give {few_probe['MAE']:.1f}% against "
-            f"{few_probe['no pretraining']:.1f}% (the probe above), but fine-tuning does not keep that lead: the "
-            "classifier's head reads the last stage, whose pooled features after this pretraining are nearly one "
-            f"vector shared by every image (its length is {share['mae']:.0%} of theirs; {share['random']:.0%} for "
-            "the untrained encoder). The LayerNorm before the head normalises each image, not each feature, so it "
-            f"cannot remove that shared part, and {few} images per class are too few to train it away, while a "
-            "network this small trained from scratch learns these shapes quickly from labels. That is the budget, "
-            f"not a fault: this run reconstructed {r['pretrain_images_seen']:,} images. The same comparison at "
-            "scale (`benchmarks/mae_scale.py`, H200, 2026-11-30, this model with its official init, this data, a fresh "
-            "head) measured "
-            "fine-tuning from MAE behind after 0.4 M reconstructed images (48% against 65% with 10 labels per "
-            "class), ahead after 1.3 M (80% against 65%) and far ahead after 3 M (94% against 65%; all labels 99.8% "
-            "against 96.8%), while its linear probe rose from 65% (untrained) to 88%, 96% and 99%. Pretrain longer "
-            f"(`hiera quickstart --pretrain-epochs {LONGER_EPOCHS}`, {LONGER_EPOCHS * r['pool_images'] / 1e6:.1f} M "
-            f"images, about {longer:.0f} minutes on 2 cores) to see more of it here.")
-    else:
-        out.append(
-            f"**Fine-tuning.** Starting from the MAE encoder, fine-tuning reaches {ft_few['MAE']:.1f}% with {few} labels "
-            f"per class (untrained: {ft_few['no pretraining']:.1f}%) and {ft_all['MAE']:.1f}% with all labels "
-            f"(untrained: {ft_all['no pretraining']:.1f}%).")
+        longer = _estimate(r["pool_images"], LONGER_EPOCHS, r["train_images"],
+                           few * len(r["classes"]) * settings.get("few_seeds", 1), settings["finetune_epochs"],
+                           settings["few_epochs"]) / 60
+        out[-1] += (
+            f" The frozen MAE features with {few} labels per class give {few_probe['MAE']:.1f}% against "
+            f"{few_probe['no pretraining']:.1f}% (the probe above), but fine-tuning does not turn that into a clear "
+            "lead: the classifier's head reads the last stage, whose pooled features after this pretraining are "
+            f"nearly one vector shared by every image (its length is {share['mae']:.0%} of theirs; "
+            f"{share['random']:.0%} for the untrained encoder). The LayerNorm before the head normalises each image, "
+            f"not each feature, so it cannot remove that shared part, and {few} images per class are too few to train "
+            "it away, while a network this small trained from scratch learns these shapes quickly from labels. That "
+            f"is the budget, not a fault: this run reconstructed {r['pretrain_images_seen']:,} images. The same "
+            "comparison at scale (`benchmarks/mae_scale.py`, H200, 2026-11-30, this model with its official init, "
+            "this data, a fresh head) measured fine-tuning from MAE behind after 0.4 M reconstructed images (48% "
+            "against 65% with 10 labels per class), ahead after 1.3 M (80% against 65%) and far ahead after 3 M (94% "
+            "against 65%; all labels 99.8% against 96.8%), while its linear probe rose from 65% (untrained) to 88%, "
+            f"96% and 99%. Pretrain longer (`hiera quickstart --pretrain-epochs {LONGER_EPOCHS}`, "
+            f"{LONGER_EPOCHS * r['pool_images'] / 1e6:.1f} M images, about {longer:.0f} minutes on 2 cores) to see "
+            "more of it here.")
     return out
