@@ -142,6 +142,13 @@ def test_plot_comparison_draws_every_group(tmp_path):
         assert im.width > 400 and im.height > 300
     with pytest.raises(ValueError, match="at least one"):
         plot_comparison({}, tmp_path / "d.png")
+    # Bars that are means show their runs as dots: the picture changes where the dots are.
+    groups = {"fine-tuned": {"MAE": 50.0, "untrained": 50.0}}
+    plain = plot_comparison(groups, tmp_path / "plain.png")
+    dotted = plot_comparison(groups, tmp_path / "dots.png", runs={"fine-tuned": {"MAE": [20.0, 80.0]}})
+    with Image.open(plain) as a, Image.open(dotted) as b:
+        a, b = np.asarray(a.convert("L")), np.asarray(b.convert("L"))
+        assert a.shape == b.shape and (a != b).sum() > 30
 
 
 def test_fit_head_sets_the_head_the_probe_found():

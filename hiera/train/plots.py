@@ -221,12 +221,15 @@ def plot_comparison(
     title: str = "",
     chance: Optional[float] = None,
     ylabel: str = "top-1 on held-out images (%)",
+    runs: Optional[Mapping[str, Mapping[str, Sequence[float]]]] = None,
 ) -> Path:
     """Grouped bars: one group per comparison, one bar per contender, the value printed on each,
     and a dashed line at the ``chance`` level.
 
     ``groups``: ``{"linear probe": {"MAE": 81.0, "random init": 64.5}, ...}``; contenders keep
-    their colour across groups (first seen, first colour). Returns the written path.
+    their colour across groups (first seen, first colour). ``runs``: for a bar that is the mean of
+    several runs, the runs' own values (``{group: {contender: [...]}}``), drawn as dots on it so
+    that their spread shows. Returns the written path.
     """
     try:
         import matplotlib  # slow to import: loaded by the plots only, not by every command
@@ -245,11 +248,18 @@ def plot_comparison(
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / len(contenders)
+    dotted = False  # (the legend names the dots once)
     for i, name in enumerate(contenders):
         xs = [g + (i - (len(contenders) - 1) / 2) * width for g, bars in enumerate(groups.values()) if name in bars]
         ys = [bars[name] for bars in groups.values() if name in bars]
         rects = ax.bar(xs, ys, width * 0.95, label=name, color=colours[i % len(colours)])
         ax.bar_label(rects, labels=[f"{y:.0f}" for y in ys], fontsize=9, padding=2)
+        for x, group in zip(xs, [g for g, bars in groups.items() if name in bars]):
+            values = list((runs or {}).get(group, {}).get(name, []))
+            if values:
+                ax.plot([x] * len(values), values, "o", color="black", markersize=3.5, zorder=3,
+                        label=None if dotted else "single runs")
+                dotted = True
     if chance is not None:
         ax.axhline(chance, color="0.4", linestyle="--", linewidth=1)
         ax.text(len(groups) - 0.5, chance, f"chance {chance:.1f}%", ha="right", va="bottom", fontsize=8, color="0.3")

@@ -207,7 +207,8 @@ def _compare(out, data, few_dir, few, pretrain_epochs, finetune_epochs, few_epoc
         "fine-tuned, all labels": {"MAE": results["mae_all"]["acc1"], "no pretraining": results["scratch_all"]["acc1"]},
     }
     plot_comparison(comparison, out / "comparison.png", chance=chance,
-                    title=f"MAE-pretrained encoder vs the same network untrained ({len(data.classes)} classes)")
+                    title=f"MAE-pretrained encoder vs the same network untrained ({len(data.classes)} classes)",
+                    runs={f"fine-tuned, {few}/class": {k: few_runs[k] for k in ("MAE", "no pretraining")}})
     plot_curves({f"MAE, {few}/class": out / "mae_few" / "metrics.jsonl",
                  f"no pretraining, {few}/class": out / "scratch_few" / "metrics.jsonl",
                  "MAE, all labels": out / "mae_all" / "metrics.jsonl",
