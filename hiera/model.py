@@ -309,10 +309,11 @@ class Hiera(RepacksOnModeChange, HubMixin):
     @torch.no_grad()
     def _sincos_pos_embed(self):
         """Start the position embeddings as sine-cosine functions of the token position (still
-        learned). MAE pretraining from scratch learns markedly faster from them than from the small
-        random values of the official init: a masked unit's content must be placed relative to the
-        visible ones, and random embeddings carry almost no position at first. A window embedding
-        (``abs_win_pos_embed``) keeps its random init."""
+        learned), as MAE's own fixed embeddings are. On a short MAE pretraining from scratch the
+        encoder's features came out markedly better from them than from the official small random
+        values, which carry almost no position at first (benchmarks/records/
+        2026-12-01-cpu-quickstart-pretraining.md). A window embedding (``abs_win_pos_embed``) keeps
+        its random init."""
         if self.sep_pos_embed:
             self.pos_embed_spatial.copy_(sincos_pos_embed(self.tokens_spatial_shape[1:], self.pos_embed_spatial.shape[-1]))
             self.pos_embed_temporal.copy_(sincos_pos_embed(self.tokens_spatial_shape[:1], self.pos_embed_temporal.shape[-1]))
