@@ -450,6 +450,11 @@ def trunk_class(config: dict, cls_name: Optional[str] = None) -> type:
     return model_class(config, cls_name, mae=False)
 
 
+def trunk_config(config: dict) -> dict:
+    """``config`` without the MAE decoder's arguments (``decoder_*``): what builds its trunk."""
+    return {k: v for k, v in config.items() if not k.startswith("decoder_")}
+
+
 # Constructor arguments only one of the two trunks takes: a config with SAM 2's (window_spec,
 # global_att_blocks, ...) builds a HieraDet, one with the plain Hiera's (mask_unit_size, ...) a Hiera.
 _HIERADET_ONLY = frozenset(inspect.signature(HieraDet).parameters) - frozenset(inspect.signature(Hiera).parameters)
@@ -486,7 +491,7 @@ def _load_model(model, weights, mae, **kwargs) -> nn.Module:
     elif config is not None:
         cls = model_class(config, cls_name, mae=bool(mae))
         if not issubclass(cls, MaskedAutoencoder):
-            config = {k: v for k, v in config.items() if not k.startswith("decoder_")}
+            config = trunk_config(config)
         built = cls(config=config, **with_head_classes(state, kwargs))
     else:
         name = match_zoo(state)

@@ -7,7 +7,6 @@ the checkpoint's own config, ``--model``, or the zoo model whose weight shapes i
 
 from __future__ import annotations
 
-import inspect
 import json
 import warnings
 from pathlib import Path
@@ -19,8 +18,6 @@ from safetensors.torch import save_file
 from .. import formats
 from ..formats.read import read_any
 from ..hieradet import HieraDet
-from ..mae import MaskedAutoencoderHiera
-from ..model import Hiera
 from ..weights import (
     CheckpointError,
     checkpoint_kind,
@@ -30,10 +27,7 @@ from ..weights import (
     write_atomic,
     zoo_name_for,
 )
-from ..zoo import MODELS, match_zoo, model_class
-
-# Constructor arguments of the MAE that the plain Hiera does not take (its decoder's).
-_MAE_ONLY = frozenset(inspect.signature(MaskedAutoencoderHiera).parameters) - frozenset(inspect.signature(Hiera).parameters)
+from ..zoo import MODELS, match_zoo, model_class, trunk_config
 
 TARGETS = ("official", "safetensors", "timm", "hf", "sam2")
 
@@ -63,7 +57,7 @@ def fit_problem(state, config: dict, cls: Optional[type] = None) -> Optional[str
     mae = checkpoint_kind(state) == "mae"
     kwargs = dict(config)
     if not mae:
-        kwargs = {k: v for k, v in kwargs.items() if not k.startswith("decoder_")}
+        kwargs = trunk_config(kwargs)
     if head_classes(state) is not None:
         kwargs["num_classes"] = head_classes(state)
     try:
@@ -142,7 +136,7 @@ def convert_checkpoint(src, dst, to: str, model: Optional[str] = None) -> Path:
         # timm's Hiera has no MAE decoder: an MAE gives its encoder, as it does for SAM 2, and says so.
         state = encoder_only(state)
         if config is not None:
-            config = {k: v for k, v in config.items() if k not in _MAE_ONLY}
+            config = trunk_config(config)
         warnings.warn(f"{src} is an MAE checkpoint and timm's Hiera has no MAE decoder: wrote its encoder only",
                       UserWarning, stacklevel=2)
     if config is not None and head_classes(state) is not None:

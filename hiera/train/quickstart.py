@@ -181,9 +181,8 @@ def _compare(out, data, few_dir, few, pretrain_epochs, finetune_epochs, few_epoc
     # With a few images per class one run's top-1 swings with its training seed (10-20 points on 80
     # images), so the few-label runs are repeated with other seeds and reported as mean and spread.
     few_names = {side: [f"{side}_few" + (f"_seed{i}" if i else "") for i in range(few_seeds)] for side in ("mae", "scratch")}
-    runs = [(name, few_dir, start_from, few_epochs, 16, few_steps, seed + i)
-            for i in range(few_seeds) for side, start_from in (("mae", init), ("scratch", None))
-            for name in [few_names[side][i]]]
+    runs = [(few_names[side][i], few_dir, start_from, few_epochs, 16, few_steps, seed + i)
+            for i in range(few_seeds) for side, start_from in (("mae", init), ("scratch", None))]
     runs += [("mae_all", data.train_dir, init, finetune_epochs, batch_size, 0, seed),
              ("scratch_all", data.train_dir, None, finetune_epochs, batch_size, 0, seed)]
     for name, train_dir, start_from, epochs, batch, eval_every, run_seed in runs:
